@@ -1,0 +1,333 @@
+//! Frames ⇄ segments ⇄ assemblies. An assembly is one control, or one command with its
+//! optional header and body segments (`message.transfer`).
+
+use std::collections::HashMap;
+
+use bytes::{Buf, Bytes, BytesMut};
+
+use super::error::{DecodeError, FrameError};
+use super::frame::{
+    write_frame, Frame, SegmentType, FIRST_FRAME, FIRST_SEGMENT, FRAME_HEADER_LEN, LAST_FRAME,
+    LAST_SEGMENT,
+};
+use super::generated::{Command, Control, SessionHeader};
+use super::prim::{get_struct32, get_u8};
+use super::types::Struct32;
+
+/// Message content carried by the header and body segments of a command.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Content {
+    /// The raw header segment: concatenated size-4 coded structs.
+    pub header: Bytes,
+    /// The body, joined from all body frames.
+    pub body: Bytes,
+}
+
+impl Content {
+    /// The header structs, each as its code and packed body.
+    ///
+    /// # Errors
+    /// When the header segment is malformed.
+    pub fn header_structs(&self) -> Result<Vec<Struct32>, DecodeError> {
+        decode_header_structs(&self.header)
+    }
+}
+
+/// Splits a header segment into its structs.
+///
+/// # Errors
+/// When a struct is truncated.
+pub fn decode_header_structs(header: &Bytes) -> Result<Vec<Struct32>, DecodeError> {
+    let mut buf = header.clone();
+    let mut out = Vec::new();
+    while buf.has_remaining() {
+        out.push(get_struct32(&mut buf)?);
+    }
+    Ok(out)
+}
+
+/// A complete assembly as received.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Assembly {
+    /// A control (track 0).
+    Control(Control),
+    /// A command with its session header and, for transfers, its content.
+    Command {
+        /// The session header (sync bit).
+        header: SessionHeader,
+        /// The command.
+        command: Command,
+        /// Header and body segments, when the command has any.
+        content: Option<Content>,
+    },
+}
+
+/// What went wrong while assembling: frame order, or a payload that does not decode.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AssemblyError {
+    /// Broken framing: the connection must close with framing-error.
+    Frame(FrameError),
+    /// A control or command that does not decode; `command` says which track it was on.
+    Decode {
+        /// The channel it arrived on.
+        channel: u16,
+        /// True for the command track.
+        command: bool,
+        /// Why.
+        error: DecodeError,
+    },
+}
+
+#[derive(Default)]
+struct Partial {
+    segments: Vec<(SegmentType, BytesMut)>,
+    in_segment: bool,
+    size: usize,
+}
+
+/// Joins frames into assemblies, per channel and track.
+pub struct Assembler {
+    partial: HashMap<(u16, u8), Partial>,
+    max_assembly: usize,
+}
+
+impl Assembler {
+    /// An assembler that refuses assemblies larger than `max_assembly` bytes.
+    pub fn new(max_assembly: usize) -> Self {
+        Self {
+            partial: HashMap::new(),
+            max_assembly,
+        }
+    }
+
+    /// Takes one frame; returns the channel and the assembly when this frame completes one.
+    ///
+    /// # Errors
+    /// Out-of-order frames, oversize assemblies and undecodable payloads.
+    pub fn push(&mut self, frame: Frame) -> Result<Option<(u16, Assembly)>, AssemblyError> {
+        let key = (frame.channel, frame.track);
+        let expected_track = u8::from(frame.segment_type != SegmentType::Control);
+        if frame.track != expected_track {
+            return Err(AssemblyError::Frame(FrameError::Sequence(
+                "segment type does not match track",
+            )));
+        }
+        let p = self.partial.entry(key).or_default();
+        let first_frame = frame.flags & FIRST_FRAME != 0;
+        let first_segment = frame.flags & FIRST_SEGMENT != 0;
+        if first_frame {
+            if p.in_segment {
+                return Err(seq("new segment before the last one ended"));
+            }
+            if first_segment != p.segments.is_empty() {
+                return Err(seq("first-segment flag out of order"));
+            }
+            p.segments.push((frame.segment_type, BytesMut::new()));
+            p.in_segment = true;
+        } else if !p.in_segment {
+            return Err(seq("continuation frame without a segment"));
+        }
+        p.size += frame.payload.len();
+        if p.size > self.max_assembly {
+            return Err(AssemblyError::Frame(FrameError::AssemblyTooLarge(
+                self.max_assembly,
+            )));
+        }
+        let Some(seg) = p.segments.last_mut() else {
+            return Err(seq("no open segment"));
+        };
+        if seg.0 != frame.segment_type {
+            return Err(seq("segment type changed inside a segment"));
+        }
+        if seg.1.is_empty() {
+            // The common single-frame segment: no copy needed later.
+            seg.1 = BytesMut::from(&frame.payload[..]);
+        } else {
+            seg.1.extend_from_slice(&frame.payload);
+        }
+        if frame.flags & LAST_FRAME != 0 {
+            p.in_segment = false;
+            if frame.flags & LAST_SEGMENT != 0 {
+                let Some(done) = self.partial.remove(&key) else {
+                    return Err(seq("no open assembly"));
+                };
+                return decode_assembly(frame.channel, done.segments).map(Some);
+            }
+        }
+        Ok(None)
+    }
+
+    /// Forgets any partial assembly on `channel` (after a detach).
+    pub fn reset_channel(&mut self, channel: u16) {
+        self.partial.remove(&(channel, 0));
+        self.partial.remove(&(channel, 1));
+    }
+}
+
+fn seq(what: &'static str) -> AssemblyError {
+    AssemblyError::Frame(FrameError::Sequence(what))
+}
+
+fn decode_assembly(
+    channel: u16,
+    segments: Vec<(SegmentType, BytesMut)>,
+) -> Result<(u16, Assembly), AssemblyError> {
+    let mut segs = segments.into_iter();
+    let Some((kind, first)) = segs.next() else {
+        return Err(seq("empty assembly"));
+    };
+    let mut first = first.freeze();
+    let decode_err = |command: bool, error: DecodeError| AssemblyError::Decode {
+        channel,
+        command,
+        error,
+    };
+    match kind {
+        SegmentType::Control => {
+            if segs.next().is_some() {
+                return Err(seq("control with extra segments"));
+            }
+            let control = decode_control(&mut first).map_err(|e| decode_err(false, e))?;
+            Ok((channel, Assembly::Control(control)))
+        }
+        SegmentType::Command => {
+            let (header, command) = decode_command(&mut first).map_err(|e| decode_err(true, e))?;
+            let mut content = None;
+            for (kind, bytes) in segs {
+                let c = content.get_or_insert_with(Content::default);
+                match kind {
+                    SegmentType::Header if c.header.is_empty() && c.body.is_empty() => {
+                        c.header = bytes.freeze()
+                    }
+                    SegmentType::Body if c.body.is_empty() => c.body = bytes.freeze(),
+                    _ => return Err(seq("unexpected segment in command assembly")),
+                }
+            }
+            if content.is_some() && !command.has_segments() {
+                return Err(seq("content segments on a command without content"));
+            }
+            Ok((
+                channel,
+                Assembly::Command {
+                    header,
+                    command,
+                    content,
+                },
+            ))
+        }
+        SegmentType::Header | SegmentType::Body => {
+            Err(seq("assembly starts with a header or body segment"))
+        }
+    }
+}
+
+/// Decodes a control segment payload.
+///
+/// # Errors
+/// Unknown codes or malformed fields.
+pub fn decode_control(buf: &mut Bytes) -> Result<Control, DecodeError> {
+    let class = get_u8(buf)?;
+    let code = get_u8(buf)?;
+    Control::decode_fields(class, code, buf)
+}
+
+/// Decodes a command segment payload into its session header and command.
+///
+/// # Errors
+/// Unknown codes or malformed fields.
+pub fn decode_command(buf: &mut Bytes) -> Result<(SessionHeader, Command), DecodeError> {
+    let class = get_u8(buf)?;
+    let code = get_u8(buf)?;
+    let header = SessionHeader::decode(buf)?;
+    let command = Command::decode_fields(class, code, buf)?;
+    Ok((header, command))
+}
+
+/// Writes assemblies as frames no larger than the negotiated maximum.
+#[derive(Debug, Clone)]
+pub struct FrameWriter {
+    max_payload: usize,
+}
+
+impl FrameWriter {
+    /// A writer for frames of at most `max_frame_size` bytes.
+    pub fn new(max_frame_size: usize) -> Self {
+        Self {
+            max_payload: max_frame_size.max(FRAME_HEADER_LEN + 1) - FRAME_HEADER_LEN,
+        }
+    }
+
+    /// Writes a control on `channel`.
+    pub fn control(&self, channel: u16, control: &Control, out: &mut BytesMut) {
+        let mut payload = BytesMut::new();
+        control.encode_body(&mut payload);
+        self.segments(channel, 0, &[(SegmentType::Control, &payload[..])], out);
+    }
+
+    /// Writes a command with its sync bit and, for transfers, its content.
+    pub fn command(
+        &self,
+        channel: u16,
+        sync: bool,
+        command: &Command,
+        content: Option<(&[u8], &[u8])>,
+        out: &mut BytesMut,
+    ) {
+        let mut payload = BytesMut::new();
+        let (class, code) = command.codes();
+        payload.extend_from_slice(&[class, code]);
+        SessionHeader { sync }.encode(&mut payload);
+        command.encode_fields(&mut payload);
+        match content {
+            None => self.segments(channel, 1, &[(SegmentType::Command, &payload[..])], out),
+            Some((header, body)) if body.is_empty() => self.segments(
+                channel,
+                1,
+                &[
+                    (SegmentType::Command, &payload[..]),
+                    (SegmentType::Header, header),
+                ],
+                out,
+            ),
+            Some((header, body)) => self.segments(
+                channel,
+                1,
+                &[
+                    (SegmentType::Command, &payload[..]),
+                    (SegmentType::Header, header),
+                    (SegmentType::Body, body),
+                ],
+                out,
+            ),
+        }
+    }
+
+    fn segments(&self, channel: u16, track: u8, segs: &[(SegmentType, &[u8])], out: &mut BytesMut) {
+        let last_seg = segs.len().saturating_sub(1);
+        for (i, (kind, data)) in segs.iter().enumerate() {
+            let mut seg_flags = 0;
+            if i == 0 {
+                seg_flags |= FIRST_SEGMENT;
+            }
+            if i == last_seg {
+                seg_flags |= LAST_SEGMENT;
+            }
+            let chunks: Vec<&[u8]> = if data.is_empty() {
+                vec![&[][..]]
+            } else {
+                data.chunks(self.max_payload).collect()
+            };
+            let last_chunk = chunks.len() - 1;
+            for (j, chunk) in chunks.into_iter().enumerate() {
+                let mut flags = seg_flags;
+                if j == 0 {
+                    flags |= FIRST_FRAME;
+                }
+                if j == last_chunk {
+                    flags |= LAST_FRAME;
+                }
+                write_frame(out, flags, *kind, track, channel, chunk);
+            }
+        }
+    }
+}
