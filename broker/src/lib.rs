@@ -10,4 +10,5 @@
 //! `core`; `client` is the async 0-10 client used by the CLI (and later the agent and
 //! federation).
 
+pub mod server;
 pub mod wire;
