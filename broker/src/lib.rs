@@ -10,5 +10,6 @@
 //! `core`; `client` is the async 0-10 client used by the CLI (and later the agent and
 //! federation).
 
+pub mod core;
 pub mod server;
 pub mod wire;
