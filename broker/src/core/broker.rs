@@ -137,7 +137,10 @@ struct State {
     queues: HashMap<String, Queue>,
     /// (session, destination) → queue name.
     subscriptions: HashMap<(SessionId, String), String>,
+    /// The connection of each live session.
+    sessions: HashMap<SessionId, u64>,
     next_session: u64,
+    next_connection: u64,
 }
 
 /// The broker model. Cheap to share: clone the `Arc`.
@@ -171,11 +174,47 @@ impl Broker {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// A fresh session id.
-    pub fn new_session(&self) -> SessionId {
+    /// A fresh connection id (never 0).
+    pub fn new_connection(&self) -> u64 {
+        let mut st = self.lock();
+        st.next_connection += 1;
+        st.next_connection
+    }
+
+    /// A fresh session id on connection `connection`.
+    pub fn new_session(&self, connection: u64) -> SessionId {
         let mut st = self.lock();
         st.next_session += 1;
-        SessionId(st.next_session)
+        let id = SessionId(st.next_session);
+        st.sessions.insert(id, connection);
+        id
+    }
+
+    /// Periodic work that needs the clock: expired messages go, and auto-delete queues
+    /// whose timeout ran out are deleted.
+    pub fn tick(&self, now: std::time::Instant) {
+        let mut st = self.lock();
+        let mut due = Vec::new();
+        for q in st.queues.values_mut() {
+            q.expire(now);
+            if let Some(deadline) = q.pending_delete {
+                if q.consumer_count() > 0 || q.owner.is_some() {
+                    q.pending_delete = None;
+                    continue;
+                }
+                match deadline {
+                    None => {
+                        let wait = std::time::Duration::from_secs(q.settings.auto_delete_timeout);
+                        q.pending_delete = Some(Some(now + wait));
+                    }
+                    Some(t) if t <= now => due.push(q.name.clone()),
+                    Some(_) => {}
+                }
+            }
+        }
+        for name in due {
+            st.remove_queue(&name);
+        }
     }
 
     /// `queue.declare`.
@@ -185,22 +224,25 @@ impl Broker {
     /// another session's exclusive queue, 542 for bad arguments.
     pub fn declare_queue(&self, session: SessionId, d: QueueDeclare) -> Result<(), Error> {
         let mut st = self.lock();
+        let connection = st.sessions.get(&session).copied();
         if let Some(q) = st.queues.get_mut(&d.name) {
-            if let Some(owner) = q.owner {
-                if owner != session {
-                    return Err(Error::ResourceLocked(format!(
-                        "cannot grant exclusive access to queue {}",
-                        d.name
-                    )));
+            let locked = || {
+                Error::ResourceLocked(format!("cannot grant exclusive access to queue {}", d.name))
+            };
+            match q.owner {
+                // Passive checks of someone else's queue are fine (request/reply clients).
+                Some(owner) if owner != session && (d.exclusive || !d.passive) => {
+                    return Err(locked())
                 }
-            } else if d.exclusive && !d.passive {
-                if q.consumer_count() > 0 {
-                    return Err(Error::ResourceLocked(format!(
-                        "cannot grant exclusive access to queue {}",
-                        d.name
-                    )));
+                Some(_) => {}
+                None if d.exclusive => {
+                    if d.passive || q.consumer_count() > 0 {
+                        return Err(locked());
+                    }
+                    q.owner = Some(session);
+                    q.owner_connection = connection;
                 }
-                q.owner = Some(session);
+                None => {}
             }
             return Ok(());
         }
@@ -224,6 +266,7 @@ impl Broker {
         q.auto_delete = d.auto_delete;
         q.alternate = d.alternate.filter(|a| !a.is_empty());
         q.owner = d.exclusive.then_some(session);
+        q.owner_connection = if d.exclusive { connection } else { None };
         st.queues.insert(d.name, q);
         Ok(())
     }
@@ -268,6 +311,11 @@ impl Broker {
     /// # Errors
     /// 404 missing, 405 exclusive elsewhere.
     pub fn purge_queue(&self, session: SessionId, name: &str) -> Result<usize, Error> {
+        if name.is_empty() {
+            return Err(Error::IllegalArgument(
+                "no queue name given to purge".into(),
+            ));
+        }
         let mut st = self.lock();
         let q = st
             .queues
@@ -452,21 +500,34 @@ impl Broker {
     ///
     /// # Errors
     /// 404 missing queue or exchange, 542 for the default exchange.
-    pub fn unbind(&self, queue: &str, exchange: &str, key: &str) -> Result<(), Error> {
+    pub fn unbind(
+        &self,
+        session: SessionId,
+        queue: &str,
+        exchange: &str,
+        key: &str,
+    ) -> Result<(), Error> {
         let mut st = self.lock();
         if exchange.is_empty() {
             return Err(Error::InvalidArgument(
                 "unbind from the default exchange is not allowed".into(),
             ));
         }
-        if !st.queues.contains_key(queue) {
-            return Err(Error::NotFound(format!("queue not found: {queue}")));
+        let q = st
+            .queues
+            .get(queue)
+            .ok_or_else(|| Error::NotFound(format!("queue not found: {queue}")))?;
+        if q.owner.is_some_and(|o| o != session) {
+            return Err(Error::ResourceLocked(format!(
+                "cannot unbind queue {queue}: exclusive to another session"
+            )));
         }
         let ex = st
             .exchanges
             .get_mut(exchange)
             .ok_or_else(|| Error::NotFound(format!("exchange not found: {exchange}")))?;
         ex.unbind(queue, key);
+        st.remove_unused_exchanges();
         Ok(())
     }
 
@@ -555,7 +616,13 @@ impl Broker {
     /// # Errors
     /// 404 missing queue, 530 destination in use, 405 exclusivity conflicts.
     pub fn subscribe(&self, session: SessionId, s: Subscribe) -> Result<(), Error> {
+        if s.queue.is_empty() {
+            return Err(Error::IllegalArgument(
+                "no queue given to subscribe to".into(),
+            ));
+        }
         let mut st = self.lock();
+        let connection = st.sessions.get(&session).copied().unwrap_or(0);
         if st
             .subscriptions
             .contains_key(&(session, s.destination.clone()))
@@ -583,6 +650,8 @@ impl Broker {
         }
         q.consumers.push(Consumer {
             session,
+            connection,
+            epoch: 0,
             destination: s.destination.clone(),
             acquire: s.acquire,
             accept_explicit: s.accept_explicit,
@@ -600,7 +669,7 @@ impl Broker {
         &self,
         session: SessionId,
         destination: &str,
-        f: impl FnOnce(&mut Queue, &mut Credit),
+        f: impl FnOnce(&mut Consumer),
     ) -> Result<(), Error> {
         let mut st = self.lock();
         let queue = st
@@ -617,11 +686,7 @@ impl Broker {
                 "unknown destination: {destination}"
             )));
         };
-        let mut credit = c.credit;
-        f(q, &mut credit);
-        if let Some(c) = q.consumer_mut(session, destination) {
-            c.credit = credit;
-        }
+        f(c);
         q.dispatch();
         Ok(())
     }
@@ -636,12 +701,13 @@ impl Broker {
         destination: &str,
         window: bool,
     ) -> Result<(), Error> {
-        self.with_consumer(session, destination, |_, c| {
-            *c = Credit {
+        self.with_consumer(session, destination, |c| {
+            c.credit = Credit {
                 messages: 0,
                 bytes: 0,
                 window,
             };
+            c.epoch += 1;
         })
     }
 
@@ -656,54 +722,49 @@ impl Broker {
         bytes: bool,
         value: u32,
     ) -> Result<(), Error> {
-        self.with_consumer(session, destination, |_, c| {
+        self.with_consumer(session, destination, |c| {
             if bytes {
-                c.add_bytes(value);
+                c.credit.add_bytes(value);
             } else {
-                c.add_messages(value);
+                c.credit.add_messages(value);
             }
         })
     }
 
-    /// Window mode: a completed delivery gives its credit back.
-    pub fn restore_credit(&self, session: SessionId, destination: &str, size: u64) {
-        let _ = self.with_consumer(session, destination, |_, c| {
-            if c.window {
-                c.add_messages(1);
-                if c.bytes != u32::MAX {
-                    c.add_bytes(u32::try_from(size).unwrap_or(u32::MAX));
+    /// Window mode: a completed delivery gives its credit back, unless the window was reset
+    /// (stop, set-flow-mode) since it was sent.
+    pub fn restore_credit(&self, session: SessionId, destination: &str, size: u64, epoch: u64) {
+        let _ = self.with_consumer(session, destination, |c| {
+            if c.credit.window && c.epoch == epoch {
+                c.credit.add_messages(1);
+                if c.credit.bytes != u32::MAX {
+                    c.credit.add_bytes(u32::try_from(size).unwrap_or(u32::MAX));
                 }
             }
         });
     }
 
-    /// `message.flush`: deliver what credit allows now, then drop the credit.
+    /// `message.flush`: what credit allows has already been delivered (every change
+    /// dispatches at once), so the flush only drops the remaining credit.
     ///
     /// # Errors
     /// 404 unknown destination.
     pub fn flush(&self, session: SessionId, destination: &str) -> Result<(), Error> {
-        self.with_consumer(session, destination, |q, c| {
-            // Deliver first under current credit, then zero it.
-            if let Some(con) = q.consumer_mut(session, destination) {
-                con.credit = *c;
-            }
-            q.dispatch();
-            if let Some(con) = q.consumer_mut(session, destination) {
-                *c = con.credit;
-            }
-            c.messages = 0;
-            c.bytes = 0;
+        self.with_consumer(session, destination, |c| {
+            c.credit.messages = 0;
+            c.credit.bytes = 0;
         })
     }
 
-    /// `message.stop`: credit to zero.
+    /// `message.stop`: credit to zero; outstanding deliveries no longer move the window.
     ///
     /// # Errors
     /// 404 unknown destination.
     pub fn stop(&self, session: SessionId, destination: &str) -> Result<(), Error> {
-        self.with_consumer(session, destination, |_, c| {
-            c.messages = 0;
-            c.bytes = 0;
+        self.with_consumer(session, destination, |c| {
+            c.credit.messages = 0;
+            c.credit.bytes = 0;
+            c.epoch += 1;
         })
     }
 
@@ -775,6 +836,16 @@ impl Broker {
     /// exclusive queues are released (and deleted if auto-delete).
     pub fn end_session(&self, session: SessionId, held: &[Held]) {
         let mut st = self.lock();
+        st.sessions.remove(&session);
+        // Held messages go back first, so that a queue deleted below passes them on to its
+        // alternate exchange in order.
+        let mut touched = Vec::new();
+        for h in held {
+            if let Some(q) = st.queues.get_mut(&h.queue) {
+                q.release(h.position, true);
+                touched.push(h.queue.clone());
+            }
+        }
         let mine: Vec<(String, String)> = st
             .subscriptions
             .keys()
@@ -790,13 +861,6 @@ impl Broker {
             st.subscriptions.remove(&(session, dest.clone()));
             st.drop_consumer(session, &dest, &queue);
         }
-        let mut touched = Vec::new();
-        for h in held {
-            if let Some(q) = st.queues.get_mut(&h.queue) {
-                q.release(h.position, true);
-                touched.push(h.queue.clone());
-            }
-        }
         let owned: Vec<String> = st
             .queues
             .values()
@@ -807,12 +871,13 @@ impl Broker {
             let delete = match st.queues.get_mut(&name) {
                 Some(q) => {
                     q.owner = None;
-                    q.auto_delete
+                    q.owner_connection = None;
+                    q.auto_delete && q.consumer_count() == 0
                 }
                 None => false,
             };
             if delete {
-                st.remove_queue(&name);
+                st.auto_delete(&name);
             }
         }
         st.dispatch_queues(&touched);
@@ -901,7 +966,40 @@ impl State {
             None => false,
         };
         if delete {
-            self.remove_queue(queue);
+            self.auto_delete(queue);
+        }
+    }
+
+    /// An auto-delete queue became unused: delete it now, or after its timeout.
+    fn auto_delete(&mut self, name: &str) {
+        match self.queues.get_mut(name) {
+            Some(q) if q.settings.auto_delete_timeout > 0 => q.pending_delete = Some(None),
+            Some(_) => self.remove_queue(name),
+            None => {}
+        }
+    }
+
+    /// Deletes auto-delete exchanges that lost their last binding, unless something uses
+    /// them as an alternate.
+    fn remove_unused_exchanges(&mut self) {
+        let unused: Vec<String> = self
+            .exchanges
+            .values()
+            .filter(|e| e.is_unused_auto_delete())
+            .map(|e| e.name.clone())
+            .filter(|n| {
+                !self
+                    .queues
+                    .values()
+                    .any(|q| q.alternate.as_ref() == Some(n))
+                    && !self
+                        .exchanges
+                        .values()
+                        .any(|e| e.alternate.as_ref() == Some(n))
+            })
+            .collect();
+        for n in unused {
+            self.exchanges.remove(&n);
         }
     }
 
@@ -912,6 +1010,7 @@ impl State {
         for ex in self.exchanges.values_mut() {
             ex.unbind_queue(name);
         }
+        self.remove_unused_exchanges();
         self.subscriptions.retain(|_, qn| qn != name);
         if let Some(alt) = q.alternate.clone() {
             for msg in q.drain() {

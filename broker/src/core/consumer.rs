@@ -113,12 +113,18 @@ pub struct Delivery {
     pub accept_explicit: bool,
     /// Size counted against byte credit.
     pub size: u64,
+    /// The consumer's window epoch when sent: completions restore credit only within it.
+    pub epoch: u64,
 }
 
 /// A subscription on a queue.
 pub struct Consumer {
     /// Owning session.
     pub session: SessionId,
+    /// The connection of that session (for `no-local`).
+    pub connection: u64,
+    /// Bumped by stop and set-flow-mode: older deliveries no longer move the window.
+    pub epoch: u64,
     /// The destination named in `message.subscribe`.
     pub destination: String,
     /// Pre-acquired (true) or browsing (false).

@@ -22,6 +22,9 @@ pub enum Error {
     /// The caller may not do this (403).
     #[error("{0}")]
     Unauthorized(String),
+    /// A required field is missing or empty (531).
+    #[error("{0}")]
+    IllegalArgument(String),
     /// A field value the broker cannot accept (542).
     #[error("{0}")]
     InvalidArgument(String),
@@ -48,6 +51,7 @@ impl Error {
             Error::ResourceLocked(_) => ExecutionErrorCode::RESOURCE_LOCKED,
             Error::PreconditionFailed(_) => ExecutionErrorCode::PRECONDITION_FAILED,
             Error::Unauthorized(_) => ExecutionErrorCode::UNAUTHORIZED_ACCESS,
+            Error::IllegalArgument(_) => ExecutionErrorCode::ILLEGAL_ARGUMENT,
             Error::InvalidArgument(_) => ExecutionErrorCode::INVALID_ARGUMENT,
             Error::LimitExceeded(_) => ExecutionErrorCode::RESOURCE_LIMIT_EXCEEDED,
             Error::CommandInvalid(_) => ExecutionErrorCode::COMMAND_INVALID,
@@ -71,6 +75,7 @@ mod tests {
             (Error::Unauthorized(String::new()), 403),
             (Error::NotAllowed(String::new()), 530),
             (Error::InvalidArgument(String::new()), 542),
+            (Error::IllegalArgument(String::new()), 531),
             (Error::LimitExceeded(String::new()), 506),
             (Error::CommandInvalid(String::new()), 503),
             (Error::NotImplemented(String::new()), 540),

@@ -12,6 +12,12 @@ use crate::wire::{
 /// An immutable message, shared between the queues it was routed to.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Message {
+    /// The connection that published it (for `no-local` queues); 0 for none.
+    pub origin: u64,
+    /// When it expires (from `delivery-properties.ttl`), stamped on arrival.
+    pub expires_at: Option<std::time::Instant>,
+    /// The header segment of a first delivery, encoded once by [`Message::seal`].
+    header: Bytes,
     /// `delivery-properties` as sent (the broker adjusts `redelivered` per delivery).
     pub delivery: DeliveryProperties,
     /// `message-properties`, decoded for routing and checks.
@@ -48,14 +54,27 @@ impl Message {
 
     /// A message with the given routing key and body (used by the broker itself and tests).
     pub fn new(routing_key: &str, body: impl Into<Bytes>) -> Message {
-        Message {
+        let mut m = Message {
             delivery: DeliveryProperties {
                 routing_key: Some(routing_key.to_string()),
                 ..DeliveryProperties::default()
             },
             body: body.into(),
             ..Message::default()
-        }
+        };
+        m.seal();
+        m
+    }
+
+    /// Encodes the delivery header once, after the broker has set what it adds (exchange).
+    pub fn seal(&mut self) {
+        self.header = self.encode_header(false);
+    }
+
+    /// Credit a delivery of this message costs in byte units: header and body, as qpidd
+    /// counts it.
+    pub fn credit_size(&self) -> u64 {
+        (self.header.len() + self.body.len()) as u64
     }
 
     /// `delivery-properties.routing-key`, or empty.
@@ -87,6 +106,13 @@ impl Message {
 
     /// The header segment for one delivery, with `redelivered` set as asked.
     pub fn delivery_header(&self, redelivered: bool) -> Bytes {
+        if !redelivered && !self.header.is_empty() {
+            return self.header.clone();
+        }
+        self.encode_header(redelivered)
+    }
+
+    fn encode_header(&self, redelivered: bool) -> Bytes {
         let mut buf = BytesMut::with_capacity(64);
         let mut delivery = self.delivery.clone();
         delivery.redelivered = redelivered || delivery.redelivered;

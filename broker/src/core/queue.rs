@@ -44,6 +44,11 @@ pub struct QueueSettings {
     pub priorities: u8,
     /// `qpid.fairshare` (and `x-qpid-fairshare`): per-level delivery quota before moving on.
     pub fairshare: Vec<(u8, u32)>,
+    /// `no-local`: drop messages published on the connection that owns or exclusively
+    /// consumes the queue.
+    pub no_local: bool,
+    /// `qpid.auto_delete_timeout`: seconds an unused auto-delete queue lingers.
+    pub auto_delete_timeout: u64,
 }
 
 impl Default for QueueSettings {
@@ -55,6 +60,8 @@ impl Default for QueueSettings {
             lvq_key: None,
             priorities: 0,
             fairshare: Vec::new(),
+            no_local: false,
+            auto_delete_timeout: 0,
         }
     }
 }
@@ -79,6 +86,11 @@ impl QueueSettings {
         let mut s = QueueSettings {
             max_count: arg_u64(args, "qpid.max_count")?.filter(|n| *n > 0),
             max_size: arg_u64(args, "qpid.max_size")?.filter(|n| *n > 0),
+            no_local: args.get("no-local").is_some_and(|v| {
+                v.as_i64()
+                    .map_or_else(|| v.as_str() != Some("false"), |n| n != 0)
+            }),
+            auto_delete_timeout: arg_u64(args, "qpid.auto_delete_timeout")?.unwrap_or(0),
             ..QueueSettings::default()
         };
         if let Some(p) = args.get("qpid.policy_type") {
@@ -184,6 +196,12 @@ pub struct Queue {
     /// Whether a consumer was ever attached (auto-delete waits for the first one).
     pub(super) had_consumers: bool,
     fair_band: Option<(u8, u32)>,
+    /// The connection of the owning session (for `no-local`).
+    pub(super) owner_connection: Option<u64>,
+    /// Set when auto-delete triggered with a timeout; the deadline is set by `tick`.
+    pub(super) pending_delete: Option<Option<std::time::Instant>>,
+    /// Whether any message here has a time to live (so `tick` looks at this queue).
+    has_ttl: bool,
 }
 
 impl Queue {
@@ -206,6 +224,9 @@ impl Queue {
             next_consumer: 0,
             had_consumers: false,
             fair_band: None,
+            owner_connection: None,
+            pending_delete: None,
+            has_ttl: false,
         })
     }
 
@@ -229,6 +250,17 @@ impl Queue {
     /// # Errors
     /// `LimitExceeded` when a limit is reached under the reject policy.
     pub fn enqueue(&mut self, msg: Arc<Message>) -> Result<(), Error> {
+        if self.settings.no_local && msg.origin != 0 {
+            let local = self.owner_connection == Some(msg.origin)
+                || self
+                    .consumers
+                    .iter()
+                    .any(|c| c.exclusive && c.connection == msg.origin);
+            if local {
+                return Ok(());
+            }
+        }
+        self.has_ttl |= msg.expires_at.is_some();
         let lvq_value = self.settings.lvq_key.as_ref().and_then(|k| {
             msg.headers()
                 .and_then(|h| h.get(k))
@@ -333,15 +365,38 @@ impl Queue {
         n
     }
 
-    /// Takes every available message out (queue deletion, for the alternate exchange).
+    /// Takes every message out, acquired ones included, in queue order (queue deletion,
+    /// for the alternate exchange).
     pub fn drain(&mut self) -> Vec<Arc<Message>> {
-        let out = std::mem::take(&mut self.available)
-            .into_values()
-            .map(|e| e.msg)
+        let mut all: Vec<(Position, Entry)> = std::mem::take(&mut self.available)
+            .into_iter()
+            .chain(std::mem::take(&mut self.acquired))
             .collect();
-        self.bytes = self.acquired.values().map(|e| e.msg.size()).sum();
+        all.sort_by_key(|(p, _)| *p);
+        self.bytes = 0;
         self.lvq.clear();
-        out
+        all.into_iter().map(|(_, e)| e.msg).collect()
+    }
+
+    /// Drops available messages whose time to live has passed.
+    pub fn expire(&mut self, now: std::time::Instant) {
+        if !self.has_ttl {
+            return;
+        }
+        let dead: Vec<Position> = self
+            .available
+            .iter()
+            .filter(|(_, e)| e.msg.expires_at.is_some_and(|t| t <= now))
+            .map(|(p, _)| *p)
+            .collect();
+        for p in dead {
+            self.remove_available(p);
+        }
+        self.has_ttl = self
+            .available
+            .values()
+            .chain(self.acquired.values())
+            .any(|e| e.msg.expires_at.is_some());
     }
 
     /// A delivered message is accepted: it leaves the queue.
@@ -450,7 +505,7 @@ impl Queue {
                 let Some(pos) = self.next_for(&self.consumers[idx]) else {
                     continue;
                 };
-                let Some(size) = self.available.get(&pos).map(|e| e.msg.size()) else {
+                let Some(size) = self.available.get(&pos).map(|e| e.msg.credit_size()) else {
                     continue;
                 };
                 if !self.consumers[idx].credit.can_take(size) {
@@ -490,6 +545,7 @@ impl Queue {
                     acquired: c.acquire,
                     accept_explicit: c.accept_explicit,
                     size,
+                    epoch: c.epoch,
                 });
                 self.next_consumer = idx + 1;
                 delivered = true;
@@ -539,6 +595,8 @@ mod tests {
     fn consumer(sink: Arc<Collect>, dest: &str, acquire: bool) -> Consumer {
         Consumer {
             session: SessionId(1),
+            connection: 1,
+            epoch: 0,
             destination: dest.into(),
             acquire,
             accept_explicit: true,

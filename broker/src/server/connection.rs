@@ -61,6 +61,10 @@ struct Identity {
 
 struct Conn<'a> {
     ctx: &'a ServerContext,
+    /// The broker's id for this connection.
+    id: u64,
+    /// Deliveries for this connection's consumers.
+    deliveries: mpsc::UnboundedReceiver<Delivery>,
     phase: Phase,
     identity: Option<Identity>,
     codec: FrameCodec,
@@ -96,9 +100,11 @@ pub(crate) async fn serve<S>(
         let _ = writer.shutdown().await;
         return;
     }
-    let (tx, mut rx) = mpsc::unbounded_channel();
+    let (tx, rx) = mpsc::unbounded_channel();
     let mut conn = Conn {
         ctx: &ctx,
+        id: ctx.broker.new_connection(),
+        deliveries: rx,
         phase: Phase::AwaitStartOk,
         identity: None,
         codec: FrameCodec::new(usize::from(ctx.config.max_frame_size)),
@@ -146,15 +152,10 @@ pub(crate) async fn serve<S>(
                     }
                 }
             }
-            Some(d) = rx.recv(), if can_read => {
+            Some(d) = conn.deliveries.recv(), if can_read => {
                 conn.deliver(d);
                 // Take whatever else is ready in one go: one write for many transfers.
-                while conn.out.len() < OUTPUT_HIGH_WATER {
-                    match rx.try_recv() {
-                        Ok(d) => conn.deliver(d),
-                        Err(_) => break,
-                    }
-                }
+                conn.drain_deliveries();
             }
             _ = tick.tick() => {
                 let now = Instant::now();
@@ -188,8 +189,8 @@ pub(crate) async fn serve<S>(
     let _ = writer.shutdown().await;
     conn.end_all_sessions();
     // Anything still in flight to this connection goes back to its queue.
-    rx.close();
-    while let Ok(d) = rx.try_recv() {
+    conn.deliveries.close();
+    while let Ok(d) = conn.deliveries.try_recv() {
         if d.acquired {
             ctx.broker.release(
                 &[crate::core::Held {
@@ -324,12 +325,19 @@ impl Conn<'_> {
                     );
                     return;
                 }
-                let mut ok = true;
+                let mut outcome = None;
                 self.with_session(channel, |s, env| {
-                    ok = s.command(env, header, command, content)
+                    outcome = s.command(env, header, command, content);
                 });
-                if !ok {
-                    self.detach_failed(channel);
+                match outcome {
+                    None => self.detach_failed(channel),
+                    Some(true) => {
+                        // Transfers the command caused (flush, flow) go out before its
+                        // completion: clients take the completion to mean "drained".
+                        self.drain_deliveries();
+                        self.with_session(channel, |s, env| s.send_completed(env));
+                    }
+                    Some(false) => {}
                 }
             }
             (Phase::Closing, _) => {}
@@ -353,6 +361,7 @@ impl Conn<'_> {
             channel,
             user,
             sink: &self.sink,
+            connection: self.id,
         };
         f(session, &mut env);
     }
@@ -377,6 +386,15 @@ impl Conn<'_> {
             .collect();
         for ch in channels {
             self.with_session(ch, |s, env| s.send_completed(env));
+        }
+    }
+
+    fn drain_deliveries(&mut self) {
+        while self.out.len() < OUTPUT_HIGH_WATER {
+            match self.deliveries.try_recv() {
+                Ok(d) => self.deliver(d),
+                Err(_) => break,
+            }
         }
     }
 
@@ -567,7 +585,7 @@ impl Conn<'_> {
                         return;
                     }
                 }
-                let id = self.ctx.broker.new_session();
+                let id = self.ctx.broker.new_session(self.id);
                 self.sessions
                     .insert(channel, Session::new(id, name.clone()));
                 self.control(

@@ -112,6 +112,14 @@ impl Server {
         let (stop_tx, stop_rx) = watch::channel(false);
         let limit = Arc::new(Semaphore::new(self.ctx.config.max_connections.max(1)));
         let mut tasks = tokio::task::JoinSet::new();
+        let broker = self.ctx.broker.clone();
+        let ticker = tokio::spawn(async move {
+            let mut every = tokio::time::interval(std::time::Duration::from_millis(250));
+            loop {
+                every.tick().await;
+                broker.tick(std::time::Instant::now());
+            }
+        });
         tokio::pin!(shutdown);
         loop {
             let permit = tokio::select! {
@@ -145,6 +153,7 @@ impl Server {
             }
             while tasks.try_join_next().is_some() {}
         }
+        ticker.abort();
         let _ = stop_tx.send(true);
         let drain = async { while tasks.join_next().await.is_some() {} };
         if tokio::time::timeout(std::time::Duration::from_secs(10), drain)

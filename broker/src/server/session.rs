@@ -24,6 +24,8 @@ pub(crate) struct SessionEnv<'a> {
     /// `None` when authentication is off or the peer is anonymous.
     pub user: Option<(&'a str, &'a str)>,
     pub sink: &'a Arc<dyn DeliverySink>,
+    /// The broker's id of this connection.
+    pub connection: u64,
 }
 
 /// A delivery the peer has not yet settled.
@@ -34,6 +36,7 @@ struct Record {
     acquired: bool,
     accept_explicit: bool,
     size: u64,
+    epoch: u64,
     completed: bool,
     settled: bool,
 }
@@ -97,7 +100,7 @@ impl Session {
         &mut self,
         env: &mut SessionEnv<'_>,
         cmd: &Command,
-        content: Option<(&[u8], &[u8])>,
+        content: Option<(&[u8], Option<&[u8]>)>,
     ) {
         env.writer
             .command(env.channel, false, cmd, content, env.out);
@@ -149,7 +152,7 @@ impl Session {
                     continue;
                 }
                 r.completed = true;
-                broker.restore_credit(self.id, &r.destination, r.size);
+                broker.restore_credit(self.id, &r.destination, r.size, r.epoch);
                 if r.settled || !r.accept_explicit || !r.acquired {
                     done.push(id);
                 }
@@ -169,7 +172,7 @@ impl Session {
             accept_mode: Some(crate::wire::MessageAcceptMode(u8::from(!d.accept_explicit))),
             acquire_mode: Some(crate::wire::MessageAcquireMode(u8::from(!d.acquired))),
         });
-        self.send_command(env, &transfer, Some((&header, &d.msg.body)));
+        self.send_command(env, &transfer, Some((&header, Some(&d.msg.body))));
         let held = Held {
             queue: d.queue,
             position: d.position,
@@ -187,24 +190,27 @@ impl Session {
                 acquired: d.acquired,
                 accept_explicit: d.accept_explicit,
                 size: d.size,
+                epoch: d.epoch,
                 completed: false,
                 settled,
             },
         );
     }
 
-    /// Handles one incoming command; returns false when the session failed and must detach.
+    /// Handles one incoming command. Returns `None` when the session failed and must
+    /// detach, else whether the peer asked to hear of its completion now (the caller first
+    /// writes out any deliveries the command caused, then calls [`Session::send_completed`]).
     pub fn command(
         &mut self,
         env: &mut SessionEnv<'_>,
         header: SessionHeader,
         command: Command,
         content: Option<Content>,
-    ) -> bool {
+    ) -> Option<bool> {
         let id = self.next_in;
         self.next_in = id.next();
         if self.failed {
-            return true;
+            return Some(false);
         }
         let codes = command.codes();
         let explicit_accept = matches!(&command,
@@ -226,16 +232,12 @@ impl Session {
                     self.accept_pending.add(id);
                 }
                 self.completed_in.add(id);
-                if sync {
-                    self.send_completed(env);
-                } else {
-                    self.report_pending = true;
-                }
-                true
+                self.report_pending = true;
+                Some(sync)
             }
             Err(e) => {
                 self.exception(env, &e, Some(id), codes);
-                false
+                None
             }
         }
     }
@@ -480,6 +482,7 @@ impl Session {
             }
             Command::ExchangeUnbind(u) => {
                 broker.unbind(
+                    sid,
                     u.queue.as_deref().unwrap_or(""),
                     u.exchange.as_deref().unwrap_or(""),
                     u.binding_key.as_deref().unwrap_or(""),
@@ -576,6 +579,12 @@ impl Session {
         }
         let exchange = t.destination.unwrap_or_default();
         msg.delivery.exchange = Some(exchange.clone());
+        msg.origin = env.connection;
+        if let Some(ttl) = msg.delivery.ttl.filter(|t| *t > 0) {
+            msg.expires_at =
+                Some(std::time::Instant::now() + std::time::Duration::from_millis(ttl));
+        }
+        msg.seal();
         let msg = Arc::new(msg);
         if let Some(tx) = &mut self.tx {
             let queues = env.broker.route(&exchange, &msg)?;

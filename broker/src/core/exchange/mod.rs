@@ -96,6 +96,8 @@ pub struct Exchange {
     pub args: FieldTable,
     bindings: Vec<Binding>,
     router: Router,
+    /// Auto-delete waits for the first binding before it can trigger.
+    had_bindings: bool,
 }
 
 impl Exchange {
@@ -115,6 +117,7 @@ impl Exchange {
             args: FieldTable::new(),
             bindings: Vec::new(),
             router,
+            had_bindings: false,
         })
     }
 
@@ -137,6 +140,7 @@ impl Exchange {
         };
         self.router.add(&b)?;
         self.bindings.push(b);
+        self.had_bindings = true;
         Ok(true)
     }
 
@@ -181,6 +185,11 @@ impl Exchange {
                 }
             }
         }
+    }
+
+    /// Whether an auto-delete exchange has lost its last binding and should go.
+    pub fn is_unused_auto_delete(&self) -> bool {
+        self.auto_delete && self.had_bindings && self.bindings.is_empty()
     }
 
     /// The bindings, in the order they were made.
