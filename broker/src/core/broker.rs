@@ -1011,7 +1011,13 @@ impl State {
             ex.unbind_queue(name);
         }
         self.remove_unused_exchanges();
-        self.subscriptions.retain(|_, qn| qn != name);
+        // Subscriptions outlive their queue (the peer still cancels them); they point at no
+        // queue from now on, so a new queue of the same name is not mistaken for it.
+        for qn in self.subscriptions.values_mut() {
+            if qn == name {
+                qn.clear();
+            }
+        }
         if let Some(alt) = q.alternate.clone() {
             for msg in q.drain() {
                 self.reroute(&alt, &msg);

@@ -6,7 +6,7 @@ use bytes::{Bytes, BytesMut};
 use crate::wire::prim::put_struct32;
 use crate::wire::{
     Content, DecodeError, DeliveryProperties, FieldTable, MessageDeliveryMode, MessageProperties,
-    Struct32,
+    Struct32, Value,
 };
 
 /// An immutable message, shared between the queues it was routed to.
@@ -62,6 +62,28 @@ impl Message {
             body: body.into(),
             ..Message::default()
         };
+        m.seal();
+        m
+    }
+
+    /// A copy with one application header set (queue sequence numbers).
+    pub fn with_header(&self, key: &str, value: Value) -> Message {
+        let mut m = self.clone();
+        let mut props = m.properties.take().unwrap_or_default();
+        props
+            .application_headers
+            .get_or_insert_with(FieldTable::new)
+            .insert(key, value);
+        let encoded = props.to_struct32();
+        match m
+            .other_headers
+            .iter_mut()
+            .find(|s| s.code == MessageProperties::CODE)
+        {
+            Some(slot) => *slot = encoded,
+            None => m.other_headers.push(encoded),
+        }
+        m.properties = Some(props);
         m.seal();
         m
     }

@@ -3,6 +3,7 @@
 //! last-value and priority variants as qpidd has them.
 
 use std::collections::{BTreeMap, HashMap};
+use std::ops::Bound;
 use std::sync::Arc;
 
 use super::consumer::{Consumer, Delivery};
@@ -49,6 +50,8 @@ pub struct QueueSettings {
     pub no_local: bool,
     /// `qpid.auto_delete_timeout`: seconds an unused auto-delete queue lingers.
     pub auto_delete_timeout: u64,
+    /// `qpid.queue_msg_sequence`: the application header that gets each message's number.
+    pub sequence_key: Option<String>,
 }
 
 impl Default for QueueSettings {
@@ -62,6 +65,7 @@ impl Default for QueueSettings {
             fairshare: Vec::new(),
             no_local: false,
             auto_delete_timeout: 0,
+            sequence_key: None,
         }
     }
 }
@@ -91,6 +95,10 @@ impl QueueSettings {
                     .map_or_else(|| v.as_str() != Some("false"), |n| n != 0)
             }),
             auto_delete_timeout: arg_u64(args, "qpid.auto_delete_timeout")?.unwrap_or(0),
+            sequence_key: args
+                .get("qpid.queue_msg_sequence")
+                .and_then(Value::as_str)
+                .map(str::to_string),
             ..QueueSettings::default()
         };
         if let Some(p) = args.get("qpid.policy_type") {
@@ -195,7 +203,8 @@ pub struct Queue {
     next_consumer: usize,
     /// Whether a consumer was ever attached (auto-delete waits for the first one).
     pub(super) had_consumers: bool,
-    fair_band: Option<(u8, u32)>,
+    /// Deliveries per priority level in the current fair-share round.
+    fair_used: HashMap<u8, u32>,
     /// The connection of the owning session (for `no-local`).
     pub(super) owner_connection: Option<u64>,
     /// Set when auto-delete triggered with a timeout; the deadline is set by `tick`.
@@ -223,7 +232,7 @@ impl Queue {
             consumers: Vec::new(),
             next_consumer: 0,
             had_consumers: false,
-            fair_band: None,
+            fair_used: HashMap::new(),
             owner_connection: None,
             pending_delete: None,
             has_ttl: false,
@@ -273,9 +282,16 @@ impl Queue {
                 }
             }
         }
-        self.make_room(msg.size())?;
+        let band = 255 - self.settings.level(msg.priority());
+        if !self.make_room(msg.size(), band)? {
+            return Ok(());
+        }
+        let msg = match &self.settings.sequence_key {
+            Some(key) => Arc::new(msg.with_header(key, Value::Int64(self.next_seq as i64))),
+            None => msg,
+        };
         let pos = Position {
-            band: 255 - self.settings.level(msg.priority()),
+            band,
             seq: self.next_seq,
         };
         self.next_seq += 1;
@@ -322,28 +338,47 @@ impl Queue {
         Ok(())
     }
 
-    fn make_room(&mut self, size: u64) -> Result<(), Error> {
+    /// Makes room for a message of `size` bytes in priority `band`. Returns false when the
+    /// message itself is the one a ring queue drops (it ranks below everything held).
+    fn make_room(&mut self, size: u64, band: u8) -> Result<bool, Error> {
         self.check_room(size)?;
-        while self.over_limit(size) {
-            // Ring: the oldest message goes, whatever its priority.
+        // A ring counts what it can still drop: messages held by consumers are not its to
+        // discard, so they do not count against it either.
+        let held_bytes: u64 = self.acquired.values().map(|e| e.msg.size()).sum();
+        loop {
+            let over = self
+                .settings
+                .max_count
+                .is_some_and(|m| self.available.len() as u64 + 1 > m)
+                || self
+                    .settings
+                    .max_size
+                    .is_some_and(|m| self.bytes - held_bytes + size > m);
+            if !over {
+                return Ok(true);
+            }
+            // The oldest message of the lowest priority level goes; a newcomer of a lower
+            // level than everything held goes instead.
+            let Some(lowest_band) = self.available.keys().next_back().map(|p| p.band) else {
+                return Ok(size == 0 || self.settings.max_size.is_none_or(|m| size <= m));
+            };
+            if band > lowest_band {
+                return Ok(false);
+            }
             let oldest = self
                 .available
-                .iter()
-                .min_by_key(|(p, _)| p.seq)
+                .range(
+                    Position {
+                        band: lowest_band,
+                        seq: 0,
+                    }..,
+                )
+                .next()
                 .map(|(p, _)| *p);
-            match oldest {
-                Some(p) => {
-                    self.remove_available(p);
-                }
-                None => {
-                    return Err(Error::LimitExceeded(format!(
-                        "{} is full of acquired messages",
-                        self.name
-                    )))
-                }
+            if let Some(p) = oldest {
+                self.remove_available(p);
             }
         }
-        Ok(())
     }
 
     fn remove_available(&mut self, pos: Position) -> Option<Entry> {
@@ -433,62 +468,48 @@ impl Queue {
         }
     }
 
-    fn next_for(&self, c: &Consumer) -> Option<Position> {
-        if !c.acquire {
-            let from = c
-                .cursor
-                .map_or(std::ops::Bound::Unbounded, std::ops::Bound::Excluded);
+    fn next_for(&mut self, acquire: bool, cursor: Option<Position>) -> Option<Position> {
+        if !acquire {
+            let from = cursor.map_or(Bound::Unbounded, Bound::Excluded);
             return self
                 .available
-                .range((from, std::ops::Bound::Unbounded))
+                .range((from, Bound::Unbounded))
                 .next()
                 .map(|(p, _)| *p);
         }
-        if let Some((band, used)) = self.fair_band {
-            let limit = self
-                .settings
-                .fairshare
-                .iter()
-                .find(|(l, _)| 255 - *l == band)
-                .map(|(_, n)| *n);
-            if limit.is_some_and(|n| used >= n) {
-                // This band had its share: serve a lower band if it has messages.
-                if let Some((p, _)) = self
-                    .available
-                    .range(
-                        Position {
-                            band: band + 1,
-                            seq: 0,
-                        }..,
-                    )
-                    .next()
-                {
-                    return Some(*p);
+        if self.settings.fairshare.is_empty() {
+            return self.available.keys().next().copied();
+        }
+        // Fair share: each level delivers up to its quota per round, highest level first;
+        // when every level with messages has had its quota, a new round starts.
+        for _ in 0..2 {
+            let mut next = self.available.keys().next().copied();
+            while let Some(pos) = next {
+                let level = 255 - pos.band;
+                let used = self.fair_used.get(&level).copied().unwrap_or(0);
+                if self.fair_limit(level).is_none_or(|limit| used < limit) {
+                    return Some(pos);
                 }
+                next = match pos.band.checked_add(1) {
+                    Some(band) => self
+                        .available
+                        .range(Position { band, seq: 0 }..)
+                        .next()
+                        .map(|(p, _)| *p),
+                    None => None,
+                };
             }
+            self.fair_used.clear();
         }
         self.available.keys().next().copied()
     }
 
-    fn note_fairshare(&mut self, pos: Position) {
-        if self.settings.fairshare.is_empty() {
-            return;
-        }
-        self.fair_band = match self.fair_band {
-            Some((band, used)) if band == pos.band => Some((band, used + 1)),
-            _ => Some((pos.band, 1)),
-        };
-        let limit = self
-            .settings
+    fn fair_limit(&self, level: u8) -> Option<u32> {
+        self.settings
             .fairshare
             .iter()
-            .find(|(l, _)| 255 - *l == pos.band)
-            .map(|(_, n)| *n);
-        if let (Some(n), Some((band, used))) = (limit, self.fair_band) {
-            if used > n {
-                self.fair_band = Some((band, 1));
-            }
-        }
+            .find(|(l, _)| *l == level)
+            .map(|(_, n)| *n)
     }
 
     /// Hands available messages to consumers with credit, round robin, until no consumer
@@ -502,7 +523,8 @@ impl Queue {
             let mut delivered = false;
             for i in 0..n {
                 let idx = (self.next_consumer + i) % n;
-                let Some(pos) = self.next_for(&self.consumers[idx]) else {
+                let (acquire, cursor) = (self.consumers[idx].acquire, self.consumers[idx].cursor);
+                let Some(pos) = self.next_for(acquire, cursor) else {
                     continue;
                 };
                 let Some(size) = self.available.get(&pos).map(|e| e.msg.credit_size()) else {
@@ -528,8 +550,8 @@ impl Queue {
                     };
                     e
                 };
-                if c.acquire {
-                    self.note_fairshare(pos);
+                if c.acquire && !self.settings.fairshare.is_empty() {
+                    *self.fair_used.entry(255 - pos.band).or_default() += 1;
                 }
                 let c = &mut self.consumers[idx];
                 if !c.acquire {
