@@ -421,6 +421,11 @@ impl Broker {
             .exchanges
             .get(name)
             .ok_or_else(|| Error::NotFound(format!("exchange not found: {name}")))?;
+        if STANDARD_EXCHANGES.iter().any(|(n, _)| *n == name) {
+            return Err(Error::NotAllowed(format!(
+                "cannot delete the standard exchange {name}"
+            )));
+        }
         if if_unused && !ex.bindings().is_empty() {
             return Err(Error::PreconditionFailed(format!(
                 "cannot delete exchange {name}: it has bindings"

@@ -26,6 +26,8 @@ pub struct Message {
     pub other_headers: Vec<Struct32>,
     /// The body.
     pub body: Bytes,
+    /// Whether the sender sent a body segment at all (an empty body is not no body).
+    pub has_body: bool,
 }
 
 impl Message {
@@ -39,6 +41,7 @@ impl Message {
             return Ok(msg);
         };
         msg.body = content.body.clone();
+        msg.has_body = content.has_body;
         for s in content.header_structs()? {
             match s.code {
                 DeliveryProperties::CODE => msg.delivery = DeliveryProperties::from_struct32(&s)?,
@@ -60,6 +63,7 @@ impl Message {
                 ..DeliveryProperties::default()
             },
             body: body.into(),
+            has_body: true,
             ..Message::default()
         };
         m.seal();

@@ -172,7 +172,11 @@ impl Session {
             accept_mode: Some(crate::wire::MessageAcceptMode(u8::from(!d.accept_explicit))),
             acquire_mode: Some(crate::wire::MessageAcquireMode(u8::from(!d.acquired))),
         });
-        self.send_command(env, &transfer, Some((&header, Some(&d.msg.body))));
+        self.send_command(
+            env,
+            &transfer,
+            Some((&header, d.msg.has_body.then_some(&d.msg.body[..]))),
+        );
         let held = Held {
             queue: d.queue,
             position: d.position,
