@@ -11,5 +11,6 @@
 //! federation).
 
 pub mod client;
+pub mod core;
 pub mod server;
 pub mod wire;

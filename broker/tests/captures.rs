@@ -59,7 +59,9 @@ fn check_direction(name: &str, frames: &[Vec<u8>]) -> (usize, usize) {
                 content,
             } => {
                 commands += 1;
-                let content_ref = content.as_ref().map(|c| (&c.header[..], &c.body[..]));
+                let content_ref = content
+                    .as_ref()
+                    .map(|c| (&c.header[..], c.has_body.then_some(&c.body[..])));
                 writer.command(channel, header.sync, command, content_ref, &mut out);
                 if let (Command::MessageTransfer(_), Some(content)) = (command, content) {
                     // Each header struct decodes into its generated type and back.

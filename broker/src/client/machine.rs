@@ -427,7 +427,11 @@ impl<W> Machine<W> {
         self.send(
             channel,
             &command,
-            Some((&header, &message.body)),
+            // An empty body goes without a body segment.
+            Some((
+                &header,
+                (!message.body.is_empty()).then_some(&message.body[..]),
+            )),
             sync,
             token,
         )
@@ -437,7 +441,7 @@ impl<W> Machine<W> {
         &mut self,
         channel: u16,
         command: &Command,
-        content: Option<(&[u8], &[u8])>,
+        content: Option<(&[u8], Option<&[u8]>)>,
         sync: bool,
         token: Option<W>,
     ) -> Option<u64> {

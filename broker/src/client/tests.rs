@@ -51,7 +51,7 @@ impl FakeBroker {
         self.writer.control(ch, &c, &mut self.out);
     }
 
-    fn command(&mut self, ch: u16, c: Command, content: Option<(&[u8], &[u8])>) {
+    fn command(&mut self, ch: u16, c: Command, content: Option<(&[u8], Option<&[u8]>)>) {
         let id = self.next_out.entry(ch).or_default();
         *id = id.next();
         self.writer.command(ch, false, &c, content, &mut self.out);
@@ -254,7 +254,7 @@ impl FakeBroker {
                     accept_mode: Some(accept_mode),
                     acquire_mode: Some(MessageAcquireMode::PRE_ACQUIRED),
                 };
-                self.command(key.0, t.into(), Some((&header, &body)));
+                self.command(key.0, t.into(), Some((&header, Some(&body))));
             }
         }
     }

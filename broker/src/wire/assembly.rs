@@ -21,6 +21,8 @@ pub struct Content {
     pub header: Bytes,
     /// The body, joined from all body frames.
     pub body: Bytes,
+    /// Whether a body segment was present (an empty body differs from none).
+    pub has_body: bool,
 }
 
 impl Content {
@@ -199,7 +201,10 @@ fn decode_assembly(
                     SegmentType::Header if c.header.is_empty() && c.body.is_empty() => {
                         c.header = bytes.freeze()
                     }
-                    SegmentType::Body if c.body.is_empty() => c.body = bytes.freeze(),
+                    SegmentType::Body if !c.has_body => {
+                        c.body = bytes.freeze();
+                        c.has_body = true;
+                    }
                     _ => return Err(seq("unexpected segment in command assembly")),
                 }
             }
@@ -264,13 +269,14 @@ impl FrameWriter {
         self.segments(channel, 0, &[(SegmentType::Control, &payload[..])], out);
     }
 
-    /// Writes a command with its sync bit and, for transfers, its content.
+    /// Writes a command with its sync bit and, for transfers, its content: the header
+    /// segment and, when given, a body segment (which may be empty).
     pub fn command(
         &self,
         channel: u16,
         sync: bool,
         command: &Command,
-        content: Option<(&[u8], &[u8])>,
+        content: Option<(&[u8], Option<&[u8]>)>,
         out: &mut BytesMut,
     ) {
         let mut payload = BytesMut::new();
@@ -280,7 +286,7 @@ impl FrameWriter {
         command.encode_fields(&mut payload);
         match content {
             None => self.segments(channel, 1, &[(SegmentType::Command, &payload[..])], out),
-            Some((header, body)) if body.is_empty() => self.segments(
+            Some((header, None)) => self.segments(
                 channel,
                 1,
                 &[
@@ -289,7 +295,7 @@ impl FrameWriter {
                 ],
                 out,
             ),
-            Some((header, body)) => self.segments(
+            Some((header, Some(body))) => self.segments(
                 channel,
                 1,
                 &[

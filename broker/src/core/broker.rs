@@ -1,0 +1,1032 @@
+//! The broker value: registries of exchanges and queues behind one lock, and every operation
+//! the 0-10 commands map onto. Synchronous and free of I/O; sessions are plain ids.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use super::consumer::{Consumer, Credit, DeliverySink};
+use super::error::Error;
+use super::exchange::Exchange;
+use super::message::Message;
+use super::queue::{Position, Queue};
+use super::SessionId;
+use crate::wire::FieldTable;
+
+/// The exchanges every broker has, with their types.
+pub const STANDARD_EXCHANGES: &[(&str, &str)] = &[
+    ("amq.direct", "direct"),
+    ("amq.topic", "topic"),
+    ("amq.fanout", "fanout"),
+    ("amq.match", "headers"),
+];
+
+/// Arguments of `queue.declare`.
+#[derive(Debug, Clone, Default)]
+pub struct QueueDeclare {
+    /// Queue name.
+    pub name: String,
+    /// Alternate exchange name, if any.
+    pub alternate: Option<String>,
+    /// Only check that it exists.
+    pub passive: bool,
+    /// Survives restart.
+    pub durable: bool,
+    /// Owned by the declaring session.
+    pub exclusive: bool,
+    /// Deleted when unused.
+    pub auto_delete: bool,
+    /// Arguments.
+    pub args: FieldTable,
+}
+
+/// Arguments of `exchange.declare`.
+#[derive(Debug, Clone, Default)]
+pub struct ExchangeDeclare {
+    /// Exchange name.
+    pub name: String,
+    /// Type name.
+    pub kind: String,
+    /// Alternate exchange name, if any.
+    pub alternate: Option<String>,
+    /// Only check that it exists.
+    pub passive: bool,
+    /// Survives restart.
+    pub durable: bool,
+    /// Deleted with its last binding.
+    pub auto_delete: bool,
+    /// Arguments.
+    pub args: FieldTable,
+}
+
+/// What `queue.query` reports.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QueueInfo {
+    /// Name.
+    pub name: String,
+    /// Alternate exchange.
+    pub alternate: Option<String>,
+    /// Durable flag.
+    pub durable: bool,
+    /// Whether some session owns it.
+    pub exclusive: bool,
+    /// Auto-delete flag.
+    pub auto_delete: bool,
+    /// Declare arguments.
+    pub args: FieldTable,
+    /// Available messages.
+    pub message_count: u32,
+    /// Consumers.
+    pub subscriber_count: u32,
+}
+
+/// What `exchange.query` reports.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExchangeInfo {
+    /// Type name.
+    pub kind: String,
+    /// Durable flag.
+    pub durable: bool,
+    /// Declare arguments.
+    pub args: FieldTable,
+}
+
+/// What `exchange.bound` reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct BoundInfo {
+    /// The exchange does not exist.
+    pub exchange_not_found: bool,
+    /// The named queue does not exist.
+    pub queue_not_found: bool,
+    /// The queue is not bound to the exchange.
+    pub queue_not_matched: bool,
+    /// No binding has the key.
+    pub key_not_matched: bool,
+    /// No binding has the arguments.
+    pub args_not_matched: bool,
+}
+
+/// Arguments of `message.subscribe`.
+#[derive(Clone)]
+pub struct Subscribe {
+    /// Queue to consume from.
+    pub queue: String,
+    /// Destination naming the consumer within its session.
+    pub destination: String,
+    /// Pre-acquired (false = browse).
+    pub acquire: bool,
+    /// Accept-mode explicit.
+    pub accept_explicit: bool,
+    /// Exclusive consumer.
+    pub exclusive: bool,
+    /// Where deliveries go.
+    pub sink: Arc<dyn DeliverySink>,
+}
+
+/// A message held by a session: where it lives.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Held {
+    /// Queue name.
+    pub queue: String,
+    /// Position in the queue.
+    pub position: Position,
+}
+
+#[derive(Default)]
+struct State {
+    exchanges: HashMap<String, Exchange>,
+    queues: HashMap<String, Queue>,
+    /// (session, destination) → queue name.
+    subscriptions: HashMap<(SessionId, String), String>,
+    /// The connection of each live session.
+    sessions: HashMap<SessionId, u64>,
+    next_session: u64,
+    next_connection: u64,
+}
+
+/// The broker model. Cheap to share: clone the `Arc`.
+pub struct Broker {
+    state: Mutex<State>,
+}
+
+impl Default for Broker {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Broker {
+    /// A broker with the standard exchanges.
+    pub fn new() -> Broker {
+        let mut state = State::default();
+        for (name, kind) in STANDARD_EXCHANGES {
+            if let Ok(mut ex) = Exchange::new(name, kind) {
+                ex.durable = true;
+                state.exchanges.insert((*name).to_string(), ex);
+            }
+        }
+        Broker {
+            state: Mutex::new(state),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic elsewhere must not take the whole broker down with a poisoned lock.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A fresh connection id (never 0).
+    pub fn new_connection(&self) -> u64 {
+        let mut st = self.lock();
+        st.next_connection += 1;
+        st.next_connection
+    }
+
+    /// A fresh session id on connection `connection`.
+    pub fn new_session(&self, connection: u64) -> SessionId {
+        let mut st = self.lock();
+        st.next_session += 1;
+        let id = SessionId(st.next_session);
+        st.sessions.insert(id, connection);
+        id
+    }
+
+    /// Periodic work that needs the clock: expired messages go, and auto-delete queues
+    /// whose timeout ran out are deleted.
+    pub fn tick(&self, now: std::time::Instant) {
+        let mut st = self.lock();
+        let mut due = Vec::new();
+        for q in st.queues.values_mut() {
+            q.expire(now);
+            if let Some(deadline) = q.pending_delete {
+                if q.consumer_count() > 0 || q.owner.is_some() {
+                    q.pending_delete = None;
+                    continue;
+                }
+                match deadline {
+                    None => {
+                        let wait = std::time::Duration::from_secs(q.settings.auto_delete_timeout);
+                        q.pending_delete = Some(Some(now + wait));
+                    }
+                    Some(t) if t <= now => due.push(q.name.clone()),
+                    Some(_) => {}
+                }
+            }
+        }
+        for name in due {
+            st.remove_queue(&name);
+        }
+    }
+
+    /// `queue.declare`.
+    ///
+    /// # Errors
+    /// 404 for a passive declare of a missing queue or a missing alternate exchange, 405 for
+    /// another session's exclusive queue, 542 for bad arguments.
+    pub fn declare_queue(&self, session: SessionId, d: QueueDeclare) -> Result<(), Error> {
+        let mut st = self.lock();
+        let connection = st.sessions.get(&session).copied();
+        if let Some(q) = st.queues.get_mut(&d.name) {
+            let locked = || {
+                Error::ResourceLocked(format!("cannot grant exclusive access to queue {}", d.name))
+            };
+            match q.owner {
+                // Passive checks of someone else's queue are fine (request/reply clients).
+                Some(owner) if owner != session && (d.exclusive || !d.passive) => {
+                    return Err(locked())
+                }
+                Some(_) => {}
+                None if d.exclusive => {
+                    if d.passive || q.consumer_count() > 0 {
+                        return Err(locked());
+                    }
+                    q.owner = Some(session);
+                    q.owner_connection = connection;
+                }
+                None => {}
+            }
+            return Ok(());
+        }
+        if d.passive {
+            return Err(Error::NotFound(format!("queue not found: {}", d.name)));
+        }
+        if d.name.is_empty() {
+            return Err(Error::InvalidArgument(
+                "queue name must not be empty".into(),
+            ));
+        }
+        if let Some(alt) = &d.alternate {
+            if !alt.is_empty() && !st.exchanges.contains_key(alt) {
+                return Err(Error::NotFound(format!(
+                    "alternate exchange not found: {alt}"
+                )));
+            }
+        }
+        let mut q = Queue::new(&d.name, d.args)?;
+        q.durable = d.durable;
+        q.auto_delete = d.auto_delete;
+        q.alternate = d.alternate.filter(|a| !a.is_empty());
+        q.owner = d.exclusive.then_some(session);
+        q.owner_connection = if d.exclusive { connection } else { None };
+        st.queues.insert(d.name, q);
+        Ok(())
+    }
+
+    /// `queue.delete`. Messages left on the queue go to its alternate exchange, if any.
+    ///
+    /// # Errors
+    /// 404 missing, 405 exclusive elsewhere, 406 if-unused/if-empty violated.
+    pub fn delete_queue(
+        &self,
+        session: SessionId,
+        name: &str,
+        if_unused: bool,
+        if_empty: bool,
+    ) -> Result<(), Error> {
+        let mut st = self.lock();
+        let q = st
+            .queues
+            .get(name)
+            .ok_or_else(|| Error::NotFound(format!("queue not found: {name}")))?;
+        if q.owner.is_some_and(|o| o != session) {
+            return Err(Error::ResourceLocked(format!(
+                "cannot delete queue {name}: exclusive to another session"
+            )));
+        }
+        if if_unused && q.consumer_count() > 0 {
+            return Err(Error::PreconditionFailed(format!(
+                "cannot delete queue {name}: it has consumers"
+            )));
+        }
+        if if_empty && q.depth() > 0 {
+            return Err(Error::PreconditionFailed(format!(
+                "cannot delete queue {name}: it is not empty"
+            )));
+        }
+        st.remove_queue(name);
+        Ok(())
+    }
+
+    /// `queue.purge`: drops available messages, returns how many.
+    ///
+    /// # Errors
+    /// 404 missing, 405 exclusive elsewhere.
+    pub fn purge_queue(&self, session: SessionId, name: &str) -> Result<usize, Error> {
+        if name.is_empty() {
+            return Err(Error::IllegalArgument(
+                "no queue name given to purge".into(),
+            ));
+        }
+        let mut st = self.lock();
+        let q = st
+            .queues
+            .get_mut(name)
+            .ok_or_else(|| Error::NotFound(format!("queue not found: {name}")))?;
+        if q.owner.is_some_and(|o| o != session) {
+            return Err(Error::ResourceLocked(format!(
+                "cannot purge queue {name}: exclusive to another session"
+            )));
+        }
+        Ok(q.purge())
+    }
+
+    /// `queue.query`: `None` when the queue does not exist.
+    pub fn query_queue(&self, name: &str) -> Option<QueueInfo> {
+        let st = self.lock();
+        let q = st.queues.get(name)?;
+        Some(QueueInfo {
+            name: q.name.clone(),
+            alternate: q.alternate.clone(),
+            durable: q.durable,
+            exclusive: q.owner.is_some(),
+            auto_delete: q.auto_delete,
+            args: q.args.clone(),
+            message_count: u32::try_from(q.message_count()).unwrap_or(u32::MAX),
+            subscriber_count: u32::try_from(q.consumer_count()).unwrap_or(u32::MAX),
+        })
+    }
+
+    /// `exchange.declare`.
+    ///
+    /// # Errors
+    /// 530 for reserved names or a type/alternate mismatch with an existing exchange, 404 for
+    /// an unknown type, a missing alternate or a passive declare of a missing exchange.
+    pub fn declare_exchange(&self, d: ExchangeDeclare) -> Result<(), Error> {
+        let mut st = self.lock();
+        if let Some(ex) = st.exchanges.get(&d.name) {
+            if !d.passive && !d.kind.is_empty() && ex.kind != d.kind {
+                return Err(Error::NotAllowed(format!(
+                    "exchange {} declared with type {}, not {}",
+                    d.name, ex.kind, d.kind
+                )));
+            }
+            if !d.passive {
+                if let Some(alt) = d.alternate.as_ref().filter(|a| !a.is_empty()) {
+                    if ex.alternate.as_ref() != Some(alt) {
+                        return Err(Error::NotAllowed(format!(
+                            "exchange {} exists with another alternate exchange",
+                            d.name
+                        )));
+                    }
+                }
+            }
+            return Ok(());
+        }
+        if d.name.is_empty() {
+            return if d.passive {
+                Ok(())
+            } else {
+                Err(Error::NotAllowed(
+                    "cannot redeclare the default exchange".into(),
+                ))
+            };
+        }
+        if d.passive {
+            return Err(Error::NotFound(format!("exchange not found: {}", d.name)));
+        }
+        if d.name.starts_with("amq.") || d.name.starts_with("qpid.") {
+            return Err(Error::NotAllowed(format!(
+                "exchange names beginning with amq. or qpid. are reserved: {}",
+                d.name
+            )));
+        }
+        let mut ex = Exchange::new(&d.name, &d.kind)?;
+        if let Some(alt) = d.alternate.filter(|a| !a.is_empty()) {
+            if !st.exchanges.contains_key(&alt) {
+                return Err(Error::NotFound(format!(
+                    "alternate exchange not found: {alt}"
+                )));
+            }
+            ex.alternate = Some(alt);
+        }
+        ex.durable = d.durable;
+        ex.auto_delete = d.auto_delete;
+        ex.args = d.args;
+        st.exchanges.insert(d.name, ex);
+        Ok(())
+    }
+
+    /// `exchange.delete`.
+    ///
+    /// # Errors
+    /// 404 missing, 542 for the default exchange, 530 when it is some object's alternate, 406
+    /// for if-unused with bindings.
+    pub fn delete_exchange(&self, name: &str, if_unused: bool) -> Result<(), Error> {
+        let mut st = self.lock();
+        if name.is_empty() {
+            return Err(Error::InvalidArgument(
+                "cannot delete the default exchange".into(),
+            ));
+        }
+        let ex = st
+            .exchanges
+            .get(name)
+            .ok_or_else(|| Error::NotFound(format!("exchange not found: {name}")))?;
+        if STANDARD_EXCHANGES.iter().any(|(n, _)| *n == name) {
+            return Err(Error::NotAllowed(format!(
+                "cannot delete the standard exchange {name}"
+            )));
+        }
+        if if_unused && !ex.bindings().is_empty() {
+            return Err(Error::PreconditionFailed(format!(
+                "cannot delete exchange {name}: it has bindings"
+            )));
+        }
+        let used_as_alternate = st
+            .queues
+            .values()
+            .any(|q| q.alternate.as_deref() == Some(name))
+            || st
+                .exchanges
+                .values()
+                .any(|e| e.alternate.as_deref() == Some(name));
+        if used_as_alternate {
+            return Err(Error::NotAllowed(format!(
+                "cannot delete exchange {name}: it is in use as an alternate exchange"
+            )));
+        }
+        st.exchanges.remove(name);
+        Ok(())
+    }
+
+    /// `exchange.query`: `None` when the exchange does not exist.
+    pub fn query_exchange(&self, name: &str) -> Option<ExchangeInfo> {
+        if name.is_empty() {
+            return Some(ExchangeInfo {
+                kind: "direct".into(),
+                durable: true,
+                args: FieldTable::new(),
+            });
+        }
+        let st = self.lock();
+        st.exchanges.get(name).map(|e| ExchangeInfo {
+            kind: e.kind.clone(),
+            durable: e.durable,
+            args: e.args.clone(),
+        })
+    }
+
+    /// `exchange.bind`.
+    ///
+    /// # Errors
+    /// 404 missing queue or exchange, 542 for the default exchange, 405 for another session's
+    /// exclusive queue, 541 for arguments the type cannot use.
+    pub fn bind(
+        &self,
+        session: SessionId,
+        queue: &str,
+        exchange: &str,
+        key: &str,
+        args: &FieldTable,
+    ) -> Result<(), Error> {
+        let mut st = self.lock();
+        if exchange.is_empty() {
+            return Err(Error::InvalidArgument(
+                "bind on the default exchange is not allowed".into(),
+            ));
+        }
+        let q = st
+            .queues
+            .get(queue)
+            .ok_or_else(|| Error::NotFound(format!("queue not found: {queue}")))?;
+        if q.owner.is_some_and(|o| o != session) {
+            return Err(Error::ResourceLocked(format!(
+                "cannot bind queue {queue}: exclusive to another session"
+            )));
+        }
+        let ex = st
+            .exchanges
+            .get_mut(exchange)
+            .ok_or_else(|| Error::NotFound(format!("exchange not found: {exchange}")))?;
+        ex.bind(queue, key, args)?;
+        Ok(())
+    }
+
+    /// `exchange.unbind`: an absent binding between existing objects is no error.
+    ///
+    /// # Errors
+    /// 404 missing queue or exchange, 542 for the default exchange.
+    pub fn unbind(
+        &self,
+        session: SessionId,
+        queue: &str,
+        exchange: &str,
+        key: &str,
+    ) -> Result<(), Error> {
+        let mut st = self.lock();
+        if exchange.is_empty() {
+            return Err(Error::InvalidArgument(
+                "unbind from the default exchange is not allowed".into(),
+            ));
+        }
+        let q = st
+            .queues
+            .get(queue)
+            .ok_or_else(|| Error::NotFound(format!("queue not found: {queue}")))?;
+        if q.owner.is_some_and(|o| o != session) {
+            return Err(Error::ResourceLocked(format!(
+                "cannot unbind queue {queue}: exclusive to another session"
+            )));
+        }
+        let ex = st
+            .exchanges
+            .get_mut(exchange)
+            .ok_or_else(|| Error::NotFound(format!("exchange not found: {exchange}")))?;
+        ex.unbind(queue, key);
+        st.remove_unused_exchanges();
+        Ok(())
+    }
+
+    /// `exchange.bound`, criterion by criterion as qpidd computes it.
+    pub fn bound(
+        &self,
+        exchange: &str,
+        queue: Option<&str>,
+        key: Option<&str>,
+        args: Option<&FieldTable>,
+    ) -> BoundInfo {
+        let st = self.lock();
+        let queue = queue.filter(|q| !q.is_empty());
+        let key = key.filter(|k| !k.is_empty());
+        let args = args.filter(|a| !a.is_empty());
+        let queue_missing = queue.is_some_and(|q| !st.queues.contains_key(q));
+        let Some(ex) = st.exchanges.get(exchange) else {
+            return BoundInfo {
+                exchange_not_found: true,
+                queue_not_found: queue_missing,
+                ..BoundInfo::default()
+            };
+        };
+        if queue_missing {
+            return BoundInfo {
+                queue_not_found: true,
+                ..BoundInfo::default()
+            };
+        }
+        let b = ex.bindings();
+        let exact = b.iter().any(|x| {
+            queue.is_none_or(|q| x.queue == q)
+                && key.is_none_or(|k| x.key == k)
+                && args.is_none_or(|a| x.args == *a)
+        });
+        if exact && (queue.is_some() || key.is_some() || args.is_some()) {
+            return BoundInfo::default();
+        }
+        if queue.is_none() && key.is_none() && args.is_none() {
+            return BoundInfo {
+                queue_not_matched: b.is_empty(),
+                ..BoundInfo::default()
+            };
+        }
+        BoundInfo {
+            queue_not_matched: queue.is_some_and(|q| !b.iter().any(|x| x.queue == q)),
+            key_not_matched: key.is_some_and(|k| !b.iter().any(|x| x.key == k)),
+            args_not_matched: args.is_some_and(|a| !b.iter().any(|x| x.args == *a)),
+            ..BoundInfo::default()
+        }
+    }
+
+    /// The queues a message sent to `exchange` reaches, after alternate exchanges for
+    /// unroutable messages.
+    ///
+    /// # Errors
+    /// 404 when the exchange does not exist.
+    pub fn route(&self, exchange: &str, msg: &Message) -> Result<Vec<String>, Error> {
+        let st = self.lock();
+        st.route(exchange, msg)
+    }
+
+    /// Routes and enqueues a message in one step (no transaction).
+    ///
+    /// # Errors
+    /// 404 missing exchange; 506 when a queue is full under the reject policy.
+    pub fn publish(&self, exchange: &str, msg: Arc<Message>) -> Result<usize, Error> {
+        let mut st = self.lock();
+        let queues = st.route(exchange, &msg)?;
+        st.enqueue_all(&queues, &msg)?;
+        Ok(queues.len())
+    }
+
+    /// Enqueues a message on queues routed earlier (a committed transaction); queues that
+    /// went away meanwhile are skipped.
+    ///
+    /// # Errors
+    /// 506 when a queue is full under the reject policy.
+    pub fn enqueue(&self, queues: &[String], msg: Arc<Message>) -> Result<(), Error> {
+        let mut st = self.lock();
+        st.enqueue_all(queues, &msg)
+    }
+
+    /// `message.subscribe`.
+    ///
+    /// # Errors
+    /// 404 missing queue, 530 destination in use, 405 exclusivity conflicts.
+    pub fn subscribe(&self, session: SessionId, s: Subscribe) -> Result<(), Error> {
+        if s.queue.is_empty() {
+            return Err(Error::IllegalArgument(
+                "no queue given to subscribe to".into(),
+            ));
+        }
+        let mut st = self.lock();
+        let connection = st.sessions.get(&session).copied().unwrap_or(0);
+        if st
+            .subscriptions
+            .contains_key(&(session, s.destination.clone()))
+        {
+            return Err(Error::NotAllowed(format!(
+                "destination {} already in use",
+                s.destination
+            )));
+        }
+        let q = st
+            .queues
+            .get_mut(&s.queue)
+            .ok_or_else(|| Error::NotFound(format!("queue not found: {}", s.queue)))?;
+        if q.owner.is_some_and(|o| o != session) {
+            return Err(Error::ResourceLocked(format!(
+                "cannot subscribe to exclusive queue {}",
+                s.queue
+            )));
+        }
+        if q.consumers.iter().any(|c| c.exclusive) || (s.exclusive && q.consumer_count() > 0) {
+            return Err(Error::ResourceLocked(format!(
+                "queue {} has an exclusive consumer",
+                s.queue
+            )));
+        }
+        q.consumers.push(Consumer {
+            session,
+            connection,
+            epoch: 0,
+            destination: s.destination.clone(),
+            acquire: s.acquire,
+            accept_explicit: s.accept_explicit,
+            exclusive: s.exclusive,
+            credit: Credit::initial(),
+            cursor: None,
+            sink: s.sink,
+        });
+        q.had_consumers = true;
+        st.subscriptions.insert((session, s.destination), s.queue);
+        Ok(())
+    }
+
+    fn with_consumer(
+        &self,
+        session: SessionId,
+        destination: &str,
+        f: impl FnOnce(&mut Consumer),
+    ) -> Result<(), Error> {
+        let mut st = self.lock();
+        let queue = st
+            .subscriptions
+            .get(&(session, destination.to_string()))
+            .cloned()
+            .ok_or_else(|| Error::NotFound(format!("unknown destination: {destination}")))?;
+        let Some(q) = st.queues.get_mut(&queue) else {
+            // The queue was deleted under the subscription: nothing left to deliver.
+            return Ok(());
+        };
+        let Some(c) = q.consumer_mut(session, destination) else {
+            return Err(Error::NotFound(format!(
+                "unknown destination: {destination}"
+            )));
+        };
+        f(c);
+        q.dispatch();
+        Ok(())
+    }
+
+    /// `message.set-flow-mode`: credit (false) or window (true); credit drops to zero.
+    ///
+    /// # Errors
+    /// 404 unknown destination.
+    pub fn set_flow_mode(
+        &self,
+        session: SessionId,
+        destination: &str,
+        window: bool,
+    ) -> Result<(), Error> {
+        self.with_consumer(session, destination, |c| {
+            c.credit = Credit {
+                messages: 0,
+                bytes: 0,
+                window,
+            };
+            c.epoch += 1;
+        })
+    }
+
+    /// `message.flow`: adds message (`bytes` false) or byte credit, then delivers.
+    ///
+    /// # Errors
+    /// 404 unknown destination.
+    pub fn flow(
+        &self,
+        session: SessionId,
+        destination: &str,
+        bytes: bool,
+        value: u32,
+    ) -> Result<(), Error> {
+        self.with_consumer(session, destination, |c| {
+            if bytes {
+                c.credit.add_bytes(value);
+            } else {
+                c.credit.add_messages(value);
+            }
+        })
+    }
+
+    /// Window mode: a completed delivery gives its credit back, unless the window was reset
+    /// (stop, set-flow-mode) since it was sent.
+    pub fn restore_credit(&self, session: SessionId, destination: &str, size: u64, epoch: u64) {
+        let _ = self.with_consumer(session, destination, |c| {
+            if c.credit.window && c.epoch == epoch {
+                c.credit.add_messages(1);
+                if c.credit.bytes != u32::MAX {
+                    c.credit.add_bytes(u32::try_from(size).unwrap_or(u32::MAX));
+                }
+            }
+        });
+    }
+
+    /// `message.flush`: what credit allows has already been delivered (every change
+    /// dispatches at once), so the flush only drops the remaining credit.
+    ///
+    /// # Errors
+    /// 404 unknown destination.
+    pub fn flush(&self, session: SessionId, destination: &str) -> Result<(), Error> {
+        self.with_consumer(session, destination, |c| {
+            c.credit.messages = 0;
+            c.credit.bytes = 0;
+        })
+    }
+
+    /// `message.stop`: credit to zero; outstanding deliveries no longer move the window.
+    ///
+    /// # Errors
+    /// 404 unknown destination.
+    pub fn stop(&self, session: SessionId, destination: &str) -> Result<(), Error> {
+        self.with_consumer(session, destination, |c| {
+            c.credit.messages = 0;
+            c.credit.bytes = 0;
+            c.epoch += 1;
+        })
+    }
+
+    /// `message.cancel`. An auto-delete queue left without consumers goes away.
+    ///
+    /// # Errors
+    /// 404 unknown destination.
+    pub fn cancel(&self, session: SessionId, destination: &str) -> Result<(), Error> {
+        let mut st = self.lock();
+        let queue = st
+            .subscriptions
+            .remove(&(session, destination.to_string()))
+            .ok_or_else(|| Error::NotFound(format!("unknown destination: {destination}")))?;
+        st.drop_consumer(session, destination, &queue);
+        Ok(())
+    }
+
+    /// `message.accept` of held messages: they leave their queues.
+    pub fn accept(&self, held: &[Held]) {
+        let mut st = self.lock();
+        for h in held {
+            if let Some(q) = st.queues.get_mut(&h.queue) {
+                q.accept(h.position);
+            }
+        }
+    }
+
+    /// `message.release` of held messages: back to their queues.
+    pub fn release(&self, held: &[Held], redelivered: bool) {
+        let mut st = self.lock();
+        let mut touched = Vec::new();
+        for h in held {
+            if let Some(q) = st.queues.get_mut(&h.queue) {
+                q.release(h.position, redelivered);
+                touched.push(h.queue.clone());
+            }
+        }
+        st.dispatch_queues(&touched);
+    }
+
+    /// `message.reject`: held messages leave their queues for the alternate exchange.
+    pub fn reject(&self, held: &[Held]) {
+        let mut st = self.lock();
+        for h in held {
+            let Some(q) = st.queues.get_mut(&h.queue) else {
+                continue;
+            };
+            let alt = q.alternate.clone();
+            if let (Some(msg), Some(alt)) = (q.reject(h.position), alt) {
+                st.reroute(&alt, &msg);
+            }
+        }
+    }
+
+    /// `message.acquire` of browsed messages; returns those now held.
+    pub fn acquire(&self, held: &[Held]) -> Vec<Held> {
+        let mut st = self.lock();
+        held.iter()
+            .filter(|h| {
+                st.queues
+                    .get_mut(&h.queue)
+                    .is_some_and(|q| q.acquire(h.position))
+            })
+            .cloned()
+            .collect()
+    }
+
+    /// A session ended: its consumers go, held messages return marked redelivered, its
+    /// exclusive queues are released (and deleted if auto-delete).
+    pub fn end_session(&self, session: SessionId, held: &[Held]) {
+        let mut st = self.lock();
+        st.sessions.remove(&session);
+        // Held messages go back first, so that a queue deleted below passes them on to its
+        // alternate exchange in order.
+        let mut touched = Vec::new();
+        for h in held {
+            if let Some(q) = st.queues.get_mut(&h.queue) {
+                q.release(h.position, true);
+                touched.push(h.queue.clone());
+            }
+        }
+        let mine: Vec<(String, String)> = st
+            .subscriptions
+            .keys()
+            .filter(|(s, _)| *s == session)
+            .map(|(_, d)| d.clone())
+            .filter_map(|d| {
+                st.subscriptions
+                    .get(&(session, d.clone()))
+                    .map(|q| (d, q.clone()))
+            })
+            .collect();
+        for (dest, queue) in mine {
+            st.subscriptions.remove(&(session, dest.clone()));
+            st.drop_consumer(session, &dest, &queue);
+        }
+        let owned: Vec<String> = st
+            .queues
+            .values()
+            .filter(|q| q.owner == Some(session))
+            .map(|q| q.name.clone())
+            .collect();
+        for name in owned {
+            let delete = match st.queues.get_mut(&name) {
+                Some(q) => {
+                    q.owner = None;
+                    q.owner_connection = None;
+                    q.auto_delete && q.consumer_count() == 0
+                }
+                None => false,
+            };
+            if delete {
+                st.auto_delete(&name);
+            }
+        }
+        st.dispatch_queues(&touched);
+    }
+}
+
+impl State {
+    fn route(&self, exchange: &str, msg: &Message) -> Result<Vec<String>, Error> {
+        let mut out = Vec::new();
+        if exchange.is_empty() {
+            let key = msg.routing_key();
+            if self.queues.contains_key(key) {
+                out.push(key.to_string());
+            }
+            return Ok(out);
+        }
+        let ex = self
+            .exchanges
+            .get(exchange)
+            .ok_or_else(|| Error::NotFound(format!("exchange not found: {exchange}")))?;
+        ex.route(msg, &mut out);
+        out.retain(|q| self.queues.contains_key(q));
+        if out.is_empty() {
+            // Unroutable: follow the alternate exchanges, guarding against cycles.
+            let mut alt = ex.alternate.clone();
+            let mut hops = 0;
+            while let (Some(name), true) = (alt, hops < 8) {
+                hops += 1;
+                let Some(a) = self.exchanges.get(&name) else {
+                    break;
+                };
+                a.route(msg, &mut out);
+                out.retain(|q| self.queues.contains_key(q));
+                if !out.is_empty() {
+                    break;
+                }
+                alt = a.alternate.clone();
+            }
+        }
+        Ok(out)
+    }
+
+    fn enqueue_all(&mut self, queues: &[String], msg: &Arc<Message>) -> Result<(), Error> {
+        // Check every limit first so that a refused message reaches no queue at all.
+        for name in queues {
+            if let Some(q) = self.queues.get(name) {
+                q.check_room(msg.size())?;
+            }
+        }
+        for name in queues {
+            if let Some(q) = self.queues.get_mut(name) {
+                q.enqueue(msg.clone())?;
+                q.dispatch();
+            }
+        }
+        Ok(())
+    }
+
+    fn reroute(&mut self, exchange: &str, msg: &Arc<Message>) {
+        if let Ok(queues) = self.route(exchange, msg) {
+            for name in queues {
+                if let Some(q) = self.queues.get_mut(&name) {
+                    if q.enqueue(msg.clone()).is_ok() {
+                        q.dispatch();
+                    }
+                }
+            }
+        }
+    }
+
+    fn dispatch_queues(&mut self, names: &[String]) {
+        for n in names {
+            if let Some(q) = self.queues.get_mut(n) {
+                q.dispatch();
+            }
+        }
+    }
+
+    fn drop_consumer(&mut self, session: SessionId, destination: &str, queue: &str) {
+        let delete = match self.queues.get_mut(queue) {
+            Some(q) => {
+                q.remove_consumer(session, destination);
+                q.dispatch();
+                q.auto_delete && q.had_consumers && q.consumer_count() == 0 && q.owner.is_none()
+            }
+            None => false,
+        };
+        if delete {
+            self.auto_delete(queue);
+        }
+    }
+
+    /// An auto-delete queue became unused: delete it now, or after its timeout.
+    fn auto_delete(&mut self, name: &str) {
+        match self.queues.get_mut(name) {
+            Some(q) if q.settings.auto_delete_timeout > 0 => q.pending_delete = Some(None),
+            Some(_) => self.remove_queue(name),
+            None => {}
+        }
+    }
+
+    /// Deletes auto-delete exchanges that lost their last binding, unless something uses
+    /// them as an alternate.
+    fn remove_unused_exchanges(&mut self) {
+        let unused: Vec<String> = self
+            .exchanges
+            .values()
+            .filter(|e| e.is_unused_auto_delete())
+            .map(|e| e.name.clone())
+            .filter(|n| {
+                !self
+                    .queues
+                    .values()
+                    .any(|q| q.alternate.as_ref() == Some(n))
+                    && !self
+                        .exchanges
+                        .values()
+                        .any(|e| e.alternate.as_ref() == Some(n))
+            })
+            .collect();
+        for n in unused {
+            self.exchanges.remove(&n);
+        }
+    }
+
+    fn remove_queue(&mut self, name: &str) {
+        let Some(mut q) = self.queues.remove(name) else {
+            return;
+        };
+        for ex in self.exchanges.values_mut() {
+            ex.unbind_queue(name);
+        }
+        self.remove_unused_exchanges();
+        // Subscriptions outlive their queue (the peer still cancels them); they point at no
+        // queue from now on, so a new queue of the same name is not mistaken for it.
+        for qn in self.subscriptions.values_mut() {
+            if qn == name {
+                qn.clear();
+            }
+        }
+        if let Some(alt) = q.alternate.clone() {
+            for msg in q.drain() {
+                self.reroute(&alt, &msg);
+            }
+        }
+    }
+}

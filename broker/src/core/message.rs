@@ -1,0 +1,151 @@
+//! A message as the broker holds it: parsed header structs for routing, the raw bytes of
+//! everything else so that properties travel byte for byte, and the body.
+
+use bytes::{Bytes, BytesMut};
+
+use crate::wire::prim::put_struct32;
+use crate::wire::{
+    Content, DecodeError, DeliveryProperties, FieldTable, MessageDeliveryMode, MessageProperties,
+    Struct32, Value,
+};
+
+/// An immutable message, shared between the queues it was routed to.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Message {
+    /// The connection that published it (for `no-local` queues); 0 for none.
+    pub origin: u64,
+    /// When it expires (from `delivery-properties.ttl`), stamped on arrival.
+    pub expires_at: Option<std::time::Instant>,
+    /// The header segment of a first delivery, encoded once by [`Message::seal`].
+    header: Bytes,
+    /// `delivery-properties` as sent (the broker adjusts `redelivered` per delivery).
+    pub delivery: DeliveryProperties,
+    /// `message-properties`, decoded for routing and checks.
+    pub properties: Option<MessageProperties>,
+    /// Every header struct other than `delivery-properties`, raw, in arrival order.
+    pub other_headers: Vec<Struct32>,
+    /// The body.
+    pub body: Bytes,
+    /// Whether the sender sent a body segment at all (an empty body is not no body).
+    pub has_body: bool,
+}
+
+impl Message {
+    /// Builds a message from the content of a `message.transfer`.
+    ///
+    /// # Errors
+    /// When the header segment is malformed.
+    pub fn from_content(content: Option<&Content>) -> Result<Message, DecodeError> {
+        let mut msg = Message::default();
+        let Some(content) = content else {
+            return Ok(msg);
+        };
+        msg.body = content.body.clone();
+        msg.has_body = content.has_body;
+        for s in content.header_structs()? {
+            match s.code {
+                DeliveryProperties::CODE => msg.delivery = DeliveryProperties::from_struct32(&s)?,
+                MessageProperties::CODE => {
+                    msg.properties = Some(MessageProperties::from_struct32(&s)?);
+                    msg.other_headers.push(s);
+                }
+                _ => msg.other_headers.push(s),
+            }
+        }
+        Ok(msg)
+    }
+
+    /// A message with the given routing key and body (used by the broker itself and tests).
+    pub fn new(routing_key: &str, body: impl Into<Bytes>) -> Message {
+        let mut m = Message {
+            delivery: DeliveryProperties {
+                routing_key: Some(routing_key.to_string()),
+                ..DeliveryProperties::default()
+            },
+            body: body.into(),
+            has_body: true,
+            ..Message::default()
+        };
+        m.seal();
+        m
+    }
+
+    /// A copy with one application header set (queue sequence numbers).
+    pub fn with_header(&self, key: &str, value: Value) -> Message {
+        let mut m = self.clone();
+        let mut props = m.properties.take().unwrap_or_default();
+        props
+            .application_headers
+            .get_or_insert_with(FieldTable::new)
+            .insert(key, value);
+        let encoded = props.to_struct32();
+        match m
+            .other_headers
+            .iter_mut()
+            .find(|s| s.code == MessageProperties::CODE)
+        {
+            Some(slot) => *slot = encoded,
+            None => m.other_headers.push(encoded),
+        }
+        m.properties = Some(props);
+        m.seal();
+        m
+    }
+
+    /// Encodes the delivery header once, after the broker has set what it adds (exchange).
+    pub fn seal(&mut self) {
+        self.header = self.encode_header(false);
+    }
+
+    /// Credit a delivery of this message costs in byte units: header and body, as qpidd
+    /// counts it.
+    pub fn credit_size(&self) -> u64 {
+        (self.header.len() + self.body.len()) as u64
+    }
+
+    /// `delivery-properties.routing-key`, or empty.
+    pub fn routing_key(&self) -> &str {
+        self.delivery.routing_key.as_deref().unwrap_or("")
+    }
+
+    /// `message-properties.application-headers`, if any.
+    pub fn headers(&self) -> Option<&FieldTable> {
+        self.properties
+            .as_ref()
+            .and_then(|p| p.application_headers.as_ref())
+    }
+
+    /// Priority 0..=9 (default 4).
+    pub fn priority(&self) -> u8 {
+        self.delivery.priority.map_or(4, |p| p.0.min(9))
+    }
+
+    /// Whether the sender asked for persistence.
+    pub fn is_persistent(&self) -> bool {
+        self.delivery.delivery_mode == Some(MessageDeliveryMode::PERSISTENT)
+    }
+
+    /// Bytes that count against queue size limits: the body.
+    pub fn size(&self) -> u64 {
+        self.body.len() as u64
+    }
+
+    /// The header segment for one delivery, with `redelivered` set as asked.
+    pub fn delivery_header(&self, redelivered: bool) -> Bytes {
+        if !redelivered && !self.header.is_empty() {
+            return self.header.clone();
+        }
+        self.encode_header(redelivered)
+    }
+
+    fn encode_header(&self, redelivered: bool) -> Bytes {
+        let mut buf = BytesMut::with_capacity(64);
+        let mut delivery = self.delivery.clone();
+        delivery.redelivered = redelivered || delivery.redelivered;
+        delivery.encode(&mut buf);
+        for s in &self.other_headers {
+            put_struct32(&mut buf, s);
+        }
+        buf.freeze()
+    }
+}

@@ -1,0 +1,19 @@
+//! The broker model: exchanges, queues, bindings, consumers, credit and delivery.
+//! Synchronous, no sockets and no framing; the server adapts 0-10 commands onto it.
+
+pub mod broker;
+pub mod consumer;
+pub mod error;
+pub mod exchange;
+pub mod message;
+pub mod queue;
+
+pub use broker::{Broker, ExchangeDeclare, Held, QueueDeclare, Subscribe};
+pub use consumer::{Credit, Delivery, DeliverySink};
+pub use error::Error;
+pub use message::Message;
+pub use queue::Position;
+
+/// Identifies an attached session to the broker (exclusive ownership, consumers).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SessionId(pub u64);

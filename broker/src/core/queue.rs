@@ -1,0 +1,732 @@
+//! Queues: messages in order (by priority level, then arrival), consumers served round robin
+//! under their credit, acquire/release/accept, limits with reject or ring policy, and the
+//! last-value and priority variants as qpidd has them.
+
+use std::collections::{BTreeMap, HashMap};
+use std::ops::Bound;
+use std::sync::Arc;
+
+use super::consumer::{Consumer, Delivery};
+use super::error::Error;
+use super::message::Message;
+use super::SessionId;
+use crate::wire::{FieldTable, Value};
+
+/// Where a message sits in its queue: priority band first (lower sorts first, so the band is
+/// stored inverted), then arrival sequence. Unique within a queue; also the message's id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Position {
+    band: u8,
+    /// Arrival order within the queue.
+    pub seq: u64,
+}
+
+/// What to do when a limit would be passed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LimitPolicy {
+    /// Refuse the new message (resource-limit-exceeded).
+    Reject,
+    /// Drop the oldest messages to make room.
+    Ring,
+}
+
+/// Queue behaviour parsed once from the declare arguments.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QueueSettings {
+    /// `qpid.max_count`.
+    pub max_count: Option<u64>,
+    /// `qpid.max_size` (bytes of message bodies).
+    pub max_size: Option<u64>,
+    /// `qpid.policy_type`.
+    pub policy: LimitPolicy,
+    /// `qpid.last_value_queue_key`: the header whose value replaces older messages.
+    pub lvq_key: Option<String>,
+    /// `qpid.priorities`: number of priority levels (0 = plain FIFO).
+    pub priorities: u8,
+    /// `qpid.fairshare` (and `x-qpid-fairshare`): per-level delivery quota before moving on.
+    pub fairshare: Vec<(u8, u32)>,
+    /// `no-local`: drop messages published on the connection that owns or exclusively
+    /// consumes the queue.
+    pub no_local: bool,
+    /// `qpid.auto_delete_timeout`: seconds an unused auto-delete queue lingers.
+    pub auto_delete_timeout: u64,
+    /// `qpid.queue_msg_sequence`: the application header that gets each message's number.
+    pub sequence_key: Option<String>,
+}
+
+impl Default for QueueSettings {
+    fn default() -> Self {
+        Self {
+            max_count: None,
+            max_size: None,
+            policy: LimitPolicy::Reject,
+            lvq_key: None,
+            priorities: 0,
+            fairshare: Vec::new(),
+            no_local: false,
+            auto_delete_timeout: 0,
+            sequence_key: None,
+        }
+    }
+}
+
+fn arg_u64(args: &FieldTable, key: &str) -> Result<Option<u64>, Error> {
+    match args.get(key) {
+        None | Some(Value::Void) => Ok(None),
+        Some(v) => v
+            .as_i64()
+            .and_then(|n| u64::try_from(n).ok())
+            .map(Some)
+            .ok_or_else(|| Error::InvalidArgument(format!("{key} must be a non-negative integer"))),
+    }
+}
+
+impl QueueSettings {
+    /// Reads the arguments qpidd understands; unknown ones are left for `queue.query`.
+    ///
+    /// # Errors
+    /// `InvalidArgument` for values of the wrong type or out of range.
+    pub fn from_args(args: &FieldTable) -> Result<QueueSettings, Error> {
+        let mut s = QueueSettings {
+            max_count: arg_u64(args, "qpid.max_count")?.filter(|n| *n > 0),
+            max_size: arg_u64(args, "qpid.max_size")?.filter(|n| *n > 0),
+            no_local: args.get("no-local").is_some_and(|v| {
+                v.as_i64()
+                    .map_or_else(|| v.as_str() != Some("false"), |n| n != 0)
+            }),
+            auto_delete_timeout: arg_u64(args, "qpid.auto_delete_timeout")?.unwrap_or(0),
+            sequence_key: args
+                .get("qpid.queue_msg_sequence")
+                .and_then(Value::as_str)
+                .map(str::to_string),
+            ..QueueSettings::default()
+        };
+        if let Some(p) = args.get("qpid.policy_type") {
+            s.policy = match p.as_str() {
+                Some("reject") => LimitPolicy::Reject,
+                Some("ring") | Some("ring_strict") => LimitPolicy::Ring,
+                // Flow-to-disk and flow control are not offered; qpidd accepts the names.
+                Some("flow_to_disk") | Some("none") => LimitPolicy::Reject,
+                _ => {
+                    return Err(Error::InvalidArgument(
+                        "qpid.policy_type must be reject or ring".into(),
+                    ))
+                }
+            };
+        }
+        s.lvq_key = match args.get("qpid.last_value_queue_key") {
+            Some(v) => Some(
+                v.as_str()
+                    .ok_or_else(|| {
+                        Error::InvalidArgument("qpid.last_value_queue_key must be a string".into())
+                    })?
+                    .to_string(),
+            ),
+            None if args.get("qpid.last_value_queue").and_then(Value::as_i64) == Some(1) => {
+                Some("qpid.LVQ_key".into())
+            }
+            None => None,
+        };
+        let levels = arg_u64(args, "qpid.priorities")?.or(arg_u64(args, "x-qpid-priorities")?);
+        if let Some(n) = levels {
+            if n > 10 {
+                return Err(Error::InvalidArgument(
+                    "qpid.priorities must be 1 to 10".into(),
+                ));
+            }
+            s.priorities = n as u8;
+        }
+        if s.priorities > 0 {
+            let all = arg_u64(args, "qpid.fairshare")?.or(arg_u64(args, "x-qpid-fairshare")?);
+            for level in 0..s.priorities {
+                let own = arg_u64(args, &format!("qpid.fairshare-{level}"))?
+                    .or(arg_u64(args, &format!("x-qpid-fairshare-{level}"))?)
+                    .or(all);
+                if let Some(limit) = own.filter(|n| *n > 0) {
+                    s.fairshare
+                        .push((level, u32::try_from(limit).unwrap_or(u32::MAX)));
+                }
+            }
+        }
+        Ok(s)
+    }
+
+    /// The priority level of a message priority, as qpidd maps the ten AMQP priorities
+    /// onto fewer levels: the lowest priorities share level 0.
+    pub fn level(&self, priority: u8) -> u8 {
+        if self.priorities == 0 {
+            return 0;
+        }
+        let levels = u32::from(self.priorities);
+        let first = 5 - levels.div_ceil(2).min(5);
+        let p = u32::from(priority);
+        if p <= first {
+            0
+        } else {
+            (p - first).min(levels - 1) as u8
+        }
+    }
+}
+
+/// A message held by a queue.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    /// The shared message.
+    pub msg: Arc<Message>,
+    /// Whether it was delivered before and given back.
+    pub redelivered: bool,
+}
+
+/// A queue and its consumers.
+#[derive(Debug)]
+pub struct Queue {
+    /// Name.
+    pub name: String,
+    /// Whether it survives a restart.
+    pub durable: bool,
+    /// The session that owns it exclusively, if any.
+    pub owner: Option<SessionId>,
+    /// Whether it goes away when its last consumer leaves (or its owner ends).
+    pub auto_delete: bool,
+    /// Where rejected and orphaned messages go.
+    pub alternate: Option<String>,
+    /// Declare arguments as given.
+    pub args: FieldTable,
+    /// Parsed arguments.
+    pub settings: QueueSettings,
+    available: BTreeMap<Position, Entry>,
+    acquired: HashMap<Position, Entry>,
+    lvq: HashMap<String, Position>,
+    bytes: u64,
+    next_seq: u64,
+    pub(super) consumers: Vec<Consumer>,
+    next_consumer: usize,
+    /// Whether a consumer was ever attached (auto-delete waits for the first one).
+    pub(super) had_consumers: bool,
+    /// Deliveries per priority level in the current fair-share round.
+    fair_used: HashMap<u8, u32>,
+    /// The connection of the owning session (for `no-local`).
+    pub(super) owner_connection: Option<u64>,
+    /// Set when auto-delete triggered with a timeout; the deadline is set by `tick`.
+    pub(super) pending_delete: Option<Option<std::time::Instant>>,
+    /// Whether any message here has a time to live (so `tick` looks at this queue).
+    has_ttl: bool,
+}
+
+impl Queue {
+    /// A new empty queue.
+    pub fn new(name: &str, args: FieldTable) -> Result<Queue, Error> {
+        Ok(Queue {
+            name: name.to_string(),
+            durable: false,
+            owner: None,
+            auto_delete: false,
+            alternate: None,
+            settings: QueueSettings::from_args(&args)?,
+            args,
+            available: BTreeMap::new(),
+            acquired: HashMap::new(),
+            lvq: HashMap::new(),
+            bytes: 0,
+            next_seq: 1,
+            consumers: Vec::new(),
+            next_consumer: 0,
+            had_consumers: false,
+            fair_used: HashMap::new(),
+            owner_connection: None,
+            pending_delete: None,
+            has_ttl: false,
+        })
+    }
+
+    /// Messages waiting to be acquired.
+    pub fn message_count(&self) -> usize {
+        self.available.len()
+    }
+
+    /// Messages held, acquired ones included.
+    pub fn depth(&self) -> usize {
+        self.available.len() + self.acquired.len()
+    }
+
+    /// Number of consumers.
+    pub fn consumer_count(&self) -> usize {
+        self.consumers.len()
+    }
+
+    /// Adds a message, applying last-value replacement and limits.
+    ///
+    /// # Errors
+    /// `LimitExceeded` when a limit is reached under the reject policy.
+    pub fn enqueue(&mut self, msg: Arc<Message>) -> Result<(), Error> {
+        if self.settings.no_local && msg.origin != 0 {
+            let local = self.owner_connection == Some(msg.origin)
+                || self
+                    .consumers
+                    .iter()
+                    .any(|c| c.exclusive && c.connection == msg.origin);
+            if local {
+                return Ok(());
+            }
+        }
+        self.has_ttl |= msg.expires_at.is_some();
+        let lvq_value = self.settings.lvq_key.as_ref().and_then(|k| {
+            msg.headers()
+                .and_then(|h| h.get(k))
+                .map(|v| v.as_str().map_or_else(|| format!("{v:?}"), str::to_string))
+        });
+        if let Some(v) = &lvq_value {
+            if let Some(pos) = self.lvq.get(v).copied() {
+                if let Some(old) = self.available.remove(&pos) {
+                    self.bytes -= old.msg.size();
+                }
+            }
+        }
+        let band = 255 - self.settings.level(msg.priority());
+        if !self.make_room(msg.size(), band)? {
+            return Ok(());
+        }
+        let msg = match &self.settings.sequence_key {
+            Some(key) => Arc::new(msg.with_header(key, Value::Int64(self.next_seq as i64))),
+            None => msg,
+        };
+        let pos = Position {
+            band,
+            seq: self.next_seq,
+        };
+        self.next_seq += 1;
+        self.bytes += msg.size();
+        if let Some(v) = lvq_value {
+            self.lvq.insert(v, pos);
+        }
+        self.available.insert(
+            pos,
+            Entry {
+                msg,
+                redelivered: false,
+            },
+        );
+        Ok(())
+    }
+
+    fn over_limit(&self, size: u64) -> bool {
+        self.settings
+            .max_count
+            .is_some_and(|m| self.depth() as u64 + 1 > m)
+            || self
+                .settings
+                .max_size
+                .is_some_and(|m| self.bytes + size > m)
+    }
+
+    /// Whether a message of `size` bytes would be refused (reject policy only; a ring
+    /// queue makes room instead).
+    ///
+    /// # Errors
+    /// `LimitExceeded` naming the queue and its limits.
+    pub fn check_room(&self, size: u64) -> Result<(), Error> {
+        if self.settings.policy == LimitPolicy::Reject && self.over_limit(size) {
+            return Err(Error::LimitExceeded(format!(
+                "maximum depth exceeded on {}: current=[count: {}, size: {}], max=[count: {}, size: {}]",
+                self.name,
+                self.depth(),
+                self.bytes,
+                self.settings.max_count.unwrap_or(0),
+                self.settings.max_size.unwrap_or(0)
+            )));
+        }
+        Ok(())
+    }
+
+    /// Makes room for a message of `size` bytes in priority `band`. Returns false when the
+    /// message itself is the one a ring queue drops (it ranks below everything held).
+    fn make_room(&mut self, size: u64, band: u8) -> Result<bool, Error> {
+        self.check_room(size)?;
+        // A ring counts what it can still drop: messages held by consumers are not its to
+        // discard, so they do not count against it either.
+        let held_bytes: u64 = self.acquired.values().map(|e| e.msg.size()).sum();
+        loop {
+            let over = self
+                .settings
+                .max_count
+                .is_some_and(|m| self.available.len() as u64 + 1 > m)
+                || self
+                    .settings
+                    .max_size
+                    .is_some_and(|m| self.bytes - held_bytes + size > m);
+            if !over {
+                return Ok(true);
+            }
+            // The oldest message of the lowest priority level goes; a newcomer of a lower
+            // level than everything held goes instead.
+            let Some(lowest_band) = self.available.keys().next_back().map(|p| p.band) else {
+                return Ok(size == 0 || self.settings.max_size.is_none_or(|m| size <= m));
+            };
+            if band > lowest_band {
+                return Ok(false);
+            }
+            let oldest = self
+                .available
+                .range(
+                    Position {
+                        band: lowest_band,
+                        seq: 0,
+                    }..,
+                )
+                .next()
+                .map(|(p, _)| *p);
+            if let Some(p) = oldest {
+                self.remove_available(p);
+            }
+        }
+    }
+
+    fn remove_available(&mut self, pos: Position) -> Option<Entry> {
+        let e = self.available.remove(&pos)?;
+        self.bytes -= e.msg.size();
+        if self.settings.lvq_key.is_some() {
+            self.lvq.retain(|_, p| *p != pos);
+        }
+        Some(e)
+    }
+
+    /// Drops every available message; returns how many.
+    pub fn purge(&mut self) -> usize {
+        let n = self.available.len();
+        for (_, e) in std::mem::take(&mut self.available) {
+            self.bytes -= e.msg.size();
+        }
+        self.lvq.clear();
+        n
+    }
+
+    /// Takes every message out, acquired ones included, in queue order (queue deletion,
+    /// for the alternate exchange).
+    pub fn drain(&mut self) -> Vec<Arc<Message>> {
+        let mut all: Vec<(Position, Entry)> = std::mem::take(&mut self.available)
+            .into_iter()
+            .chain(std::mem::take(&mut self.acquired))
+            .collect();
+        all.sort_by_key(|(p, _)| *p);
+        self.bytes = 0;
+        self.lvq.clear();
+        all.into_iter().map(|(_, e)| e.msg).collect()
+    }
+
+    /// Drops available messages whose time to live has passed.
+    pub fn expire(&mut self, now: std::time::Instant) {
+        if !self.has_ttl {
+            return;
+        }
+        let dead: Vec<Position> = self
+            .available
+            .iter()
+            .filter(|(_, e)| e.msg.expires_at.is_some_and(|t| t <= now))
+            .map(|(p, _)| *p)
+            .collect();
+        for p in dead {
+            self.remove_available(p);
+        }
+        self.has_ttl = self
+            .available
+            .values()
+            .chain(self.acquired.values())
+            .any(|e| e.msg.expires_at.is_some());
+    }
+
+    /// A delivered message is accepted: it leaves the queue.
+    pub fn accept(&mut self, pos: Position) -> Option<Arc<Message>> {
+        let e = self.acquired.remove(&pos)?;
+        self.bytes -= e.msg.size();
+        Some(e.msg)
+    }
+
+    /// An acquired message goes back to its place, marked redelivered if asked.
+    pub fn release(&mut self, pos: Position, redelivered: bool) {
+        if let Some(mut e) = self.acquired.remove(&pos) {
+            e.redelivered |= redelivered;
+            self.available.insert(pos, e);
+        }
+    }
+
+    /// An acquired message is rejected: it leaves the queue and is returned for rerouting.
+    pub fn reject(&mut self, pos: Position) -> Option<Arc<Message>> {
+        self.accept(pos)
+    }
+
+    /// Acquires a message delivered to a browser; false when someone else has it.
+    pub fn acquire(&mut self, pos: Position) -> bool {
+        match self.available.remove(&pos) {
+            Some(e) => {
+                self.acquired.insert(pos, e);
+                if self.settings.lvq_key.is_some() {
+                    self.lvq.retain(|_, p| *p != pos);
+                }
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn next_for(&mut self, acquire: bool, cursor: Option<Position>) -> Option<Position> {
+        if !acquire {
+            let from = cursor.map_or(Bound::Unbounded, Bound::Excluded);
+            return self
+                .available
+                .range((from, Bound::Unbounded))
+                .next()
+                .map(|(p, _)| *p);
+        }
+        if self.settings.fairshare.is_empty() {
+            return self.available.keys().next().copied();
+        }
+        // Fair share: each level delivers up to its quota per round, highest level first;
+        // when every level with messages has had its quota, a new round starts.
+        for _ in 0..2 {
+            let mut next = self.available.keys().next().copied();
+            while let Some(pos) = next {
+                let level = 255 - pos.band;
+                let used = self.fair_used.get(&level).copied().unwrap_or(0);
+                if self.fair_limit(level).is_none_or(|limit| used < limit) {
+                    return Some(pos);
+                }
+                next = match pos.band.checked_add(1) {
+                    Some(band) => self
+                        .available
+                        .range(Position { band, seq: 0 }..)
+                        .next()
+                        .map(|(p, _)| *p),
+                    None => None,
+                };
+            }
+            self.fair_used.clear();
+        }
+        self.available.keys().next().copied()
+    }
+
+    fn fair_limit(&self, level: u8) -> Option<u32> {
+        self.settings
+            .fairshare
+            .iter()
+            .find(|(l, _)| *l == level)
+            .map(|(_, n)| *n)
+    }
+
+    /// Hands available messages to consumers with credit, round robin, until no consumer
+    /// can take one.
+    pub fn dispatch(&mut self) {
+        loop {
+            let n = self.consumers.len();
+            if n == 0 || self.available.is_empty() {
+                return;
+            }
+            let mut delivered = false;
+            for i in 0..n {
+                let idx = (self.next_consumer + i) % n;
+                let (acquire, cursor) = (self.consumers[idx].acquire, self.consumers[idx].cursor);
+                let Some(pos) = self.next_for(acquire, cursor) else {
+                    continue;
+                };
+                let Some(size) = self.available.get(&pos).map(|e| e.msg.credit_size()) else {
+                    continue;
+                };
+                if !self.consumers[idx].credit.can_take(size) {
+                    continue;
+                }
+                self.consumers[idx].credit.consume(size);
+                let c = &self.consumers[idx];
+                let entry = if c.acquire {
+                    let Some(e) = self.available.remove(&pos) else {
+                        continue;
+                    };
+                    if self.settings.lvq_key.is_some() {
+                        self.lvq.retain(|_, p| *p != pos);
+                    }
+                    self.acquired.insert(pos, e.clone());
+                    e
+                } else {
+                    let Some(e) = self.available.get(&pos).cloned() else {
+                        continue;
+                    };
+                    e
+                };
+                if c.acquire && !self.settings.fairshare.is_empty() {
+                    *self.fair_used.entry(255 - pos.band).or_default() += 1;
+                }
+                let c = &mut self.consumers[idx];
+                if !c.acquire {
+                    c.cursor = Some(pos);
+                }
+                c.sink.deliver(Delivery {
+                    session: c.session,
+                    destination: c.destination.clone(),
+                    queue: self.name.clone(),
+                    position: pos,
+                    msg: entry.msg,
+                    redelivered: entry.redelivered,
+                    acquired: c.acquire,
+                    accept_explicit: c.accept_explicit,
+                    size,
+                    epoch: c.epoch,
+                });
+                self.next_consumer = idx + 1;
+                delivered = true;
+                break;
+            }
+            if !delivered {
+                return;
+            }
+        }
+    }
+
+    /// The consumer of `session` named `destination`.
+    pub(super) fn consumer_mut(
+        &mut self,
+        session: SessionId,
+        destination: &str,
+    ) -> Option<&mut Consumer> {
+        self.consumers
+            .iter_mut()
+            .find(|c| c.session == session && c.destination == destination)
+    }
+
+    /// Removes a consumer; returns whether it was there.
+    pub(super) fn remove_consumer(&mut self, session: SessionId, destination: &str) -> bool {
+        let before = self.consumers.len();
+        self.consumers
+            .retain(|c| !(c.session == session && c.destination == destination));
+        self.next_consumer = 0;
+        self.consumers.len() != before
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::consumer::{Credit, DeliverySink};
+    use std::sync::Mutex;
+
+    #[derive(Default)]
+    struct Collect(Mutex<Vec<Delivery>>);
+    impl DeliverySink for Collect {
+        fn deliver(&self, d: Delivery) {
+            self.0.lock().unwrap_or_else(|e| e.into_inner()).push(d);
+        }
+    }
+
+    fn consumer(sink: Arc<Collect>, dest: &str, acquire: bool) -> Consumer {
+        Consumer {
+            session: SessionId(1),
+            connection: 1,
+            epoch: 0,
+            destination: dest.into(),
+            acquire,
+            accept_explicit: true,
+            exclusive: false,
+            credit: Credit::unlimited(),
+            cursor: None,
+            sink,
+        }
+    }
+
+    fn body(d: &Delivery) -> String {
+        String::from_utf8_lossy(&d.msg.body).into_owned()
+    }
+
+    #[test]
+    fn round_robin_between_consumers() {
+        let mut q = Queue::new("q", FieldTable::new()).expect("queue");
+        let sink = Arc::new(Collect::default());
+        q.consumers.push(consumer(sink.clone(), "a", true));
+        q.consumers.push(consumer(sink.clone(), "b", true));
+        for i in 0..4 {
+            q.enqueue(Arc::new(Message::new("q", format!("m{i}"))))
+                .expect("enqueue");
+        }
+        q.dispatch();
+        let got = sink.0.lock().expect("lock");
+        let dests: Vec<&str> = got.iter().map(|d| d.destination.as_str()).collect();
+        assert_eq!(dests, ["a", "b", "a", "b"]);
+        assert_eq!(q.message_count(), 0);
+        assert_eq!(q.depth(), 4);
+    }
+
+    #[test]
+    fn ring_drops_oldest_and_reject_refuses() {
+        let mut args = FieldTable::new();
+        args.insert("qpid.max_count", Value::Int64(2));
+        args.insert("qpid.policy_type", "ring");
+        let mut q = Queue::new("q", args).expect("queue");
+        for i in 0..3 {
+            q.enqueue(Arc::new(Message::new("q", format!("m{i}"))))
+                .expect("enqueue");
+        }
+        assert_eq!(q.message_count(), 2);
+        let mut args = FieldTable::new();
+        args.insert("qpid.max_count", Value::Int64(1));
+        let mut q = Queue::new("q", args).expect("queue");
+        q.enqueue(Arc::new(Message::new("q", "a")))
+            .expect("enqueue");
+        assert!(matches!(
+            q.enqueue(Arc::new(Message::new("q", "b"))),
+            Err(Error::LimitExceeded(_))
+        ));
+    }
+
+    #[test]
+    fn release_restores_order_and_marks_redelivered() {
+        let mut q = Queue::new("q", FieldTable::new()).expect("queue");
+        let sink = Arc::new(Collect::default());
+        q.consumers.push(consumer(sink.clone(), "a", true));
+        q.consumers[0].credit = Credit::messages(1);
+        q.enqueue(Arc::new(Message::new("q", "first")))
+            .expect("enqueue");
+        q.enqueue(Arc::new(Message::new("q", "second")))
+            .expect("enqueue");
+        q.dispatch();
+        let first = sink.0.lock().expect("lock").remove(0);
+        assert_eq!(body(&first), "first");
+        q.release(first.position, true);
+        q.consumers[0].credit = Credit::messages(1);
+        q.dispatch();
+        let again = sink.0.lock().expect("lock").remove(0);
+        assert_eq!(body(&again), "first");
+        assert!(again.redelivered);
+    }
+
+    #[test]
+    fn priority_levels_follow_qpidd() {
+        let mut args = FieldTable::new();
+        args.insert("qpid.priorities", Value::Int64(10));
+        let s = QueueSettings::from_args(&args).expect("settings");
+        assert_eq!(
+            (0..10).map(|p| s.level(p)).collect::<Vec<_>>(),
+            (0..10).collect::<Vec<u8>>()
+        );
+        let mut args = FieldTable::new();
+        args.insert("qpid.priorities", Value::Int64(3));
+        let s = QueueSettings::from_args(&args).expect("settings");
+        assert_eq!(
+            (0..10).map(|p| s.level(p)).collect::<Vec<_>>(),
+            [0, 0, 0, 0, 1, 2, 2, 2, 2, 2]
+        );
+    }
+
+    #[test]
+    fn last_value_replaces() {
+        let mut args = FieldTable::new();
+        args.insert("qpid.last_value_queue_key", "k");
+        let mut q = Queue::new("q", args).expect("queue");
+        for (k, v) in [("a", "1"), ("b", "1"), ("a", "2")] {
+            let mut m = Message::new("q", v);
+            let mut h = FieldTable::new();
+            h.insert("k", k);
+            m.properties = Some(crate::wire::MessageProperties {
+                application_headers: Some(h),
+                ..Default::default()
+            });
+            q.enqueue(Arc::new(m)).expect("enqueue");
+        }
+        assert_eq!(q.message_count(), 2);
+    }
+}

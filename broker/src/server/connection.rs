@@ -1,0 +1,685 @@
+//! The per-connection driver: protocol header, negotiation (start, SASL, tune, open),
+//! heartbeats, sessions by channel, and the socket loop that never blocks reading on
+//! writing (and stops reading when the peer stops taking output).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Buf, Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+use tokio_util::codec::Decoder;
+
+use super::session::{Session, SessionEnv};
+use super::ServerContext;
+use crate::core::{Delivery, DeliverySink, Error};
+use crate::wire::frame::{MIN_MAX_FRAME_SIZE, PROTOCOL_HEADER};
+use crate::wire::{
+    Array, Assembler, Assembly, AssemblyError, ConnectionClose, ConnectionCloseCode,
+    ConnectionCloseOk, ConnectionOpenOk, ConnectionStart, ConnectionTune, Control, DecodeError,
+    FieldTable, FrameCodec, FrameWriter, SequenceNo, SequenceSet, SessionAttached,
+    SessionCommandPoint, SessionConfirmed, SessionDetach, SessionDetachCode, SessionDetached,
+    SessionExpected, SessionKnownCompleted, SessionTimeout,
+};
+
+/// Output buffered beyond this stops reading input and taking deliveries, so a peer that
+/// does not read cannot make the broker buffer without bound.
+const OUTPUT_HIGH_WATER: usize = 4 << 20;
+/// Largest assembly (a message with its header) accepted.
+const MAX_ASSEMBLY: usize = 256 << 20;
+/// How long a peer has to finish negotiation.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    AwaitStartOk,
+    AwaitTuneOk,
+    AwaitOpen,
+    Open,
+    /// We sent close and wait for close-ok (or the peer's close).
+    Closing,
+}
+
+/// Hands deliveries to the connection task.
+struct ChannelSink(mpsc::UnboundedSender<Delivery>);
+
+impl DeliverySink for ChannelSink {
+    fn deliver(&self, delivery: Delivery) {
+        // If the connection task is gone, the session's end releases what it held; a
+        // message sent into a closed channel is released by the task's shutdown path.
+        let _ = self.0.send(delivery);
+    }
+}
+
+struct Identity {
+    full: String,
+    bare: String,
+    anonymous: bool,
+}
+
+struct Conn<'a> {
+    ctx: &'a ServerContext,
+    /// The broker's id for this connection.
+    id: u64,
+    /// Deliveries for this connection's consumers.
+    deliveries: mpsc::UnboundedReceiver<Delivery>,
+    phase: Phase,
+    identity: Option<Identity>,
+    codec: FrameCodec,
+    writer: FrameWriter,
+    assembler: Assembler,
+    out: BytesMut,
+    sessions: HashMap<u16, Session>,
+    sink: Arc<dyn DeliverySink>,
+    heartbeat: Option<Duration>,
+    channel_max: u16,
+    /// Set once the socket should close after flushing output.
+    done: bool,
+}
+
+/// Serves one connection until it closes.
+pub(crate) async fn serve<S>(
+    stream: S,
+    ctx: Arc<ServerContext>,
+    mut shutdown: watch::Receiver<bool>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let (mut reader, mut writer) = tokio::io::split(stream);
+    let mut header = [0u8; 8];
+    let got = tokio::time::timeout(HANDSHAKE_TIMEOUT, reader.read_exact(&mut header)).await;
+    if !matches!(got, Ok(Ok(_))) {
+        return;
+    }
+    if header != PROTOCOL_HEADER {
+        // Tell the peer what we speak, then close (0-9-1 and 1.0 get the same answer).
+        tracing::debug!(?header, "unsupported protocol header");
+        let _ = writer.write_all(&PROTOCOL_HEADER).await;
+        let _ = writer.shutdown().await;
+        return;
+    }
+    let (tx, rx) = mpsc::unbounded_channel();
+    let mut conn = Conn {
+        ctx: &ctx,
+        id: ctx.broker.new_connection(),
+        deliveries: rx,
+        phase: Phase::AwaitStartOk,
+        identity: None,
+        codec: FrameCodec::new(usize::from(ctx.config.max_frame_size)),
+        writer: FrameWriter::new(usize::from(ctx.config.max_frame_size)),
+        assembler: Assembler::new(MAX_ASSEMBLY),
+        out: BytesMut::with_capacity(8192),
+        sessions: HashMap::new(),
+        sink: Arc::new(ChannelSink(tx)),
+        heartbeat: None,
+        channel_max: ctx.config.channel_max,
+        done: false,
+    };
+    conn.out.extend_from_slice(&PROTOCOL_HEADER);
+    conn.send_start();
+
+    let mut input = BytesMut::with_capacity(16 * 1024);
+    let mut last_input = Instant::now();
+    let mut last_output = Instant::now();
+    let opened_by = Instant::now() + HANDSHAKE_TIMEOUT;
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    let mut closing_since: Option<Instant> = None;
+
+    loop {
+        if conn.done && conn.out.is_empty() {
+            break;
+        }
+        let can_read = conn.out.len() < OUTPUT_HIGH_WATER && !conn.done;
+        tokio::select! {
+            r = reader.read_buf(&mut input), if can_read => {
+                match r {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {
+                        last_input = Instant::now();
+                        conn.handle_input(&mut input);
+                        conn.report_completions();
+                    }
+                }
+            }
+            r = writer.write(&conn.out), if !conn.out.is_empty() => {
+                match r {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        conn.out.advance(n);
+                        last_output = Instant::now();
+                    }
+                }
+            }
+            Some(d) = conn.deliveries.recv(), if can_read => {
+                conn.deliver(d);
+                // Take whatever else is ready in one go: one write for many transfers.
+                conn.drain_deliveries();
+            }
+            _ = tick.tick() => {
+                let now = Instant::now();
+                if conn.phase != Phase::Open && conn.phase != Phase::Closing && now > opened_by {
+                    conn.close(ConnectionCloseCode::CONNECTION_FORCED, "negotiation timed out");
+                }
+                if let Some(hb) = conn.heartbeat {
+                    if now.duration_since(last_input) > hb * 2 {
+                        tracing::debug!("peer silent for two heartbeats: closing");
+                        break;
+                    }
+                    if now.duration_since(last_output) >= hb / 2 && conn.out.is_empty() {
+                        conn.control(0, Control::ConnectionHeartbeat(Default::default()));
+                    }
+                }
+                if conn.phase == Phase::Closing {
+                    let since = *closing_since.get_or_insert(now);
+                    if now.duration_since(since) > Duration::from_secs(5) {
+                        break;
+                    }
+                }
+            }
+            _ = shutdown.changed() => {
+                if conn.phase == Phase::Closing || conn.done {
+                    break;
+                }
+                conn.close(ConnectionCloseCode::CONNECTION_FORCED, "broker shutting down");
+            }
+        }
+    }
+    let _ = writer.shutdown().await;
+    conn.end_all_sessions();
+    // Anything still in flight to this connection goes back to its queue.
+    conn.deliveries.close();
+    while let Ok(d) = conn.deliveries.try_recv() {
+        if d.acquired {
+            ctx.broker.release(
+                &[crate::core::Held {
+                    queue: d.queue,
+                    position: d.position,
+                }],
+                false,
+            );
+        }
+    }
+}
+
+impl Conn<'_> {
+    fn control(&mut self, channel: u16, c: Control) {
+        self.writer.control(channel, &c, &mut self.out);
+    }
+
+    fn send_start(&mut self) {
+        let cfg = &self.ctx.config;
+        let mut props = FieldTable::new();
+        props.insert("product", "clacks");
+        props.insert("version", env!("CARGO_PKG_VERSION"));
+        props.insert("platform", std::env::consts::OS);
+        props.insert("qpid.federation_tag", self.ctx.federation_tag.clone());
+        let mut mechs = vec!["PLAIN"];
+        if cfg.allow_anonymous || !cfg.auth {
+            mechs.push("ANONYMOUS");
+        }
+        self.control(
+            0,
+            Control::ConnectionStart(ConnectionStart {
+                server_properties: Some(props),
+                mechanisms: Some(Array::str16(mechs)),
+                locales: Some(Array::str16(["en_US"])),
+            }),
+        );
+    }
+
+    /// Closes with a code and text; output is flushed, then the socket closes.
+    fn close(&mut self, code: ConnectionCloseCode, text: &str) {
+        if self.phase == Phase::Closing {
+            return;
+        }
+        tracing::debug!(code = code.0, "closing connection: {text}");
+        self.control(
+            0,
+            Control::ConnectionClose(ConnectionClose {
+                reply_code: Some(code),
+                reply_text: Some(text.chars().take(255).collect()),
+            }),
+        );
+        self.phase = Phase::Closing;
+    }
+
+    fn framing_error(&mut self, text: &str) {
+        self.close(ConnectionCloseCode::FRAMING_ERROR, text);
+        // After a framing error nothing more the peer sends can be trusted.
+        self.done = true;
+    }
+
+    fn handle_input(&mut self, input: &mut BytesMut) {
+        loop {
+            if self.done {
+                input.clear();
+                return;
+            }
+            let frame = match self.codec.decode(input) {
+                Ok(Some(f)) => f,
+                Ok(None) => return,
+                Err(e) => {
+                    self.framing_error(&e.to_string());
+                    return;
+                }
+            };
+            match self.assembler.push(frame) {
+                Ok(None) => {}
+                Ok(Some((channel, assembly))) => self.assembly(channel, assembly),
+                Err(AssemblyError::Frame(e)) => self.framing_error(&e.to_string()),
+                Err(AssemblyError::Decode {
+                    channel,
+                    command,
+                    error,
+                }) => self.undecodable(channel, command, error),
+            }
+        }
+    }
+
+    fn undecodable(&mut self, channel: u16, command: bool, error: DecodeError) {
+        match (command, &error, self.phase) {
+            (true, DecodeError::UnknownCommand { class, code }, Phase::Open) => {
+                let codes = (*class, *code);
+                self.with_session(channel, |s, env| {
+                    let id = s.take_next_id();
+                    s.exception(
+                        env,
+                        &Error::NotImplemented(format!("unknown command {}.{}", codes.0, codes.1)),
+                        Some(id),
+                        codes,
+                    );
+                });
+                self.detach_failed(channel);
+            }
+            _ => self.framing_error(&error.to_string()),
+        }
+    }
+
+    fn assembly(&mut self, channel: u16, assembly: Assembly) {
+        match (self.phase, assembly) {
+            (_, Assembly::Control(c)) if is_connection_control(&c) => {
+                if channel != 0 && self.phase != Phase::Open {
+                    return self.framing_error("connection control on a session channel");
+                }
+                self.connection_control(c)
+            }
+            (Phase::Open, Assembly::Control(c)) => self.session_control(channel, c),
+            (
+                Phase::Open,
+                Assembly::Command {
+                    header,
+                    command,
+                    content,
+                },
+            ) => {
+                if !self.sessions.contains_key(&channel) {
+                    // Commands on a channel with no session: tell the peer it is not attached.
+                    self.control(
+                        channel,
+                        Control::SessionDetached(SessionDetached {
+                            name: Some(Bytes::new()),
+                            code: Some(SessionDetachCode::NOT_ATTACHED),
+                        }),
+                    );
+                    return;
+                }
+                let mut outcome = None;
+                self.with_session(channel, |s, env| {
+                    outcome = s.command(env, header, command, content);
+                });
+                match outcome {
+                    None => self.detach_failed(channel),
+                    Some(true) => {
+                        // Transfers the command caused (flush, flow) go out before its
+                        // completion: clients take the completion to mean "drained".
+                        self.drain_deliveries();
+                        self.with_session(channel, |s, env| s.send_completed(env));
+                    }
+                    Some(false) => {}
+                }
+            }
+            (Phase::Closing, _) => {}
+            _ => self.framing_error("frames before the connection is open"),
+        }
+    }
+
+    fn with_session(&mut self, channel: u16, f: impl FnOnce(&mut Session, &mut SessionEnv<'_>)) {
+        let Some(session) = self.sessions.get_mut(&channel) else {
+            return;
+        };
+        let user = self
+            .identity
+            .as_ref()
+            .filter(|i| self.ctx.config.auth && !i.anonymous)
+            .map(|i| (i.full.as_str(), i.bare.as_str()));
+        let mut env = SessionEnv {
+            broker: &self.ctx.broker,
+            writer: &self.writer,
+            out: &mut self.out,
+            channel,
+            user,
+            sink: &self.sink,
+            connection: self.id,
+        };
+        f(session, &mut env);
+    }
+
+    /// After an exception qpidd detaches the session itself.
+    fn detach_failed(&mut self, channel: u16) {
+        if let Some(s) = self.sessions.get(&channel) {
+            let name = s.name.clone();
+            self.control(
+                channel,
+                Control::SessionDetach(SessionDetach { name: Some(name) }),
+            );
+        }
+    }
+
+    fn report_completions(&mut self) {
+        let channels: Vec<u16> = self
+            .sessions
+            .iter()
+            .filter(|(_, s)| s.report_pending && !s.failed)
+            .map(|(c, _)| *c)
+            .collect();
+        for ch in channels {
+            self.with_session(ch, |s, env| s.send_completed(env));
+        }
+    }
+
+    fn drain_deliveries(&mut self) {
+        while self.out.len() < OUTPUT_HIGH_WATER {
+            match self.deliveries.try_recv() {
+                Ok(d) => self.deliver(d),
+                Err(_) => break,
+            }
+        }
+    }
+
+    fn deliver(&mut self, d: Delivery) {
+        let channel = self
+            .sessions
+            .iter()
+            .find(|(_, s)| s.id == d.session)
+            .map(|(c, _)| *c);
+        match channel {
+            Some(ch) => self.with_session(ch, |s, env| s.deliver(env, d)),
+            None if d.acquired => self.ctx.broker.release(
+                &[crate::core::Held {
+                    queue: d.queue,
+                    position: d.position,
+                }],
+                false,
+            ),
+            None => {}
+        }
+    }
+
+    fn end_session(&mut self, channel: u16) {
+        if let Some(s) = self.sessions.remove(&channel) {
+            self.ctx.broker.end_session(s.id, &s.held());
+        }
+        self.assembler.reset_channel(channel);
+    }
+
+    fn end_all_sessions(&mut self) {
+        let channels: Vec<u16> = self.sessions.keys().copied().collect();
+        for ch in channels {
+            self.end_session(ch);
+        }
+    }
+
+    fn connection_control(&mut self, c: Control) {
+        match (self.phase, c) {
+            (Phase::AwaitStartOk, Control::ConnectionStartOk(s)) => {
+                let mechanism = s.mechanism.unwrap_or_default();
+                let response = s.response.unwrap_or_default();
+                match self.authenticate(&mechanism, &response) {
+                    Ok(identity) => {
+                        tracing::debug!(user = %identity.full, "authenticated");
+                        self.identity = Some(identity);
+                        let cfg = &self.ctx.config;
+                        self.control(
+                            0,
+                            Control::ConnectionTune(ConnectionTune {
+                                channel_max: Some(cfg.channel_max),
+                                max_frame_size: Some(cfg.max_frame_size),
+                                heartbeat_min: Some(0),
+                                heartbeat_max: Some(cfg.heartbeat_max),
+                            }),
+                        );
+                        self.phase = Phase::AwaitTuneOk;
+                    }
+                    Err(text) => {
+                        tracing::info!("authentication failed: {text}");
+                        self.close(ConnectionCloseCode::CONNECTION_FORCED, &text);
+                    }
+                }
+            }
+            (Phase::AwaitTuneOk, Control::ConnectionTuneOk(t)) => {
+                let cfg = &self.ctx.config;
+                let frame = t
+                    .max_frame_size
+                    .unwrap_or(cfg.max_frame_size)
+                    .min(cfg.max_frame_size);
+                if usize::from(frame) < MIN_MAX_FRAME_SIZE {
+                    return self.framing_error("max-frame-size below the minimum of 4096");
+                }
+                self.codec.set_max_frame_size(usize::from(frame));
+                self.writer = FrameWriter::new(usize::from(frame));
+                if let Some(cm) = t.channel_max.filter(|c| *c > 0) {
+                    self.channel_max = cm.min(cfg.channel_max);
+                }
+                let hb = t.heartbeat.unwrap_or(0).min(cfg.heartbeat_max);
+                self.heartbeat = (hb > 0).then(|| Duration::from_secs(u64::from(hb)));
+                self.phase = Phase::AwaitOpen;
+            }
+            (Phase::AwaitOpen, Control::ConnectionOpen(_)) => {
+                self.control(
+                    0,
+                    Control::ConnectionOpenOk(ConnectionOpenOk {
+                        known_hosts: Some(Array::str16(Vec::<String>::new())),
+                    }),
+                );
+                self.phase = Phase::Open;
+            }
+            (_, Control::ConnectionHeartbeat(_)) => {}
+            (_, Control::ConnectionClose(_)) => {
+                self.control(0, Control::ConnectionCloseOk(ConnectionCloseOk {}));
+                self.phase = Phase::Closing;
+                self.done = true;
+            }
+            (Phase::Closing, Control::ConnectionCloseOk(_)) => self.done = true,
+            (Phase::Closing, _) => {}
+            (_, other) => {
+                self.framing_error(&format!("unexpected {} during negotiation", other.name()));
+            }
+        }
+    }
+
+    fn authenticate(&self, mechanism: &str, response: &[u8]) -> Result<Identity, String> {
+        let cfg = &self.ctx.config;
+        let realm = &cfg.realm;
+        let with_realm = |name: &str| {
+            if name.contains('@') {
+                name.to_string()
+            } else {
+                format!("{name}@{realm}")
+            }
+        };
+        match mechanism {
+            "PLAIN" => {
+                let mut parts = response.split(|b| *b == 0);
+                let (Some(authzid), Some(authcid), Some(password), None) =
+                    (parts.next(), parts.next(), parts.next(), parts.next())
+                else {
+                    return Err("malformed PLAIN response".into());
+                };
+                let authcid = std::str::from_utf8(authcid).map_err(|_| "user name is not utf-8")?;
+                let authzid = std::str::from_utf8(authzid).map_err(|_| "user name is not utf-8")?;
+                if cfg.auth {
+                    let bare = authcid.split('@').next().unwrap_or(authcid);
+                    let ok = cfg
+                        .users
+                        .get(bare)
+                        .is_some_and(|p| p.as_bytes() == password);
+                    if !ok {
+                        return Err(format!("authentication failed for {authcid}"));
+                    }
+                }
+                let name = if authzid.is_empty() { authcid } else { authzid };
+                Ok(Identity {
+                    full: with_realm(name),
+                    bare: name.split('@').next().unwrap_or(name).to_string(),
+                    anonymous: false,
+                })
+            }
+            "ANONYMOUS" if cfg.allow_anonymous || !cfg.auth => Ok(Identity {
+                full: "anonymous".into(),
+                bare: "anonymous".into(),
+                anonymous: true,
+            }),
+            other => Err(format!("mechanism {other} not offered")),
+        }
+    }
+
+    fn session_control(&mut self, channel: u16, c: Control) {
+        match c {
+            Control::SessionAttach(a) => {
+                let name = a.name.unwrap_or_default();
+                if channel > self.channel_max {
+                    return self.framing_error("channel above channel-max");
+                }
+                if let Some(existing) = self.sessions.get(&channel) {
+                    if existing.name != name {
+                        self.control(
+                            channel,
+                            Control::SessionDetached(SessionDetached {
+                                name: Some(name),
+                                code: Some(SessionDetachCode::TRANSPORT_BUSY),
+                            }),
+                        );
+                        return;
+                    }
+                    // Re-attach of the same session on the same channel: start afresh.
+                    self.end_session(channel);
+                }
+                let busy = self
+                    .sessions
+                    .iter()
+                    .find(|(_, s)| s.name == name)
+                    .map(|(c, _)| *c);
+                if let Some(other) = busy {
+                    if a.force {
+                        self.end_session(other);
+                    } else {
+                        self.control(
+                            channel,
+                            Control::SessionDetached(SessionDetached {
+                                name: Some(name),
+                                code: Some(SessionDetachCode::SESSION_BUSY),
+                            }),
+                        );
+                        return;
+                    }
+                }
+                let id = self.ctx.broker.new_session(self.id);
+                self.sessions
+                    .insert(channel, Session::new(id, name.clone()));
+                self.control(
+                    channel,
+                    Control::SessionAttached(SessionAttached { name: Some(name) }),
+                );
+                self.control(
+                    channel,
+                    Control::SessionCommandPoint(SessionCommandPoint {
+                        command_id: Some(SequenceNo(0)),
+                        command_offset: Some(0),
+                    }),
+                );
+            }
+            Control::SessionDetach(d) => {
+                self.end_session(channel);
+                self.control(
+                    channel,
+                    Control::SessionDetached(SessionDetached {
+                        name: d.name,
+                        code: Some(SessionDetachCode::NORMAL),
+                    }),
+                );
+            }
+            Control::SessionDetached(_) => self.end_session(channel),
+            Control::SessionRequestTimeout(_) => {
+                // Sessions are not kept after detach, so the granted timeout is zero.
+                self.control(
+                    channel,
+                    Control::SessionTimeout(SessionTimeout { timeout: Some(0) }),
+                );
+            }
+            Control::SessionCommandPoint(p) => {
+                if let Some(s) = self.sessions.get_mut(&channel) {
+                    s.command_point(p.command_id.unwrap_or_default());
+                }
+            }
+            Control::SessionCompleted(c) => {
+                let commands = c.commands.unwrap_or_default();
+                let broker = &self.ctx.broker;
+                if let Some(s) = self.sessions.get_mut(&channel) {
+                    s.peer_completed(broker, &commands);
+                }
+                if c.timely_reply {
+                    self.control(
+                        channel,
+                        Control::SessionKnownCompleted(SessionKnownCompleted {
+                            commands: Some(commands),
+                        }),
+                    );
+                }
+            }
+            Control::SessionKnownCompleted(k) => {
+                if let Some(s) = self.sessions.get_mut(&channel) {
+                    s.known_completed(&k.commands.unwrap_or_default());
+                }
+            }
+            Control::SessionFlush(f) => {
+                let Some(s) = self.sessions.get(&channel) else {
+                    return;
+                };
+                let done = s.completed_set().clone();
+                if f.expected {
+                    self.control(
+                        channel,
+                        Control::SessionExpected(SessionExpected {
+                            commands: Some(SequenceSet::new()),
+                            fragments: None,
+                        }),
+                    );
+                }
+                if f.confirmed {
+                    self.control(
+                        channel,
+                        Control::SessionConfirmed(SessionConfirmed {
+                            commands: Some(done),
+                            fragments: None,
+                        }),
+                    );
+                }
+                if f.completed {
+                    self.with_session(channel, |s, env| s.send_completed(env));
+                }
+            }
+            Control::SessionExpected(_)
+            | Control::SessionConfirmed(_)
+            | Control::SessionTimeout(_)
+            | Control::SessionGap(_)
+            | Control::SessionAttached(_) => {}
+            other => self.framing_error(&format!("unexpected {}", other.name())),
+        }
+    }
+}
+
+fn is_connection_control(c: &Control) -> bool {
+    c.codes().0 == 1
+}

@@ -1,0 +1,648 @@
+//! One attached session: command ids and completion in both directions, held deliveries,
+//! transactions, and the adapter from each 0-10 command onto `core`.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+
+use crate::core::broker::{Broker, ExchangeDeclare, Held, QueueDeclare, Subscribe};
+use crate::core::{Delivery, DeliverySink, Error, Message, SessionId};
+use crate::wire::{
+    Acquired, Command, Content, Control, ExchangeBoundResult, ExchangeQueryResult,
+    ExecutionException, ExecutionResult, FrameWriter, MessageAccept, MessageTransfer,
+    QueueQueryResult, SequenceNo, SequenceSet, SessionCompleted, SessionHeader, Struct32,
+};
+
+/// What a session needs from its connection besides the broker.
+pub(crate) struct SessionEnv<'a> {
+    pub broker: &'a Broker,
+    pub writer: &'a FrameWriter,
+    pub out: &'a mut BytesMut,
+    pub channel: u16,
+    /// The authenticated identity (`guest@QPID`) and the bare name, for user-id checks;
+    /// `None` when authentication is off or the peer is anonymous.
+    pub user: Option<(&'a str, &'a str)>,
+    pub sink: &'a Arc<dyn DeliverySink>,
+    /// The broker's id of this connection.
+    pub connection: u64,
+}
+
+/// A delivery the peer has not yet settled.
+#[derive(Debug)]
+struct Record {
+    held: Held,
+    destination: String,
+    acquired: bool,
+    accept_explicit: bool,
+    size: u64,
+    epoch: u64,
+    completed: bool,
+    settled: bool,
+}
+
+#[derive(Default)]
+struct TxBuffer {
+    enqueues: Vec<(Vec<String>, Arc<Message>)>,
+    accepts: Vec<u32>,
+}
+
+/// The state of one attached session.
+pub(crate) struct Session {
+    pub id: SessionId,
+    pub name: Bytes,
+    /// Id the next incoming command gets.
+    next_in: SequenceNo,
+    /// Incoming commands completed and not yet known-completed by the peer.
+    completed_in: SequenceSet,
+    /// Completions not yet reported.
+    pub report_pending: bool,
+    /// Transfers with accept-mode explicit to answer with `message.accept`.
+    accept_pending: SequenceSet,
+    /// Id of our next outgoing command.
+    next_out: SequenceNo,
+    records: BTreeMap<u32, Record>,
+    tx: Option<TxBuffer>,
+    /// After an exception: everything but detach is ignored.
+    pub failed: bool,
+}
+
+impl Session {
+    pub fn new(id: SessionId, name: Bytes) -> Session {
+        Session {
+            id,
+            name,
+            next_in: SequenceNo(0),
+            completed_in: SequenceSet::new(),
+            report_pending: false,
+            accept_pending: SequenceSet::new(),
+            next_out: SequenceNo(0),
+            records: BTreeMap::new(),
+            tx: None,
+            failed: false,
+        }
+    }
+
+    /// Every message this session holds (for the broker when the session ends).
+    pub fn held(&self) -> Vec<Held> {
+        self.records
+            .values()
+            .filter(|r| r.acquired && !r.settled)
+            .map(|r| r.held.clone())
+            .collect()
+    }
+
+    pub fn command_point(&mut self, id: SequenceNo) {
+        self.next_in = id;
+    }
+
+    fn send_command(
+        &mut self,
+        env: &mut SessionEnv<'_>,
+        cmd: &Command,
+        content: Option<(&[u8], Option<&[u8]>)>,
+    ) {
+        env.writer
+            .command(env.channel, false, cmd, content, env.out);
+        self.next_out = self.next_out.next();
+    }
+
+    fn control(&self, env: &mut SessionEnv<'_>, c: Control) {
+        env.writer.control(env.channel, &c, env.out);
+    }
+
+    /// Sends `session.completed` (after any pending `message.accept`).
+    pub fn send_completed(&mut self, env: &mut SessionEnv<'_>) {
+        if !self.accept_pending.is_empty() {
+            let transfers = std::mem::take(&mut self.accept_pending);
+            self.send_command(
+                env,
+                &Command::MessageAccept(MessageAccept {
+                    transfers: Some(transfers),
+                }),
+                None,
+            );
+        }
+        self.report_pending = false;
+        self.control(
+            env,
+            Control::SessionCompleted(SessionCompleted {
+                commands: Some(self.completed_in.clone()),
+                timely_reply: false,
+            }),
+        );
+    }
+
+    /// `session.known-completed`: the peer no longer needs these reported.
+    pub fn known_completed(&mut self, commands: &SequenceSet) {
+        self.completed_in.remove_set(commands);
+    }
+
+    pub fn completed_set(&self) -> &SequenceSet {
+        &self.completed_in
+    }
+
+    /// The peer completed some of our commands: window credit comes back, and deliveries
+    /// that need no accept are done.
+    pub fn peer_completed(&mut self, broker: &Broker, commands: &SequenceSet) {
+        let mut done = Vec::new();
+        for &(lo, hi) in commands.ranges() {
+            for (id, r) in range_mut(&mut self.records, lo, hi) {
+                if r.completed {
+                    continue;
+                }
+                r.completed = true;
+                broker.restore_credit(self.id, &r.destination, r.size, r.epoch);
+                if r.settled || !r.accept_explicit || !r.acquired {
+                    done.push(id);
+                }
+            }
+        }
+        for id in done {
+            self.records.remove(&id);
+        }
+    }
+
+    /// Writes one delivery as a `message.transfer`.
+    pub fn deliver(&mut self, env: &mut SessionEnv<'_>, d: Delivery) {
+        let id = self.next_out;
+        let header = d.msg.delivery_header(d.redelivered);
+        let transfer = Command::MessageTransfer(MessageTransfer {
+            destination: Some(d.destination.clone()),
+            accept_mode: Some(crate::wire::MessageAcceptMode(u8::from(!d.accept_explicit))),
+            acquire_mode: Some(crate::wire::MessageAcquireMode(u8::from(!d.acquired))),
+        });
+        self.send_command(
+            env,
+            &transfer,
+            Some((&header, d.msg.has_body.then_some(&d.msg.body[..]))),
+        );
+        let held = Held {
+            queue: d.queue,
+            position: d.position,
+        };
+        // With accept-mode none an acquired message is done as soon as it is sent.
+        let settled = d.acquired && !d.accept_explicit;
+        if settled {
+            env.broker.accept(std::slice::from_ref(&held));
+        }
+        self.records.insert(
+            id.0,
+            Record {
+                held,
+                destination: d.destination,
+                acquired: d.acquired,
+                accept_explicit: d.accept_explicit,
+                size: d.size,
+                epoch: d.epoch,
+                completed: false,
+                settled,
+            },
+        );
+    }
+
+    /// Handles one incoming command. Returns `None` when the session failed and must
+    /// detach, else whether the peer asked to hear of its completion now (the caller first
+    /// writes out any deliveries the command caused, then calls [`Session::send_completed`]).
+    pub fn command(
+        &mut self,
+        env: &mut SessionEnv<'_>,
+        header: SessionHeader,
+        command: Command,
+        content: Option<Content>,
+    ) -> Option<bool> {
+        let id = self.next_in;
+        self.next_in = id.next();
+        if self.failed {
+            return Some(false);
+        }
+        let codes = command.codes();
+        let explicit_accept = matches!(&command,
+            Command::MessageTransfer(t) if t.accept_mode.is_some_and(|m| m.0 == 0));
+        let sync = header.sync || matches!(command, Command::ExecutionSync(_));
+        match self.execute(env, command, content) {
+            Ok(result) => {
+                if let Some(value) = result {
+                    self.send_command(
+                        env,
+                        &Command::ExecutionResult(ExecutionResult {
+                            command_id: Some(id),
+                            value: Some(value),
+                        }),
+                        None,
+                    );
+                }
+                if explicit_accept {
+                    self.accept_pending.add(id);
+                }
+                self.completed_in.add(id);
+                self.report_pending = true;
+                Some(sync)
+            }
+            Err(e) => {
+                self.exception(env, &e, Some(id), codes);
+                None
+            }
+        }
+    }
+
+    /// Sends `execution.exception` and marks the session failed; the caller detaches.
+    pub fn exception(
+        &mut self,
+        env: &mut SessionEnv<'_>,
+        e: &Error,
+        command: Option<SequenceNo>,
+        codes: (u8, u8),
+    ) {
+        tracing::debug!(session = ?self.id, code = e.code().0, "session exception: {e}");
+        let exception = Command::ExecutionException(ExecutionException {
+            error_code: Some(e.code()),
+            command_id: command,
+            class_code: Some(codes.0),
+            command_code: Some(codes.1),
+            field_index: Some(0),
+            description: Some(e.to_string()),
+            error_info: None,
+        });
+        self.send_command(env, &exception, None);
+        self.failed = true;
+    }
+
+    /// Returns the id the next incoming command will get (for exceptions on commands that
+    /// did not decode).
+    pub fn take_next_id(&mut self) -> SequenceNo {
+        let id = self.next_in;
+        self.next_in = id.next();
+        id
+    }
+
+    fn execute(
+        &mut self,
+        env: &mut SessionEnv<'_>,
+        command: Command,
+        content: Option<Content>,
+    ) -> Result<Option<Struct32>, Error> {
+        let broker = env.broker;
+        let sid = self.id;
+        match command {
+            Command::ExecutionSync(_) => Ok(None),
+            Command::ExecutionResult(_) | Command::ExecutionException(_) => Ok(None),
+            Command::MessageTransfer(t) => {
+                self.transfer(env, t, content)?;
+                Ok(None)
+            }
+            Command::MessageAccept(a) => {
+                let set = a.transfers.unwrap_or_default();
+                if let Some(tx) = &mut self.tx {
+                    for &(lo, hi) in set.ranges() {
+                        tx.accepts
+                            .extend(range_mut(&mut self.records, lo, hi).map(|(id, _)| id));
+                    }
+                } else {
+                    let held = self.settle(&set, |r| r.acquired);
+                    broker.accept(&held);
+                }
+                Ok(None)
+            }
+            Command::MessageReject(r) => {
+                let held = self.settle(&r.transfers.unwrap_or_default(), |r| r.acquired);
+                broker.reject(&held);
+                Ok(None)
+            }
+            Command::MessageRelease(r) => {
+                let held = self.settle(&r.transfers.unwrap_or_default(), |r| r.acquired);
+                broker.release(&held, r.set_redelivered);
+                Ok(None)
+            }
+            Command::MessageAcquire(a) => {
+                let set = a.transfers.unwrap_or_default();
+                let mut wanted = Vec::new();
+                for &(lo, hi) in set.ranges() {
+                    for (id, r) in range_mut(&mut self.records, lo, hi) {
+                        if !r.acquired && !r.settled {
+                            wanted.push((id, r.held.clone()));
+                        }
+                    }
+                }
+                let got =
+                    broker.acquire(&wanted.iter().map(|(_, h)| h.clone()).collect::<Vec<_>>());
+                let mut acquired = SequenceSet::new();
+                for (id, h) in wanted {
+                    if got.contains(&h) {
+                        acquired.add(SequenceNo(id));
+                        if let Some(r) = self.records.get_mut(&id) {
+                            r.acquired = true;
+                        }
+                    }
+                }
+                Ok(Some(
+                    Acquired {
+                        transfers: Some(acquired),
+                    }
+                    .to_struct32(),
+                ))
+            }
+            Command::MessageResume(_) => Err(Error::NotImplemented(
+                "message.resume is not supported".into(),
+            )),
+            Command::MessageSubscribe(s) => {
+                let queue = s.queue.unwrap_or_default();
+                broker.subscribe(
+                    sid,
+                    Subscribe {
+                        queue,
+                        destination: s.destination.unwrap_or_default(),
+                        acquire: s.acquire_mode.is_none_or(|m| m.0 == 0),
+                        accept_explicit: s.accept_mode.is_none_or(|m| m.0 == 0),
+                        exclusive: s.exclusive,
+                        sink: env.sink.clone(),
+                    },
+                )?;
+                Ok(None)
+            }
+            Command::MessageCancel(c) => {
+                broker.cancel(sid, c.destination.as_deref().unwrap_or(""))?;
+                Ok(None)
+            }
+            Command::MessageSetFlowMode(f) => {
+                let window = match f.flow_mode.map_or(0, |m| m.0) {
+                    0 => false,
+                    1 => true,
+                    other => {
+                        return Err(Error::InvalidArgument(format!("invalid flow mode {other}")))
+                    }
+                };
+                broker.set_flow_mode(sid, f.destination.as_deref().unwrap_or(""), window)?;
+                Ok(None)
+            }
+            Command::MessageFlow(f) => {
+                let bytes = match f.unit.map_or(0, |u| u.0) {
+                    0 => false,
+                    1 => true,
+                    other => {
+                        return Err(Error::InvalidArgument(format!(
+                            "invalid credit unit {other}"
+                        )))
+                    }
+                };
+                broker.flow(
+                    sid,
+                    f.destination.as_deref().unwrap_or(""),
+                    bytes,
+                    f.value.unwrap_or(0),
+                )?;
+                Ok(None)
+            }
+            Command::MessageFlush(f) => {
+                broker.flush(sid, f.destination.as_deref().unwrap_or(""))?;
+                Ok(None)
+            }
+            Command::MessageStop(f) => {
+                broker.stop(sid, f.destination.as_deref().unwrap_or(""))?;
+                Ok(None)
+            }
+            Command::TxSelect(_) => {
+                self.tx.get_or_insert_with(TxBuffer::default);
+                Ok(None)
+            }
+            Command::TxCommit(_) => {
+                let tx = self.tx.as_mut().ok_or_else(not_transactional)?;
+                let work = std::mem::take(tx);
+                for (queues, msg) in work.enqueues {
+                    broker.enqueue(&queues, msg)?;
+                }
+                let mut held = Vec::new();
+                for id in work.accepts {
+                    if let Some(r) = self.records.get_mut(&id) {
+                        if r.acquired && !r.settled {
+                            r.settled = true;
+                            held.push(r.held.clone());
+                        }
+                    }
+                }
+                broker.accept(&held);
+                self.records
+                    .retain(|_, r| !(r.settled && (r.completed || !r.accept_explicit)));
+                Ok(None)
+            }
+            Command::TxRollback(_) => {
+                let tx = self.tx.as_mut().ok_or_else(not_transactional)?;
+                *tx = TxBuffer::default();
+                Ok(None)
+            }
+            Command::DtxSelect(_)
+            | Command::DtxStart(_)
+            | Command::DtxEnd(_)
+            | Command::DtxCommit(_)
+            | Command::DtxForget(_)
+            | Command::DtxGetTimeout(_)
+            | Command::DtxPrepare(_)
+            | Command::DtxRecover(_)
+            | Command::DtxRollback(_)
+            | Command::DtxSetTimeout(_) => Err(Error::NotImplemented(
+                "distributed transactions (dtx) are not supported".into(),
+            )),
+            Command::ExchangeDeclare(d) => {
+                broker.declare_exchange(ExchangeDeclare {
+                    name: d.exchange.unwrap_or_default(),
+                    kind: d.r#type.unwrap_or_default(),
+                    alternate: d.alternate_exchange,
+                    passive: d.passive,
+                    durable: d.durable,
+                    auto_delete: d.auto_delete,
+                    args: d.arguments.unwrap_or_default(),
+                })?;
+                Ok(None)
+            }
+            Command::ExchangeDelete(d) => {
+                broker.delete_exchange(d.exchange.as_deref().unwrap_or(""), d.if_unused)?;
+                Ok(None)
+            }
+            Command::ExchangeQuery(q) => {
+                let name = q.name.unwrap_or_default();
+                let result = match broker.query_exchange(&name) {
+                    Some(info) => ExchangeQueryResult {
+                        r#type: Some(info.kind),
+                        durable: info.durable,
+                        not_found: false,
+                        arguments: Some(info.args),
+                    },
+                    None => ExchangeQueryResult {
+                        not_found: true,
+                        ..ExchangeQueryResult::default()
+                    },
+                };
+                Ok(Some(result.to_struct32()))
+            }
+            Command::ExchangeBind(b) => {
+                broker.bind(
+                    sid,
+                    b.queue.as_deref().unwrap_or(""),
+                    b.exchange.as_deref().unwrap_or(""),
+                    b.binding_key.as_deref().unwrap_or(""),
+                    &b.arguments.unwrap_or_default(),
+                )?;
+                Ok(None)
+            }
+            Command::ExchangeUnbind(u) => {
+                broker.unbind(
+                    sid,
+                    u.queue.as_deref().unwrap_or(""),
+                    u.exchange.as_deref().unwrap_or(""),
+                    u.binding_key.as_deref().unwrap_or(""),
+                )?;
+                Ok(None)
+            }
+            Command::ExchangeBound(b) => {
+                let info = broker.bound(
+                    b.exchange.as_deref().unwrap_or(""),
+                    b.queue.as_deref(),
+                    b.binding_key.as_deref(),
+                    b.arguments.as_ref(),
+                );
+                Ok(Some(
+                    ExchangeBoundResult {
+                        exchange_not_found: info.exchange_not_found,
+                        queue_not_found: info.queue_not_found,
+                        queue_not_matched: info.queue_not_matched,
+                        key_not_matched: info.key_not_matched,
+                        args_not_matched: info.args_not_matched,
+                    }
+                    .to_struct32(),
+                ))
+            }
+            Command::QueueDeclare(d) => {
+                broker.declare_queue(
+                    sid,
+                    QueueDeclare {
+                        name: d.queue.unwrap_or_default(),
+                        alternate: d.alternate_exchange,
+                        passive: d.passive,
+                        durable: d.durable,
+                        exclusive: d.exclusive,
+                        auto_delete: d.auto_delete,
+                        args: d.arguments.unwrap_or_default(),
+                    },
+                )?;
+                Ok(None)
+            }
+            Command::QueueDelete(d) => {
+                broker.delete_queue(
+                    sid,
+                    d.queue.as_deref().unwrap_or(""),
+                    d.if_unused,
+                    d.if_empty,
+                )?;
+                Ok(None)
+            }
+            Command::QueuePurge(p) => {
+                broker.purge_queue(sid, p.queue.as_deref().unwrap_or(""))?;
+                Ok(None)
+            }
+            Command::QueueQuery(q) => {
+                let result = match broker.query_queue(q.queue.as_deref().unwrap_or("")) {
+                    Some(info) => QueueQueryResult {
+                        queue: Some(info.name),
+                        alternate_exchange: info.alternate,
+                        durable: info.durable,
+                        exclusive: info.exclusive,
+                        auto_delete: info.auto_delete,
+                        arguments: Some(info.args),
+                        message_count: Some(info.message_count),
+                        subscriber_count: Some(info.subscriber_count),
+                    },
+                    None => QueueQueryResult::default(),
+                };
+                Ok(Some(result.to_struct32()))
+            }
+        }
+    }
+
+    fn transfer(
+        &mut self,
+        env: &mut SessionEnv<'_>,
+        t: MessageTransfer,
+        content: Option<Content>,
+    ) -> Result<(), Error> {
+        let mut msg = Message::from_content(content.as_ref())
+            .map_err(|e| Error::InvalidArgument(format!("malformed message header: {e}")))?;
+        if let Some((full, bare)) = env.user {
+            let claimed = msg
+                .properties
+                .as_ref()
+                .and_then(|p| p.user_id.as_ref())
+                .filter(|u| !u.is_empty());
+            if let Some(claimed) = claimed {
+                if claimed[..] != *full.as_bytes() && claimed[..] != *bare.as_bytes() {
+                    return Err(Error::Unauthorized(format!(
+                        "authenticated user id is {full} but user id in message declared as {}",
+                        String::from_utf8_lossy(claimed)
+                    )));
+                }
+            }
+        }
+        let exchange = t.destination.unwrap_or_default();
+        msg.delivery.exchange = Some(exchange.clone());
+        msg.origin = env.connection;
+        if let Some(ttl) = msg.delivery.ttl.filter(|t| *t > 0) {
+            msg.expires_at =
+                Some(std::time::Instant::now() + std::time::Duration::from_millis(ttl));
+        }
+        msg.seal();
+        let msg = Arc::new(msg);
+        if let Some(tx) = &mut self.tx {
+            let queues = env.broker.route(&exchange, &msg)?;
+            tx.enqueues.push((queues, msg));
+            return Ok(());
+        }
+        env.broker.publish(&exchange, msg)?;
+        Ok(())
+    }
+
+    /// Marks the records in `set` settled and returns the held messages that match `f`.
+    fn settle(&mut self, set: &SequenceSet, f: impl Fn(&Record) -> bool) -> Vec<Held> {
+        let mut held = Vec::new();
+        let mut done = Vec::new();
+        for &(lo, hi) in set.ranges() {
+            for (id, r) in range_mut(&mut self.records, lo, hi) {
+                if r.settled {
+                    continue;
+                }
+                if f(r) {
+                    held.push(r.held.clone());
+                }
+                r.settled = true;
+                if r.completed {
+                    done.push(id);
+                }
+            }
+        }
+        for id in done {
+            self.records.remove(&id);
+        }
+        held
+    }
+}
+
+fn not_transactional() -> Error {
+    Error::CommandInvalid("session is not transactional: tx.select first".into())
+}
+
+/// Records with ids in `lo..=hi`, taking wrap-around into account.
+fn range_mut(
+    records: &mut BTreeMap<u32, Record>,
+    lo: SequenceNo,
+    hi: SequenceNo,
+) -> Box<dyn Iterator<Item = (u32, &mut Record)> + '_> {
+    if lo.0 <= hi.0 {
+        Box::new(records.range_mut(lo.0..=hi.0).map(|(id, r)| (*id, r)))
+    } else {
+        // The range wraps past u32::MAX.
+        Box::new(
+            records
+                .iter_mut()
+                .filter(move |(id, _)| **id >= lo.0 || **id <= hi.0)
+                .map(|(id, r)| (*id, r)),
+        )
+    }
+}
