@@ -173,6 +173,7 @@ mod tests {
         let content = Content {
             header: m.encode_header().freeze(),
             body: m.body.clone(),
+            has_body: true,
         };
         let (dp, mp, body) = decode_properties(Some(&content)).expect("decode");
         assert_eq!(dp, m.delivery_properties);
@@ -202,6 +203,7 @@ mod tests {
         let content = Content {
             header: header.freeze(),
             body: Bytes::new(),
+            has_body: false,
         };
         let (dp, mp, _) = decode_properties(Some(&content)).expect("decode");
         assert_eq!(dp, DeliveryProperties::default());
