@@ -1,26 +1,38 @@
-//! Temporary entry point: `clacks serve [ADDR]` with guest/guest (replaced by the full CLI).
+//! `clacks`: the broker (`serve`) and its client tools (`send`, `receive`, `bench`).
 
-use clacks_broker::server::{Server, ServerConfig};
+mod bench;
+mod cli;
+mod client_cmds;
+mod config;
+mod serve;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use tracing_subscriber::EnvFilter;
+
+use cli::{Cli, Command};
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new(cli.command.default_log_filter()));
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_writer(std::io::stderr)
+        .with_env_filter(filter)
         .init();
-    let addr = std::env::args()
-        .nth(2)
-        .unwrap_or_else(|| "127.0.0.1:5672".into());
-    let mut config = ServerConfig {
-        listen: addr.parse()?,
-        ..ServerConfig::default()
+    let result = match cli.command {
+        Command::Serve(args) => serve::run(args).await,
+        Command::Send(args) => client_cmds::send(args).await,
+        Command::Receive(args) => client_cmds::receive(args).await,
+        Command::Bench(args) => bench::run(args).await,
     };
-    config.users.insert("guest".into(), "guest".into());
-    let server = Server::bind(config).await?;
-    println!("listening on {}", server.local_addr()?);
-    server
-        .run(async {
-            let _ = tokio::signal::ctrl_c().await;
-        })
-        .await?;
-    Ok(())
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("clacks: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
 }

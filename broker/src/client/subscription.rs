@@ -150,8 +150,9 @@ impl Subscription {
     /// The next delivery; `Ok(None)` once the subscription has ended (cancelled, or its
     /// session closed normally).
     ///
-    /// With a capacity, credit for the messages handed out is granted again once half the
-    /// capacity has been used.
+    /// With a capacity, credit for the messages handed out is granted again (at the start
+    /// of a call) once half the capacity has been used. Cancel-safe: dropping the future
+    /// loses no delivery, so it can race a timer.
     ///
     /// # Errors
     /// The session exception or connection failure that ended the subscription (again on
@@ -160,9 +161,12 @@ impl Subscription {
         if let Some(e) = &self.failed {
             return Err(e.clone());
         }
+        self.grant_owed_credit().await?;
         match self.rx.recv().await {
             Some(Ok(delivery)) => {
-                self.consumed_one().await?;
+                if self.capacity.is_some() {
+                    self.consumed += 1;
+                }
                 Ok(Some(delivery))
             }
             Some(Err(e)) => {
@@ -173,19 +177,20 @@ impl Subscription {
         }
     }
 
-    async fn consumed_one(&mut self) -> Result<(), ClientError> {
+    async fn grant_owed_credit(&mut self) -> Result<(), ClientError> {
         let Some(capacity) = self.capacity else {
             return Ok(());
         };
-        self.consumed += 1;
         if self.consumed >= (capacity / 2).max(1) {
-            let grant = std::mem::take(&mut self.consumed);
+            let grant = self.consumed;
             self.session
                 .post(
                     flow(&self.destination, MessageCreditUnit::MESSAGE, grant),
                     false,
                 )
                 .await?;
+            // Only once sent: a cancelled call grants it next time.
+            self.consumed -= grant;
         }
         Ok(())
     }

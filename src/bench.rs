@@ -1,0 +1,305 @@
+//! `clacks bench`: N producer and M consumer connections on one fresh queue; messages/s and
+//! latency from a send timestamp carried in the first 8 bytes of each body.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context};
+use bytes::{BufMut, BytesMut};
+use clacks_broker::client::{
+    random_uuid, ConnectOptions, Connection, Message, Session, SubscribeOptions, Subscription,
+};
+use clacks_broker::wire::{QueueDeclare, QueueDelete, SequenceSet};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::cli::BenchArgs;
+
+/// What one run measured.
+#[derive(Debug)]
+struct Report {
+    sent: u64,
+    send_time: Duration,
+    receive_time: Duration,
+    /// Per message, receive time minus send time, in nanoseconds.
+    latencies: Vec<u64>,
+}
+
+/// Runs the benchmark and prints the report.
+///
+/// # Errors
+/// Bad arguments, connection or broker errors, or messages that stop arriving.
+pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    if args.size < 8 {
+        bail!("--size must be at least 8 (the send timestamp)");
+    }
+    if args.producers == 0 || args.consumers == 0 || args.count == 0 {
+        bail!("--producers, --consumers and --count must be at least 1");
+    }
+    let opts = ConnectOptions::parse(&args.broker)?;
+    let admin = Connection::open(opts.clone())
+        .await
+        .with_context(|| format!("cannot connect to {}:{}", opts.host, opts.port))?;
+    let session = admin.session_unique().await?;
+    let queue = format!("bench-{}", random_uuid());
+    session
+        .declare_queue(QueueDeclare {
+            queue: Some(queue.clone()),
+            durable: args.durable,
+            ..QueueDeclare::default()
+        })
+        .await
+        .context("cannot declare the bench queue")?;
+    let result = measure(&args, &opts, &queue).await;
+    // Clean up whatever happened.
+    let deleted = session
+        .delete_queue(QueueDelete {
+            queue: Some(queue.clone()),
+            ..QueueDelete::default()
+        })
+        .await;
+    let _ = admin.close().await;
+    let report = result?;
+    deleted.context("cannot delete the bench queue")?;
+    print!("{}", render(&args, &queue, report));
+    Ok(())
+}
+
+async fn measure(args: &BenchArgs, opts: &ConnectOptions, queue: &str) -> anyhow::Result<Report> {
+    let received = Arc::new(AtomicU64::new(0));
+    let (done_tx, done_rx) = watch::channel(false);
+    let done_tx = Arc::new(done_tx);
+    let idle = Duration::from_secs_f64(args.idle_timeout.max(0.1));
+    let mut consumers: Vec<JoinHandle<anyhow::Result<Consumed>>> = Vec::new();
+    for _ in 0..args.consumers {
+        let conn = Connection::open(opts.clone()).await?;
+        let session = conn.session_unique().await?;
+        let options = SubscribeOptions {
+            capacity: Some(args.capacity.max(1)),
+            ..SubscribeOptions::default()
+        };
+        let sub = session.subscribe(queue, options).await?;
+        let run = Consumer {
+            conn,
+            session,
+            sub,
+            total: args.count,
+            batch: u64::from((args.capacity / 2).max(1)),
+            received: received.clone(),
+            done_tx: done_tx.clone(),
+            done_rx: done_rx.clone(),
+            idle,
+        };
+        consumers.push(tokio::spawn(run.consume()));
+    }
+    // Every producer connects before the clock starts.
+    let mut producers = Vec::new();
+    for i in 0..args.producers {
+        let conn = Connection::open(opts.clone()).await?;
+        let session = conn.session_unique().await?;
+        let share = args.count / u64::from(args.producers)
+            + u64::from(u64::from(i) < args.count % u64::from(args.producers));
+        producers.push((conn, session, share));
+    }
+    let start = Instant::now();
+    let mut producing = Vec::new();
+    for (conn, session, share) in producers {
+        let p = Producer {
+            conn,
+            session,
+            queue: queue.to_string(),
+            count: share,
+            size: args.size,
+            durable: args.durable,
+            window: args.window.max(1),
+        };
+        producing.push(tokio::spawn(p.produce()));
+    }
+    let mut sent = 0;
+    for p in producing {
+        sent += p.await.context("producer task")??;
+    }
+    let send_time = start.elapsed();
+    let mut latencies = Vec::with_capacity(usize::try_from(args.count).unwrap_or(0));
+    let mut last = start;
+    for c in consumers {
+        let consumed = c.await.context("consumer task")??;
+        latencies.extend(consumed.latencies);
+        last = last.max(consumed.last.unwrap_or(start));
+    }
+    Ok(Report {
+        sent,
+        send_time,
+        receive_time: last - start,
+        latencies,
+    })
+}
+
+struct Producer {
+    conn: Connection,
+    session: Session,
+    queue: String,
+    count: u64,
+    size: usize,
+    durable: bool,
+    window: usize,
+}
+
+impl Producer {
+    /// Pipelines transfers, waiting for the oldest once `window` are in flight.
+    async fn produce(self) -> anyhow::Result<u64> {
+        let padding = vec![b'x'; self.size - 8];
+        let mut in_flight = VecDeque::with_capacity(self.window);
+        for _ in 0..self.count {
+            let mut body = BytesMut::with_capacity(self.size);
+            body.put_u64(now_ns());
+            body.extend_from_slice(&padding);
+            let m = Message::new(body.freeze())
+                .with_routing_key(self.queue.clone())
+                .with_durable(self.durable);
+            in_flight.push_back(self.session.transfer("", m).await?);
+            if in_flight.len() >= self.window {
+                if let Some(c) = in_flight.pop_front() {
+                    c.await?;
+                }
+            }
+        }
+        for c in in_flight {
+            c.await?;
+        }
+        self.conn.close().await?;
+        Ok(self.count)
+    }
+}
+
+struct Consumed {
+    latencies: Vec<u64>,
+    last: Option<Instant>,
+}
+
+struct Consumer {
+    conn: Connection,
+    session: Session,
+    sub: Subscription,
+    total: u64,
+    batch: u64,
+    received: Arc<AtomicU64>,
+    done_tx: Arc<watch::Sender<bool>>,
+    done_rx: watch::Receiver<bool>,
+    idle: Duration,
+}
+
+impl Consumer {
+    /// Receives until all consumers together have `total`, accepting in batches.
+    async fn consume(mut self) -> anyhow::Result<Consumed> {
+        let mut latencies = Vec::new();
+        let mut last = None;
+        let mut unacked = SequenceSet::new();
+        let mut unacked_count = 0;
+        loop {
+            if *self.done_rx.borrow() {
+                break;
+            }
+            let next = tokio::select! {
+                r = tokio::time::timeout(self.idle, self.sub.next()) => r,
+                _ = self.done_rx.changed() => break,
+            };
+            let Ok(next) = next else {
+                bail!(
+                    "no message for {:?}: {} of {} received",
+                    self.idle,
+                    self.received.load(Ordering::SeqCst),
+                    self.total
+                );
+            };
+            let Some(d) = next? else {
+                bail!("subscription ended early");
+            };
+            let Some(stamp) = d.body.get(..8).and_then(|b| <[u8; 8]>::try_from(b).ok()) else {
+                bail!("message of {} bytes has no timestamp", d.body.len());
+            };
+            let now = now_ns();
+            latencies.push(now.saturating_sub(u64::from_be_bytes(stamp)));
+            last = Some(Instant::now());
+            unacked.add(d.id);
+            unacked_count += 1;
+            if unacked_count >= self.batch {
+                drop(self.session.accept(std::mem::take(&mut unacked)).await?);
+                unacked_count = 0;
+            }
+            if self.received.fetch_add(1, Ordering::SeqCst) + 1 >= self.total {
+                let _ = self.done_tx.send(true);
+                break;
+            }
+        }
+        if !unacked.is_empty() {
+            self.session.accept(unacked).await?.await?;
+        }
+        self.sub.cancel().await?;
+        self.conn.close().await?;
+        Ok(Consumed { latencies, last })
+    }
+}
+
+/// Nanoseconds since the Unix epoch: producers and consumers share the host clock.
+fn now_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+/// Nearest-rank percentile of sorted values.
+fn percentile(sorted: &[u64], p: f64) -> u64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    let rank = (p / 100.0 * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+fn render(args: &BenchArgs, queue: &str, mut r: Report) -> String {
+    r.latencies.sort_unstable();
+    let rate = |n: u64, t: Duration| n as f64 / t.as_secs_f64().max(1e-9);
+    let ms = |ns: u64| ns as f64 / 1e6;
+    let received = r.latencies.len() as u64;
+    let recv_rate = rate(received, r.receive_time);
+    format!(
+        "bench: queue {queue}, {} producer(s), {} consumer(s), {} messages of {} bytes, {}\n\
+         sent:     {} msgs in {:.3} s = {:.0} msg/s\n\
+         received: {} msgs in {:.3} s = {:.0} msg/s ({:.1} MB/s)\n\
+         latency:  p50 {:.3} ms  p99 {:.3} ms  max {:.3} ms\n",
+        args.producers,
+        args.consumers,
+        args.count,
+        args.size,
+        if args.durable { "durable" } else { "transient" },
+        r.sent,
+        r.send_time.as_secs_f64(),
+        rate(r.sent, r.send_time),
+        received,
+        r.receive_time.as_secs_f64(),
+        recv_rate,
+        recv_rate * args.size as f64 / 1e6,
+        ms(percentile(&r.latencies, 50.0)),
+        ms(percentile(&r.latencies, 99.0)),
+        ms(r.latencies.last().copied().unwrap_or(0)),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_by_nearest_rank() {
+        let v: Vec<u64> = (1..=100).collect();
+        assert_eq!(percentile(&v, 50.0), 50);
+        assert_eq!(percentile(&v, 99.0), 99);
+        assert_eq!(percentile(&v, 100.0), 100);
+        assert_eq!(percentile(&[7], 99.0), 7);
+        assert_eq!(percentile(&[], 50.0), 0);
+    }
+}

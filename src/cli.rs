@@ -1,0 +1,162 @@
+//! Command-line types (clap). Parsing only: what each subcommand does lives in its module.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// The broker address used when none is given.
+pub const DEFAULT_BROKER: &str = "127.0.0.1:5672";
+
+/// clacks: an AMQP 0-10 broker and its client tools in one binary.
+#[derive(Debug, Parser)]
+#[command(name = "clacks", version, about)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the broker (settings: --config file, then CLACKS_* environment, then flags).
+    Serve(ServeArgs),
+    /// Send messages to a queue or an exchange, like qpid-send.
+    Send(SendArgs),
+    /// Receive messages from a queue or an exchange binding, like qpid-receive.
+    Receive(ReceiveArgs),
+    /// Measure throughput and latency with producers and consumers on one fresh queue.
+    Bench(BenchArgs),
+}
+
+impl Command {
+    /// The log level when RUST_LOG is not set: the broker says what it does, the client
+    /// tools keep stderr for problems.
+    pub fn default_log_filter(&self) -> &'static str {
+        match self {
+            Command::Serve(_) => "info",
+            _ => "warn",
+        }
+    }
+}
+
+/// `clacks serve`: each flag overrides the environment and the config file.
+#[derive(Debug, Default, Args)]
+pub struct ServeArgs {
+    /// TOML config file.
+    #[arg(long, env = "CLACKS_CONFIG", value_name = "PATH")]
+    pub config: Option<PathBuf>,
+    /// Address to listen on, e.g. 0.0.0.0:5672 (port 0 picks a free port).
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<String>,
+    /// Largest frame offered in connection.tune (4096-65535).
+    #[arg(long, value_name = "BYTES")]
+    pub max_frame_size: Option<u16>,
+    /// Highest channel number offered in connection.tune.
+    #[arg(long, value_name = "N")]
+    pub channel_max: Option<u16>,
+    /// Largest heartbeat interval accepted, in seconds (0: none).
+    #[arg(long, value_name = "SECS")]
+    pub heartbeat_max: Option<u16>,
+    /// Check PLAIN passwords against the users (false: accept any, like qpidd --auth no).
+    #[arg(long, value_name = "BOOL")]
+    pub auth: Option<bool>,
+    /// Offer the ANONYMOUS mechanism.
+    #[arg(long, value_name = "BOOL")]
+    pub allow_anonymous: Option<bool>,
+    /// SASL realm appended to user names.
+    #[arg(long)]
+    pub realm: Option<String>,
+    /// Connections served at once.
+    #[arg(long, value_name = "N")]
+    pub max_connections: Option<usize>,
+    /// A PLAIN user, NAME=PASSWORD (repeatable).
+    #[arg(long = "user", value_name = "NAME=PASSWORD")]
+    pub users: Vec<String>,
+}
+
+/// `clacks send`.
+#[derive(Debug, Args)]
+pub struct SendArgs {
+    /// Broker URL: [amqp://][user:password@]host[:port].
+    #[arg(short = 'b', long, env = "CLACKS_BROKER", default_value = DEFAULT_BROKER)]
+    pub broker: String,
+    /// Where to send: QUEUE, or EXCHANGE/ROUTING-KEY.
+    pub address: String,
+    /// Declare the queue first (QUEUE addresses).
+    #[arg(long)]
+    pub create: bool,
+    /// How many messages; with --content the default is 1, from stdin every line is one
+    /// message, up to this many.
+    #[arg(short = 'm', long, value_name = "N")]
+    pub count: Option<u64>,
+    /// The message body; without it, each line of stdin is one message.
+    #[arg(long, value_name = "TEXT")]
+    pub content: Option<String>,
+    /// Persistent messages (delivery-mode 2); with --create the queue is durable too.
+    #[arg(long)]
+    pub durable: bool,
+    /// An application header, KEY=VALUE (repeatable; values are strings).
+    #[arg(short = 'P', long = "property", value_name = "KEY=VALUE")]
+    pub properties: Vec<String>,
+    /// message-properties content-type.
+    #[arg(long, default_value = "text/plain")]
+    pub content_type: String,
+}
+
+/// `clacks receive`.
+#[derive(Debug, Args)]
+pub struct ReceiveArgs {
+    /// Broker URL: [amqp://][user:password@]host[:port].
+    #[arg(short = 'b', long, env = "CLACKS_BROKER", default_value = DEFAULT_BROKER)]
+    pub broker: String,
+    /// Where from: QUEUE, or EXCHANGE/BINDING-KEY (a private queue bound for the run).
+    pub address: String,
+    /// Declare the queue first (QUEUE addresses).
+    #[arg(long)]
+    pub create: bool,
+    /// Stop after this many messages (default: no limit).
+    #[arg(short = 'm', long, value_name = "N")]
+    pub count: Option<u64>,
+    /// Stop after this many seconds without a message (default: wait forever).
+    #[arg(long, value_name = "SECS")]
+    pub timeout: Option<f64>,
+    /// Print the message properties before each body.
+    #[arg(long)]
+    pub print_headers: bool,
+    /// Messages in flight from the broker at most (credit).
+    #[arg(long, default_value_t = 100, value_name = "N")]
+    pub capacity: u32,
+}
+
+/// `clacks bench`.
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Broker URL: [amqp://][user:password@]host[:port].
+    #[arg(short = 'b', long, env = "CLACKS_BROKER", default_value = DEFAULT_BROKER)]
+    pub broker: String,
+    /// Producer connections.
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    pub producers: u32,
+    /// Consumer connections.
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    pub consumers: u32,
+    /// Body size in bytes (at least 8: the send timestamp).
+    #[arg(long, default_value_t = 1024, value_name = "BYTES")]
+    pub size: usize,
+    /// Messages in total, shared among the producers.
+    #[arg(long, default_value_t = 100_000, value_name = "N")]
+    pub count: u64,
+    /// Durable queue and persistent messages.
+    #[arg(long)]
+    pub durable: bool,
+    /// Transfers in flight per producer before it waits for completions.
+    #[arg(long, default_value_t = 1000, value_name = "N")]
+    pub window: usize,
+    /// Credit per consumer.
+    #[arg(long, default_value_t = 500, value_name = "N")]
+    pub capacity: u32,
+    /// Give up when no message arrives for this many seconds.
+    #[arg(long, default_value_t = 30.0, value_name = "SECS")]
+    pub idle_timeout: f64,
+}

@@ -1,0 +1,311 @@
+//! `clacks serve` settings: a TOML file, overridden by `CLACKS_*` environment variables,
+//! overridden by flags. Pure: the caller reads the file and the environment.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+
+use anyhow::{anyhow, bail, Context};
+use clacks_broker::server::ServerConfig;
+use serde::Deserialize;
+
+use crate::cli::ServeArgs;
+
+/// One layer of settings: what the file, the environment or the flags say.
+#[derive(Debug, Default, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    /// `listen = "127.0.0.1:5672"`.
+    pub listen: Option<String>,
+    /// `max_frame_size = 65535`.
+    pub max_frame_size: Option<u16>,
+    /// `channel_max = 65534`.
+    pub channel_max: Option<u16>,
+    /// `heartbeat_max = 120`.
+    pub heartbeat_max: Option<u16>,
+    /// `auth = true`.
+    pub auth: Option<bool>,
+    /// `allow_anonymous = true`.
+    pub allow_anonymous: Option<bool>,
+    /// `realm = "QPID"`.
+    pub realm: Option<String>,
+    /// `max_connections = 1024`.
+    pub max_connections: Option<usize>,
+    /// `[users]` table: `guest = "guest"`.
+    #[serde(default)]
+    pub users: BTreeMap<String, String>,
+}
+
+impl Settings {
+    /// Reads a TOML config file's text.
+    ///
+    /// # Errors
+    /// Syntax errors, unknown keys, values of the wrong type.
+    pub fn from_toml(text: &str) -> anyhow::Result<Settings> {
+        Ok(toml::from_str(text)?)
+    }
+
+    /// Reads `CLACKS_LISTEN`, `CLACKS_MAX_FRAME_SIZE`, `CLACKS_CHANNEL_MAX`,
+    /// `CLACKS_HEARTBEAT_MAX`, `CLACKS_AUTH`, `CLACKS_ALLOW_ANONYMOUS`, `CLACKS_REALM`,
+    /// `CLACKS_MAX_CONNECTIONS` and `CLACKS_USERS` (`name=password,name=password`)
+    /// through `var`.
+    ///
+    /// # Errors
+    /// A variable that does not parse, named in the message.
+    pub fn from_env(var: impl Fn(&str) -> Option<String>) -> anyhow::Result<Settings> {
+        fn parsed<T: std::str::FromStr>(
+            var: &impl Fn(&str) -> Option<String>,
+            name: &str,
+        ) -> anyhow::Result<Option<T>> {
+            var(name)
+                .map(|v| {
+                    v.trim()
+                        .parse()
+                        .map_err(|_| anyhow!("{name}={v:?} is not a valid value"))
+                })
+                .transpose()
+        }
+        fn flag(var: &impl Fn(&str) -> Option<String>, name: &str) -> anyhow::Result<Option<bool>> {
+            var(name)
+                .map(|v| parse_bool(&v).with_context(|| format!("{name}={v:?}")))
+                .transpose()
+        }
+        let mut users = BTreeMap::new();
+        if let Some(list) = var("CLACKS_USERS") {
+            for entry in list.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+                let (name, password) = parse_user(entry).context("CLACKS_USERS")?;
+                users.insert(name, password);
+            }
+        }
+        Ok(Settings {
+            listen: var("CLACKS_LISTEN"),
+            max_frame_size: parsed(&var, "CLACKS_MAX_FRAME_SIZE")?,
+            channel_max: parsed(&var, "CLACKS_CHANNEL_MAX")?,
+            heartbeat_max: parsed(&var, "CLACKS_HEARTBEAT_MAX")?,
+            auth: flag(&var, "CLACKS_AUTH")?,
+            allow_anonymous: flag(&var, "CLACKS_ALLOW_ANONYMOUS")?,
+            realm: var("CLACKS_REALM"),
+            max_connections: parsed(&var, "CLACKS_MAX_CONNECTIONS")?,
+            users,
+        })
+    }
+
+    /// What the `serve` flags set.
+    ///
+    /// # Errors
+    /// A `--user` that is not NAME=PASSWORD.
+    pub fn from_flags(args: &ServeArgs) -> anyhow::Result<Settings> {
+        let mut users = BTreeMap::new();
+        for entry in &args.users {
+            let (name, password) = parse_user(entry).context("--user")?;
+            users.insert(name, password);
+        }
+        Ok(Settings {
+            listen: args.listen.clone(),
+            max_frame_size: args.max_frame_size,
+            channel_max: args.channel_max,
+            heartbeat_max: args.heartbeat_max,
+            auth: args.auth,
+            allow_anonymous: args.allow_anonymous,
+            realm: args.realm.clone(),
+            max_connections: args.max_connections,
+            users,
+        })
+    }
+
+    /// These settings with `over`'s on top (users merge by name).
+    #[must_use]
+    pub fn overlay(mut self, over: Settings) -> Settings {
+        self.users.extend(over.users);
+        Settings {
+            listen: over.listen.or(self.listen),
+            max_frame_size: over.max_frame_size.or(self.max_frame_size),
+            channel_max: over.channel_max.or(self.channel_max),
+            heartbeat_max: over.heartbeat_max.or(self.heartbeat_max),
+            auth: over.auth.or(self.auth),
+            allow_anonymous: over.allow_anonymous.or(self.allow_anonymous),
+            realm: over.realm.or(self.realm),
+            max_connections: over.max_connections.or(self.max_connections),
+            users: self.users,
+        }
+    }
+
+    /// The server configuration: the server's defaults where nothing was set.
+    ///
+    /// # Errors
+    /// An address that is not IP:PORT, a frame size outside 4096-65535, zero connections.
+    pub fn into_server_config(self) -> anyhow::Result<ServerConfig> {
+        let mut config = ServerConfig::default();
+        if let Some(listen) = self.listen {
+            config.listen = listen
+                .parse::<SocketAddr>()
+                .map_err(|_| anyhow!("listen address {listen:?} is not IP:PORT"))?;
+        }
+        if let Some(size) = self.max_frame_size {
+            if size < 4096 {
+                bail!("max_frame_size {size} is below the 0-10 minimum of 4096");
+            }
+            config.max_frame_size = size;
+        }
+        if let Some(n) = self.channel_max {
+            config.channel_max = n;
+        }
+        if let Some(hb) = self.heartbeat_max {
+            config.heartbeat_max = hb;
+        }
+        if let Some(auth) = self.auth {
+            config.auth = auth;
+        }
+        if let Some(anonymous) = self.allow_anonymous {
+            config.allow_anonymous = anonymous;
+        }
+        if let Some(realm) = self.realm {
+            config.realm = realm;
+        }
+        if let Some(n) = self.max_connections {
+            if n == 0 {
+                bail!("max_connections must be at least 1");
+            }
+            config.max_connections = n;
+        }
+        config.users.extend(self.users);
+        Ok(config)
+    }
+}
+
+/// Merges file, environment and flags, in that order of precedence (last wins).
+///
+/// # Errors
+/// Whatever layer does not parse or validate.
+pub fn server_config(
+    file: Option<&str>,
+    env: impl Fn(&str) -> Option<String>,
+    flags: &ServeArgs,
+) -> anyhow::Result<ServerConfig> {
+    let file = match file {
+        Some(text) => Settings::from_toml(text).context("config file")?,
+        None => Settings::default(),
+    };
+    file.overlay(Settings::from_env(env)?)
+        .overlay(Settings::from_flags(flags)?)
+        .into_server_config()
+}
+
+fn parse_bool(v: &str) -> anyhow::Result<bool> {
+    match v.trim().to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" | "on" => Ok(true),
+        "0" | "false" | "no" | "off" => Ok(false),
+        _ => bail!("not a boolean (true/false)"),
+    }
+}
+
+fn parse_user(entry: &str) -> anyhow::Result<(String, String)> {
+    match entry.split_once('=') {
+        Some((name, password)) if !name.is_empty() => Ok((name.into(), password.into())),
+        _ => bail!("{entry:?} is not NAME=PASSWORD"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    const FILE: &str = r#"
+        listen = "0.0.0.0:5673"
+        max_frame_size = 8192
+        heartbeat_max = 30
+        allow_anonymous = false
+        realm = "CLACKS"
+        max_connections = 10
+
+        [users]
+        guest = "guest"
+        alice = "file-pw"
+    "#;
+
+    fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        move |k| map.get(k).cloned()
+    }
+
+    #[test]
+    fn defaults_without_any_source() {
+        let c = server_config(None, env(&[]), &ServeArgs::default()).expect("config");
+        let d = ServerConfig::default();
+        assert_eq!(c.listen, d.listen);
+        assert_eq!(c.max_frame_size, d.max_frame_size);
+        assert!(c.users.is_empty());
+    }
+
+    #[test]
+    fn file_values_apply() {
+        let c = server_config(Some(FILE), env(&[]), &ServeArgs::default()).expect("config");
+        assert_eq!(c.listen.to_string(), "0.0.0.0:5673");
+        assert_eq!(c.max_frame_size, 8192);
+        assert_eq!(c.heartbeat_max, 30);
+        assert!(!c.allow_anonymous);
+        assert_eq!(c.realm, "CLACKS");
+        assert_eq!(c.max_connections, 10);
+        assert_eq!(c.users.get("alice").map(String::as_str), Some("file-pw"));
+    }
+
+    #[test]
+    fn env_overrides_file_and_flags_override_env() {
+        let e = env(&[
+            ("CLACKS_LISTEN", "127.0.0.1:6000"),
+            ("CLACKS_HEARTBEAT_MAX", "5"),
+            ("CLACKS_ALLOW_ANONYMOUS", "yes"),
+            ("CLACKS_USERS", "alice=env-pw, bob=b"),
+        ]);
+        let flags = ServeArgs {
+            listen: Some("127.0.0.1:0".into()),
+            users: vec!["bob=flag-pw".into()],
+            ..ServeArgs::default()
+        };
+        let c = server_config(Some(FILE), e, &flags).expect("config");
+        assert_eq!(c.listen.to_string(), "127.0.0.1:0");
+        assert_eq!(c.heartbeat_max, 5);
+        assert!(c.allow_anonymous);
+        assert_eq!(c.max_frame_size, 8192, "from the file, untouched");
+        assert_eq!(c.users.get("guest").map(String::as_str), Some("guest"));
+        assert_eq!(c.users.get("alice").map(String::as_str), Some("env-pw"));
+        assert_eq!(c.users.get("bob").map(String::as_str), Some("flag-pw"));
+    }
+
+    #[test]
+    fn bad_values_are_reported_by_name() {
+        let err = |r: anyhow::Result<ServerConfig>| format!("{:#}", r.expect_err("error"));
+        let none = ServeArgs::default();
+        assert!(err(server_config(Some("nonsense = 1"), env(&[]), &none)).contains("unknown field"));
+        assert!(err(server_config(
+            None,
+            env(&[("CLACKS_MAX_FRAME_SIZE", "big")]),
+            &none
+        ))
+        .contains("CLACKS_MAX_FRAME_SIZE"));
+        assert!(
+            err(server_config(None, env(&[("CLACKS_AUTH", "maybe")]), &none))
+                .contains("CLACKS_AUTH")
+        );
+        assert!(err(server_config(
+            None,
+            env(&[("CLACKS_USERS", "nopass")]),
+            &none
+        ))
+        .contains("NAME=PASSWORD"));
+        let small = ServeArgs {
+            max_frame_size: Some(100),
+            ..ServeArgs::default()
+        };
+        assert!(err(server_config(None, env(&[]), &small)).contains("4096"));
+        let host = ServeArgs {
+            listen: Some("localhost:5672".into()),
+            ..ServeArgs::default()
+        };
+        assert!(err(server_config(None, env(&[]), &host)).contains("IP:PORT"));
+    }
+}
