@@ -13,6 +13,7 @@ use tokio::net::TcpStream;
 use tokio_util::codec::Decoder;
 
 /// What the peer saw next.
+#[allow(clippy::large_enum_variant)] // short-lived values in tests
 #[derive(Debug)]
 pub enum Seen {
     /// A complete control or command.
