@@ -22,6 +22,24 @@ use quick_xml::Reader;
 pub const DEFAULT_SPEC: &str = "/usr/share/amqp/specs/0-10-qpid/amqp.0-10-qpid-errata.stripped.xml";
 /// The generated file, relative to the `broker/` crate.
 pub const GENERATED_PATH: &str = "src/wire/generated.rs";
+/// The generated round-trip property tests, relative to the `broker/` crate.
+pub const GENERATED_TESTS_PATH: &str = "src/wire/generated_tests.rs";
+
+/// Both generated files.
+pub struct Generated {
+    /// `generated.rs`: the wire types.
+    pub code: String,
+    /// `generated_tests.rs`: a proptest strategy and round-trip test per type.
+    pub tests: String,
+}
+
+/// A generated type as the test generator needs it.
+struct TypeInfo {
+    rust: String,
+    fields: Vec<(String, Kind, bool)>,
+    /// `Control` or `Command` when the type is one.
+    op: Option<&'static str>,
+}
 
 /// Classes the broker and client implement; `file` and `stream` are left out (qpidd has
 /// neither), so their commands decode as unknown and are answered with not-implemented.
@@ -497,7 +515,13 @@ fn emit_enum_domain(
     Ok(())
 }
 
-fn emit_struct(out: &mut String, spec: &Spec<'_>, class: &Node, s: &Node) -> Result<(), String> {
+fn emit_struct(
+    out: &mut String,
+    types: &mut Vec<TypeInfo>,
+    spec: &Spec<'_>,
+    class: &Node,
+    s: &Node,
+) -> Result<(), String> {
     let w = |e: std::fmt::Error| e.to_string();
     let class_name = class.req("name")?;
     let name = s.req("name")?;
@@ -514,6 +538,20 @@ fn emit_struct(out: &mut String, spec: &Spec<'_>, class: &Node, s: &Node) -> Res
         .map_err(|_| "bad pack")?;
     let fs = fields(spec, class, s)?;
     emit_fields_type(out, &format!("{class_name}.{name}"), &rust, &fs, pack)?;
+    types.push(TypeInfo {
+        rust: rust.clone(),
+        fields: fs
+            .iter()
+            .map(|f| {
+                (
+                    f.name.clone(),
+                    f.kind.clone(),
+                    pack > 0 && !matches!(f.kind, Kind::Bit),
+                )
+            })
+            .collect(),
+        op: None,
+    });
     let code = match s.attr("code") {
         Some(c) => {
             let class_code = parse_code(class.req("code")?)?;
@@ -589,7 +627,8 @@ struct Op {
 ///
 /// # Errors
 /// When the XML is not the 0-10 spec or rustfmt cannot run.
-pub fn generate(xml: &str) -> Result<String, String> {
+pub fn generate(xml: &str) -> Result<Generated, String> {
+    let mut types = Vec::new();
     let root = parse(xml)?;
     let mut spec = Spec {
         root: &root,
@@ -634,7 +673,7 @@ pub fn generate(xml: &str) -> Result<String, String> {
             }
         }
         for s in class.kids("struct") {
-            emit_struct(&mut out, &spec, class, s)?;
+            emit_struct(&mut out, &mut types, &spec, class, s)?;
         }
         for op in class
             .children
@@ -645,6 +684,18 @@ pub fn generate(xml: &str) -> Result<String, String> {
             let rust = camel(class_name) + &camel(name);
             let fs = fields(&spec, class, op)?;
             emit_fields_type(&mut out, &format!("{class_name}.{name}"), &rust, &fs, 2)?;
+            types.push(TypeInfo {
+                rust: rust.clone(),
+                fields: fs
+                    .iter()
+                    .map(|f| (f.name.clone(), f.kind.clone(), !matches!(f.kind, Kind::Bit)))
+                    .collect(),
+                op: Some(if op.name == "control" {
+                    "Control"
+                } else {
+                    "Command"
+                }),
+            });
             let mut result = None;
             for r in op.kids("result") {
                 if let Some(t) = r.attr("type") {
@@ -654,7 +705,7 @@ pub fn generate(xml: &str) -> Result<String, String> {
                     });
                 }
                 for s in r.kids("struct") {
-                    emit_struct(&mut out, &spec, class, s)?;
+                    emit_struct(&mut out, &mut types, &spec, class, s)?;
                     result = Some(struct_rust_name(class_name, s.req("name")?));
                 }
             }
@@ -675,7 +726,105 @@ pub fn generate(xml: &str) -> Result<String, String> {
     }
     emit_op_enum(&mut out, "Control", &controls, false)?;
     emit_op_enum(&mut out, "Command", &commands, true)?;
-    rustfmt(&out)
+    Ok(Generated {
+        code: rustfmt(&out)?,
+        tests: rustfmt(&emit_tests(&types))?,
+    })
+}
+
+/// The strategy expression for one field value.
+fn strategy(kind: &Kind) -> String {
+    match kind {
+        Kind::Bit => "any::<bool>().boxed()".into(),
+        Kind::Prim { codec, .. } => format!("arb_{codec}()"),
+        Kind::Enum { rust, inner, .. } => format!("any::<{inner}>().prop_map({rust}).boxed()"),
+        Kind::Struct { rust } => format!("arb_{}()", to_snake(rust)),
+    }
+}
+
+fn to_snake(camel: &str) -> String {
+    let mut s = String::new();
+    for (i, c) in camel.chars().enumerate() {
+        if c.is_ascii_uppercase() {
+            if i > 0 {
+                s.push('_');
+            }
+            s.push(c.to_ascii_lowercase());
+        } else {
+            s.push(c);
+        }
+    }
+    s
+}
+
+fn emit_tests(types: &[TypeInfo]) -> String {
+    let mut out = String::new();
+    out.push_str("// @generated by clacks-codegen; do not edit\n");
+    out.push_str(
+        "//! Round-trip property tests: every generated type decodes to what it encoded.\n\n",
+    );
+    out.push_str("#![allow(clippy::all, unused_imports)]\n\n");
+    out.push_str("use bytes::BytesMut;\nuse proptest::prelude::*;\n\n");
+    out.push_str("use super::arb::*;\nuse super::assembly::{decode_command, decode_control};\nuse super::generated::*;\n\n");
+    for t in types {
+        let snake = to_snake(&t.rust);
+        let _ = writeln!(
+            out,
+            "/// Any `{}`.\npub fn arb_{snake}() -> BoxedStrategy<{}> {{",
+            t.rust, t.rust
+        );
+        if t.fields.is_empty() {
+            let _ = writeln!(out, "    Just({} {{}}).boxed()\n}}\n", t.rust);
+        } else {
+            let strategies: Vec<String> = t
+                .fields
+                .iter()
+                .map(|(_, k, optional)| {
+                    if *optional {
+                        format!("proptest::option::of({})", strategy(k))
+                    } else {
+                        strategy(k)
+                    }
+                })
+                .collect();
+            let names: Vec<String> = (0..t.fields.len()).map(|i| format!("f{i}")).collect();
+            let inits: Vec<String> = t
+                .fields
+                .iter()
+                .zip(&names)
+                .map(|((n, _, _), v)| format!("{n}: {v}"))
+                .collect();
+            let _ = writeln!(
+                out,
+                "    ({},).prop_map(|({},)| {} {{ {} }}).boxed()\n}}\n",
+                strategies.join(", "),
+                names.join(", "),
+                t.rust,
+                inits.join(", ")
+            );
+        }
+    }
+    out.push_str("proptest! {\n");
+    for t in types {
+        let snake = to_snake(&t.rust);
+        let _ = writeln!(
+            out,
+            "    #[test]\n    fn round_trip_{snake}(v in arb_{snake}()) {{\n        let mut buf = BytesMut::new();\n        v.encode_fields(&mut buf);\n        let mut bytes = buf.freeze();\n        prop_assert_eq!(&{}::decode_fields(&mut bytes).expect(\"decode\"), &v);\n        prop_assert!(bytes.is_empty());",
+            t.rust
+        );
+        match t.op {
+            Some("Control") => {
+                let _ = writeln!(out, "        let c = Control::from(v);\n        let mut buf = BytesMut::new();\n        c.encode_body(&mut buf);\n        prop_assert_eq!(decode_control(&mut buf.freeze()).expect(\"control\"), c);");
+            }
+            Some(_) => {
+                let _ = writeln!(out, "        let c = Command::from(v);\n        let mut buf = BytesMut::new();\n        let (class, code) = c.codes();\n        buf.extend_from_slice(&[class, code, 1, 1]);\n        c.encode_fields(&mut buf);\n        let (header, decoded) = decode_command(&mut buf.freeze()).expect(\"command\");\n        prop_assert!(header.sync);\n        prop_assert_eq!(decoded, c);");
+            }
+            None => {}
+        }
+        out.push_str("    }\n\n");
+    }
+    out.push_str("}\n");
+    out
 }
 
 fn emit_op_enum(out: &mut String, name: &str, ops: &[Op], is_command: bool) -> Result<(), String> {
@@ -819,15 +968,20 @@ mod tests {
         let xml = std::fs::read_to_string(DEFAULT_SPEC)
             .unwrap_or_else(|e| panic!("{DEFAULT_SPEC}: {e}; install Debian's amqp-specs"));
         let fresh = generate(&xml).expect("generation");
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("..")
-            .join(GENERATED_PATH);
-        let committed = std::fs::read_to_string(&path).expect("generated.rs");
-        assert!(
-            committed == fresh,
-            "{} is stale: run `cargo run -p clacks-codegen`",
-            path.display()
-        );
+        for (path, code) in [
+            (GENERATED_PATH, fresh.code),
+            (GENERATED_TESTS_PATH, fresh.tests),
+        ] {
+            let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("..")
+                .join(path);
+            let committed = std::fs::read_to_string(&path).expect("generated file");
+            assert!(
+                committed == code,
+                "{} is stale: run `cargo run -p clacks-codegen`",
+                path.display()
+            );
+        }
     }
 
     #[test]

@@ -9,7 +9,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clacks_codegen::{generate, DEFAULT_SPEC, GENERATED_PATH};
+use clacks_codegen::{generate, DEFAULT_SPEC, GENERATED_PATH, GENERATED_TESTS_PATH};
 
 fn main() -> ExitCode {
     let mut spec = PathBuf::from(DEFAULT_SPEC);
@@ -43,31 +43,35 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let code = match generate(&xml) {
+    let generated = match generate(&xml) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("generation failed: {e}");
             return ExitCode::FAILURE;
         }
     };
-    let out = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("..")
-        .join(GENERATED_PATH);
-    if check {
-        let current = std::fs::read_to_string(&out).unwrap_or_default();
-        if current != code {
-            eprintln!(
-                "{} is stale: run `cargo run -p clacks-codegen`",
-                out.display()
-            );
+    let crate_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let mut status = ExitCode::SUCCESS;
+    for (path, code) in [
+        (GENERATED_PATH, generated.code),
+        (GENERATED_TESTS_PATH, generated.tests),
+    ] {
+        let out = crate_dir.join(path);
+        if check {
+            if std::fs::read_to_string(&out).unwrap_or_default() != code {
+                eprintln!(
+                    "{} is stale: run `cargo run -p clacks-codegen`",
+                    out.display()
+                );
+                status = ExitCode::FAILURE;
+            }
+            continue;
+        }
+        if let Err(e) = std::fs::write(&out, code) {
+            eprintln!("cannot write {}: {e}", out.display());
             return ExitCode::FAILURE;
         }
-        return ExitCode::SUCCESS;
+        println!("wrote {}", out.display());
     }
-    if let Err(e) = std::fs::write(&out, code) {
-        eprintln!("cannot write {}: {e}", out.display());
-        return ExitCode::FAILURE;
-    }
-    println!("wrote {}", out.display());
-    ExitCode::SUCCESS
+    status
 }

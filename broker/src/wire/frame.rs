@@ -181,6 +181,7 @@ impl Encoder<Frame> for FrameCodec {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     #[test]
     fn heartbeat_vector() {
@@ -217,6 +218,51 @@ mod tests {
         assert_eq!(codec.decode(&mut track), Err(FrameError::Track(2)));
         let mut seg = BytesMut::from(&[0x0f, 7, 0, 12, 0, 0, 0, 0, 0, 0, 0, 0][..]);
         assert_eq!(codec.decode(&mut seg), Err(FrameError::SegmentType(7)));
+    }
+
+    fn arb_frame() -> impl Strategy<Value = Frame> {
+        (
+            0u8..16,
+            0u8..4,
+            any::<u16>(),
+            proptest::collection::vec(any::<u8>(), 0..300),
+        )
+            .prop_map(|(flags, seg, channel, payload)| Frame {
+                flags,
+                segment_type: SegmentType::from_u8(seg).expect("valid"),
+                track: u8::from(seg != 0),
+                channel,
+                payload: Bytes::from(payload),
+            })
+    }
+
+    proptest! {
+        /// However the bytes are cut into reads, the same frames come out.
+        #[test]
+        fn any_chunking_gives_the_same_frames(
+            frames in proptest::collection::vec(arb_frame(), 1..20),
+            cuts in proptest::collection::vec(1usize..64, 1..200),
+        ) {
+            let mut wire = BytesMut::new();
+            for f in &frames {
+                f.encode(&mut wire);
+            }
+            let mut codec = FrameCodec::new(MAX_FRAME_SIZE);
+            let mut buf = BytesMut::new();
+            let mut out = Vec::new();
+            let mut rest = &wire[..];
+            let mut i = 0;
+            while !rest.is_empty() {
+                let n = cuts[i % cuts.len()].min(rest.len());
+                buf.extend_from_slice(&rest[..n]);
+                rest = &rest[n..];
+                i += 1;
+                while let Some(f) = codec.decode(&mut buf).expect("valid frames") {
+                    out.push(f);
+                }
+            }
+            prop_assert_eq!(out, frames);
+        }
     }
 
     #[test]

@@ -8,6 +8,11 @@ pub mod generated;
 pub mod prim;
 pub mod types;
 
+#[cfg(test)]
+mod arb;
+#[cfg(test)]
+mod generated_tests;
+
 pub use assembly::{Assembler, Assembly, AssemblyError, Content, FrameWriter};
 pub use error::{DecodeError, FrameError};
 pub use frame::{Frame, FrameCodec, SegmentType, PROTOCOL_HEADER};

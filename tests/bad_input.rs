@@ -1,0 +1,360 @@
+//! Malformed and hostile input over real sockets: each gets the protocol's own answer
+//! (connection.close with the right code, execution.exception, session.detached) and a
+//! second, well-behaved connection keeps working throughout.
+
+mod common;
+
+use std::time::Duration;
+
+use bytes::{BufMut, BytesMut};
+use clacks_broker::wire::{
+    Command, Control, ExecutionSync, FieldTable, MessageFlow, MessageSubscribe, QueueDeclare,
+    QueueQuery, QueueQueryResult, SessionDetachCode, PROTOCOL_HEADER,
+};
+use common::raw::{RawPeer, Seen};
+use common::InProcess;
+use tokio::io::AsyncReadExt;
+
+/// A second connection declares and queries a queue: the broker still serves others.
+async fn still_serves(broker: &InProcess) {
+    let mut good = RawPeer::open(broker.addr, 0xffff, 0).await;
+    good.attach(1, "good").await;
+    good.command(
+        1,
+        Command::QueueDeclare(QueueDeclare {
+            queue: Some("still-here".into()),
+            ..Default::default()
+        }),
+    )
+    .await;
+    good.command(
+        1,
+        Command::QueueQuery(QueueQuery {
+            queue: Some("still-here".into()),
+        }),
+    )
+    .await;
+    let result = good
+        .expect_command(|c| matches!(c, Command::ExecutionResult(_)))
+        .await;
+    let Command::ExecutionResult(r) = result else {
+        unreachable!()
+    };
+    let q = QueueQueryResult::from_struct32(&r.value.expect("value")).expect("result");
+    assert_eq!(q.queue.as_deref(), Some("still-here"));
+}
+
+#[tokio::test]
+async fn wrong_protocol_headers_get_our_header_and_close() {
+    let broker = InProcess::start().await;
+    for header in [
+        &b"AMQP\x00\x00\x09\x01"[..],
+        &b"AMQP\x01\x01\x01\x00"[..],
+        &b"GET / HTTP/1.1\r\n"[..],
+    ] {
+        let mut p = RawPeer::connect(broker.addr).await;
+        p.send_raw(header).await;
+        let mut answer = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), p.stream.read_to_end(&mut answer))
+            .await
+            .expect("broker closes")
+            .expect("read");
+        assert_eq!(answer, PROTOCOL_HEADER, "answer to {header:?}");
+    }
+    still_serves(&broker).await;
+}
+
+fn frame(flags: u8, seg: u8, size: u16, track: u8, channel: u16, payload: &[u8]) -> BytesMut {
+    let mut b = BytesMut::new();
+    b.put_u8(flags);
+    b.put_u8(seg);
+    b.put_u16(size);
+    b.put_u8(0);
+    b.put_u8(track);
+    b.put_u16(channel);
+    b.put_u32(0);
+    b.put_slice(payload);
+    b
+}
+
+#[tokio::test]
+async fn framing_errors_close_with_501() {
+    let broker = InProcess::start().await;
+    let heartbeat = [0x01, 0x0a, 0x00, 0x00];
+    let cases: Vec<(&str, BytesMut)> = vec![
+        ("reserved flag bits", frame(0x4f, 0, 16, 0, 0, &heartbeat)),
+        (
+            "reserved track bits",
+            frame(0x0f, 0, 16, 0x10, 0, &heartbeat),
+        ),
+        ("size below the header", frame(0x0f, 0, 4, 0, 0, &[])),
+        ("segment type 9", frame(0x0f, 9, 16, 0, 0, &heartbeat)),
+        (
+            "control on the command track",
+            frame(0x0f, 0, 16, 1, 0, &heartbeat),
+        ),
+        (
+            "continuation without a start",
+            frame(0x00, 0, 16, 0, 0, &heartbeat),
+        ),
+        (
+            "unknown control class",
+            frame(0x0f, 0, 16, 0, 0, &[0x0b, 0x01, 0, 0]),
+        ),
+        (
+            // queue.declare announcing a queue name of 200 bytes, with 2 present.
+            "truncated struct",
+            frame(
+                0x0f,
+                1,
+                20,
+                1,
+                1,
+                &[0x08, 0x01, 0x01, 0x00, 0x01, 0x00, 200, b'q'],
+            ),
+        ),
+    ];
+    for (what, bytes) in cases {
+        let mut p = RawPeer::open(broker.addr, 0xffff, 0).await;
+        p.attach(1, "s").await;
+        p.send_raw(&bytes).await;
+        assert_eq!(p.expect_close().await, 501, "{what}");
+        p.expect_eof(Duration::from_secs(10)).await;
+    }
+    still_serves(&broker).await;
+}
+
+#[tokio::test]
+async fn oversize_frames_are_refused_before_buffering() {
+    let broker = InProcess::start().await;
+    let mut p = RawPeer::open(broker.addr, 4096, 0).await;
+    // Announce 8000 bytes on a connection tuned to 4096, but send only the header: the broker
+    // must not wait for the payload.
+    p.send_raw(&frame(0x0f, 0, 8000, 0, 0, &[])).await;
+    assert_eq!(p.expect_close().await, 501);
+    p.expect_eof(Duration::from_secs(10)).await;
+    still_serves(&broker).await;
+}
+
+#[tokio::test]
+async fn unknown_command_is_not_implemented_then_detached() {
+    let broker = InProcess::start().await;
+    let mut p = RawPeer::open(broker.addr, 0xffff, 0).await;
+    p.attach(1, "s").await;
+    // Class 9 (file) is not implemented; command 0x0f of queue does not exist.
+    for (class, code) in [(9u8, 1u8), (8, 0x0f)] {
+        p.send_raw(&frame(0x0f, 1, 18, 1, 1, &[class, code, 0x01, 0x01, 0, 0]))
+            .await;
+        let e = p
+            .expect_command(|c| matches!(c, Command::ExecutionException(_)))
+            .await;
+        let Command::ExecutionException(e) = e else {
+            unreachable!()
+        };
+        assert_eq!(e.error_code.map(|c| c.0), Some(540));
+        assert_eq!(e.class_code, Some(class));
+        p.expect_control(|c| matches!(c, Control::SessionDetach(_)))
+            .await;
+        p.attach(1, "s").await;
+    }
+    still_serves(&broker).await;
+}
+
+#[tokio::test]
+async fn commands_on_an_unattached_channel_get_detached() {
+    let broker = InProcess::start().await;
+    let mut p = RawPeer::open(broker.addr, 0xffff, 0).await;
+    p.command(7, Command::ExecutionSync(ExecutionSync {})).await;
+    let c = p
+        .expect_control(|c| matches!(c, Control::SessionDetached(_)))
+        .await;
+    let Control::SessionDetached(d) = c else {
+        unreachable!()
+    };
+    assert_eq!(d.code, Some(SessionDetachCode::NOT_ATTACHED));
+    // The connection itself is fine.
+    p.attach(7, "late").await;
+    p.command(7, Command::ExecutionSync(ExecutionSync {})).await;
+    p.expect_control(|c| matches!(c, Control::SessionCompleted(_)))
+        .await;
+    still_serves(&broker).await;
+}
+
+#[tokio::test]
+async fn errors_in_commands_are_session_exceptions() {
+    let broker = InProcess::start().await;
+    let mut p = RawPeer::open(broker.addr, 0xffff, 0).await;
+    p.attach(1, "s").await;
+    p.command(
+        1,
+        Command::QueueDeclare(QueueDeclare {
+            queue: Some("nope".into()),
+            passive: true,
+            ..Default::default()
+        }),
+    )
+    .await;
+    let e = p
+        .expect_command(|c| matches!(c, Command::ExecutionException(_)))
+        .await;
+    let Command::ExecutionException(e) = e else {
+        unreachable!()
+    };
+    assert_eq!(e.error_code.map(|c| c.0), Some(404));
+    assert_eq!(e.command_id, Some(0.into()));
+    p.expect_control(|c| matches!(c, Control::SessionDetach(_)))
+        .await;
+    still_serves(&broker).await;
+}
+
+#[tokio::test]
+async fn bad_sasl_closes_with_320() {
+    let broker = InProcess::start().await;
+    let mut p = RawPeer::connect(broker.addr).await;
+    p.send_raw(&PROTOCOL_HEADER).await;
+    let mut header = [0u8; 8];
+    p.stream.read_exact(&mut header).await.expect("header");
+    p.expect_control(|c| matches!(c, Control::ConnectionStart(_)))
+        .await;
+    p.control(
+        0,
+        Control::ConnectionStartOk(clacks_broker::wire::ConnectionStartOk {
+            mechanism: Some("PLAIN".into()),
+            response: Some(bytes::Bytes::from_static(b"\0guest\0wrong")),
+            ..Default::default()
+        }),
+    )
+    .await;
+    assert_eq!(p.expect_close().await, 320);
+    still_serves(&broker).await;
+}
+
+#[tokio::test]
+async fn silent_peer_is_closed_after_two_heartbeats() {
+    let broker = InProcess::start().await;
+    let mut p = RawPeer::open(broker.addr, 0xffff, 1).await;
+    // We send nothing more; the broker sends heartbeats and then gives up on us.
+    let mut heartbeats = 0;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match p.next(left).await {
+            Seen::Assembly(
+                _,
+                clacks_broker::wire::Assembly::Control(Control::ConnectionHeartbeat(_)),
+            ) => heartbeats += 1,
+            Seen::Assembly(..) => {}
+            Seen::Eof => break,
+            Seen::Timeout => panic!("broker kept a silent peer open"),
+        }
+    }
+    assert!(heartbeats >= 1, "broker sent heartbeats while we were idle");
+    still_serves(&broker).await;
+}
+
+#[tokio::test]
+async fn peer_that_stops_reading_is_not_buffered_without_bound() {
+    let broker = InProcess::start().await;
+    let mut p = RawPeer::open(broker.addr, 0xffff, 0).await;
+    p.attach(1, "s").await;
+    // Each sync makes the broker write a completion; we never read them. Once the socket
+    // buffers and the broker's output limit fill, the broker stops reading us, so our
+    // writes stall long before we have pushed a large amount.
+    let mut one = BytesMut::new();
+    p.writer.command(
+        1,
+        true,
+        &Command::ExecutionSync(ExecutionSync {}),
+        None,
+        &mut one,
+    );
+    let chunk: Vec<u8> = one.iter().copied().cycle().take(one.len() * 4096).collect();
+    let mut sent = 0usize;
+    let stalled = loop {
+        let write = tokio::io::AsyncWriteExt::write_all(&mut p.stream, &chunk);
+        match tokio::time::timeout(Duration::from_secs(3), write).await {
+            Err(_) => break true,
+            Ok(Err(_)) => break false,
+            Ok(Ok(())) => sent += chunk.len(),
+        }
+        if sent > 512 << 20 {
+            break false;
+        }
+    };
+    assert!(
+        stalled,
+        "broker kept reading after {sent} bytes without us reading"
+    );
+    still_serves(&broker).await;
+}
+
+#[tokio::test]
+async fn large_message_is_split_and_joined_at_the_frame_size() {
+    let broker = InProcess::start().await;
+    let mut p = RawPeer::open(broker.addr, 4096, 0).await;
+    p.attach(1, "s").await;
+    p.command(
+        1,
+        Command::QueueDeclare(QueueDeclare {
+            queue: Some("big".into()),
+            ..Default::default()
+        }),
+    )
+    .await;
+    let body: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+    let mut header = BytesMut::new();
+    clacks_broker::wire::DeliveryProperties {
+        routing_key: Some("big".into()),
+        ..Default::default()
+    }
+    .encode(&mut header);
+    p.transfer(
+        1,
+        Command::MessageTransfer(clacks_broker::wire::MessageTransfer {
+            destination: Some(String::new()),
+            ..Default::default()
+        }),
+        &header,
+        &body,
+    )
+    .await;
+    p.command(
+        1,
+        Command::MessageSubscribe(MessageSubscribe {
+            queue: Some("big".into()),
+            destination: Some("d".into()),
+            arguments: Some(FieldTable::new()),
+            ..Default::default()
+        }),
+    )
+    .await;
+    for unit in [0u8, 1] {
+        p.command(
+            1,
+            Command::MessageFlow(MessageFlow {
+                destination: Some("d".into()),
+                unit: Some(clacks_broker::wire::MessageCreditUnit(unit)),
+                value: Some(u32::MAX),
+            }),
+        )
+        .await;
+    }
+    loop {
+        match p.next(Duration::from_secs(10)).await {
+            Seen::Assembly(
+                _,
+                clacks_broker::wire::Assembly::Command {
+                    command: Command::MessageTransfer(_),
+                    content: Some(c),
+                    ..
+                },
+            ) => {
+                assert_eq!(c.body.len(), body.len());
+                assert!(c.body[..] == body[..], "body arrives intact");
+                break;
+            }
+            Seen::Assembly(..) => {}
+            other => panic!("no transfer: {other:?}"),
+        }
+    }
+}

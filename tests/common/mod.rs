@@ -1,0 +1,125 @@
+//! Shared test helpers: an in-process broker on 127.0.0.1:0, the real `clacks` binary on a
+//! free port, and a raw 0-10 peer.
+#![allow(dead_code)]
+
+pub mod raw;
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use clacks_broker::server::{Server, ServerConfig};
+
+/// A broker running inside the test process; stops when dropped.
+pub struct InProcess {
+    pub addr: SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl InProcess {
+    /// Starts a broker with guest/guest and ANONYMOUS on a free port.
+    pub async fn start() -> InProcess {
+        let mut config = ServerConfig {
+            listen: "127.0.0.1:0".parse().expect("addr"),
+            heartbeat_max: 60,
+            ..ServerConfig::default()
+        };
+        config.users.insert("guest".into(), "guest".into());
+        InProcess::with_config(config).await
+    }
+
+    /// Starts a broker with the given configuration (its `listen` should use port 0).
+    pub async fn with_config(config: ServerConfig) -> InProcess {
+        let server = Server::bind(config).await.expect("bind");
+        let addr = server.local_addr().expect("addr");
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(server.run(async {
+            let _ = rx.await;
+        }));
+        InProcess {
+            addr,
+            stop: Some(tx),
+        }
+    }
+}
+
+impl Drop for InProcess {
+    fn drop(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// The real `clacks serve`, on a free port, with its own data directory and config file.
+pub struct Binary {
+    pub addr: SocketAddr,
+    pub child: Child,
+    pub dir: tempfile::TempDir,
+}
+
+impl Binary {
+    /// Starts `clacks serve` with guest/guest; `extra` is appended to the TOML config.
+    pub fn start(extra: &str) -> Binary {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = dir.path().join("clacks.toml");
+        std::fs::write(
+            &config,
+            format!("listen = \"127.0.0.1:0\"\n{extra}\n[users]\nguest = \"guest\"\n"),
+        )
+        .expect("config");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_clacks"))
+            .arg("serve")
+            .arg("--config")
+            .arg(&config)
+            .current_dir(dir.path())
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start clacks serve");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut lines = BufReader::new(stdout).lines();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let addr = loop {
+            assert!(
+                Instant::now() < deadline,
+                "clacks serve did not report its address"
+            );
+            let line = lines
+                .next()
+                .expect("clacks serve exited before listening")
+                .expect("read stdout");
+            if let Some(a) = line.strip_prefix("listening on ") {
+                break a.trim().parse().expect("address");
+            }
+        };
+        // Keep draining stdout so the broker never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        Binary { addr, child, dir }
+    }
+
+    /// `host:port` for Qpid's tools.
+    pub fn url(&self) -> String {
+        self.addr.to_string()
+    }
+}
+
+impl Drop for Binary {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Where tests/qpid-setup.sh put Qpid's Python client; the test command runs it first.
+pub fn qpidpy() -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/qpidpy");
+    assert!(
+        dir.join("bin/qpid-python-test").exists(),
+        "Qpid's Python client is missing: run tests/qpid-setup.sh (the README's test command does)"
+    );
+    dir
+}

@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# tests/run.sh: installs what the test suite needs and runs every test.
+#
+#   tests/run.sh           the full suite, as CI runs it
+#   tests/run.sh --long    also the long-running modes (set CLACKS_LONG=1)
+#
+# Needs: a Rust toolchain, python3 (3.8 to 3.12, for lib2to3) with venv support, and apt for
+# Debian packages (amqp-specs: the 0-10 spec the codec generator reads; strace for the
+# durability tests). Everything else is fetched into target/.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [ "${1:-}" = "--long" ]; then
+  export CLACKS_LONG=1
+fi
+
+log() { printf '\n== %s\n' "$*"; }
+
+need_pkgs=()
+[ -f /usr/share/amqp/specs/0-10-qpid/amqp.0-10-qpid-errata.stripped.xml ] || need_pkgs+=(amqp-specs)
+command -v strace >/dev/null 2>&1 || need_pkgs+=(strace)
+python3 -c 'import venv, ensurepip' 2>/dev/null || need_pkgs+=(python3-venv)
+if [ ${#need_pkgs[@]} -gt 0 ]; then
+  log "installing ${need_pkgs[*]}"
+  SUDO=""
+  [ "$(id -u)" = 0 ] || SUDO=sudo
+  export DEBIAN_FRONTEND=noninteractive
+  $SUDO apt-get install -y -q "${need_pkgs[@]}" >/dev/null 2>&1 \
+    || { $SUDO apt-get update -q >/dev/null && $SUDO apt-get install -y -q "${need_pkgs[@]}" >/dev/null; }
+fi
+
+log "Qpid's Python client and conformance suite"
+mkdir -p target
+bash tests/qpid-setup.sh >target/qpid-setup.log 2>&1 || { cat target/qpid-setup.log; exit 1; }
+
+log "format and lints"
+cargo fmt --all -- --check
+cargo clippy --all-targets --locked -- -D warnings
+
+log "tests"
+# Two test threads: each end-to-end test runs a broker and Python clients, and CI has two
+# cores.
+cargo test --workspace --locked -- --test-threads=2
