@@ -76,7 +76,10 @@ fn qpid_messaging_smoke() {
         "smoke failed:\n{text}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(text.contains("content='hello'"), "text message echoed: {text}");
+    assert!(
+        text.contains("content='hello'"),
+        "text message echoed: {text}"
+    );
 }
 
 #[test]
