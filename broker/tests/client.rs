@@ -395,6 +395,14 @@ async fn server_shutdown_ends_the_connection() {
         .await
         .expect("ended in time");
     assert!(r.is_err(), "{r:?}");
+    let why = tokio::time::timeout(Duration::from_secs(5), conn.closed())
+        .await
+        .expect("closed in time");
+    assert!(
+        matches!(why, ClientError::Connection { code: 320, .. }),
+        "{why}"
+    );
+    assert!(conn.is_closed());
     let err = s.sync().await.expect_err("connection gone");
     assert!(
         matches!(

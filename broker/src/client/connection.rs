@@ -80,6 +80,18 @@ impl Connection {
         &self.negotiated
     }
 
+    /// Whether the connection has ended (closed by either side, or lost).
+    pub fn is_closed(&self) -> bool {
+        self.shared.is_ended()
+    }
+
+    /// Waits until the connection ends and returns why: [`ClientError::Closed`] after a
+    /// close this side asked for, otherwise the broker's close, an I/O error or a
+    /// heartbeat timeout. For supervisors that reconnect (federation links).
+    pub async fn closed(&self) -> ClientError {
+        self.shared.wait_ended().await
+    }
+
     /// Attaches a session called `name` and waits for `session.attached`.
     ///
     /// Names are per user on the broker; attaching a name in use elsewhere fails with

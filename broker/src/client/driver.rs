@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tracing::{debug, warn};
 
@@ -87,16 +87,42 @@ pub(crate) enum Request {
 }
 
 /// State the handles read after the driver is gone.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Shared {
     error: OnceLock<ClientError>,
+    /// Turns true when the driver has finished.
+    ended: watch::Sender<bool>,
 }
 
 impl Shared {
+    fn new() -> Self {
+        Self {
+            error: OnceLock::new(),
+            ended: watch::Sender::new(false),
+        }
+    }
+
     /// Why the connection ended ([`ClientError::Closed`] while it has not, or after a close
     /// this side asked for).
     pub(crate) fn error(&self) -> ClientError {
         self.error.get().cloned().unwrap_or(ClientError::Closed)
+    }
+
+    /// Whether the driver has finished.
+    pub(crate) fn is_ended(&self) -> bool {
+        *self.ended.borrow()
+    }
+
+    /// Waits until the driver has finished and returns why.
+    pub(crate) async fn wait_ended(&self) -> ClientError {
+        let mut rx = self.ended.subscribe();
+        let _ = rx.wait_for(|ended| *ended).await;
+        self.error()
+    }
+
+    fn end(&self, error: ClientError) {
+        let _ = self.error.set(error);
+        self.ended.send_replace(true);
     }
 }
 
@@ -119,7 +145,7 @@ where
 {
     let (tx, rx) = mpsc::channel(REQUEST_QUEUE);
     let (opened_tx, opened_rx) = oneshot::channel();
-    let shared = Arc::new(Shared::default());
+    let shared = Arc::new(Shared::new());
     let driver = Driver {
         machine: Machine::new(opts, now()),
         tickets: HashMap::new(),
@@ -144,6 +170,14 @@ fn now() -> Instant {
     tokio::time::Instant::now().into_std()
 }
 
+struct EndGuard(Arc<Shared>);
+
+impl Drop for EndGuard {
+    fn drop(&mut self) {
+        self.0.end(ClientError::Closed);
+    }
+}
+
 struct Driver {
     machine: Machine<Waiter>,
     /// Where each unfinished command with a waiter went: ticket → (channel, position).
@@ -161,6 +195,8 @@ impl Driver {
     where
         S: AsyncRead + AsyncWrite + Send + 'static,
     {
+        // However the task ends (even aborted or panicking), the handles learn it.
+        let _ended = EndGuard(self.shared.clone());
         let (mut rd, mut wr) = tokio::io::split(stream);
         let mut inbuf = BytesMut::with_capacity(READ_CHUNK);
         let mut outbuf = BytesMut::new();
@@ -336,6 +372,8 @@ impl Driver {
                     if let Some(err) = &error {
                         debug!(error = %err, "connection ended");
                     }
+                    // Recorded now so replies below and later calls see the reason; `ended`
+                    // turns true once the last bytes are out.
                     let _ = self.shared.error.set(e.clone());
                     if let Some(tx) = self.opened.take() {
                         let _ = tx.send(Err(e.clone()));

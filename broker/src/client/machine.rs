@@ -228,8 +228,13 @@ impl<W> Machine<W> {
     pub(crate) fn poll_transmit(&mut self, out: &mut BytesMut, now: Instant) {
         if !self.out.is_empty() {
             self.last_out = now;
-            out.extend_from_slice(&self.out);
-            self.out.clear();
+            if out.is_empty() {
+                // The usual case: hand over the buffer instead of copying message bodies.
+                std::mem::swap(out, &mut self.out);
+            } else {
+                out.extend_from_slice(&self.out);
+                self.out.clear();
+            }
         }
     }
 
@@ -277,7 +282,7 @@ impl<W> Machine<W> {
             return;
         }
         self.last_in = now;
-        if let Err(e) = self.process_input(buf, now) {
+        if let Err(e) = self.process_input(buf) {
             self.fail(e);
         }
         self.flush_completions();
@@ -505,7 +510,7 @@ impl<W> Machine<W> {
         self.writer.control(channel, &control, &mut self.out);
     }
 
-    fn process_input(&mut self, buf: &mut BytesMut, now: Instant) -> Result<(), ClientError> {
+    fn process_input(&mut self, buf: &mut BytesMut) -> Result<(), ClientError> {
         if self.state == State::AwaitHeader {
             if buf.len() < PROTOCOL_HEADER.len() {
                 return Ok(());
@@ -527,18 +532,13 @@ impl<W> Machine<W> {
                 break;
             };
             if let Some((channel, assembly)) = self.assembler.push(frame)? {
-                self.handle_assembly(channel, assembly, now)?;
+                self.handle_assembly(channel, assembly)?;
             }
         }
         Ok(())
     }
 
-    fn handle_assembly(
-        &mut self,
-        channel: u16,
-        assembly: Assembly,
-        now: Instant,
-    ) -> Result<(), ClientError> {
+    fn handle_assembly(&mut self, channel: u16, assembly: Assembly) -> Result<(), ClientError> {
         match assembly {
             Assembly::Control(control) => {
                 trace!(channel, control = control.name(), "received");
@@ -580,7 +580,7 @@ impl<W> Machine<W> {
                         "{} is sent by clients, not brokers",
                         control.name()
                     ))),
-                    other => self.session_control(channel, other, now),
+                    other => self.session_control(channel, other),
                 }
             }
             Assembly::Command {
@@ -740,12 +740,7 @@ impl<W> Machine<W> {
         }
     }
 
-    fn session_control(
-        &mut self,
-        channel: u16,
-        control: Control,
-        _now: Instant,
-    ) -> Result<(), ClientError> {
+    fn session_control(&mut self, channel: u16, control: Control) -> Result<(), ClientError> {
         if !matches!(self.state, State::Open | State::Closing) {
             return Err(ClientError::Protocol(format!(
                 "{} before the connection is open",

@@ -442,7 +442,17 @@ async fn session_exception_fails_the_call_and_later_ones() {
     // The connection is fine: a new session works.
     let s2 = conn.session("s2").await.expect("session");
     s2.sync().await.expect("sync");
+    let watcher = {
+        let s2 = s2.clone();
+        tokio::spawn(async move { s2.sync().await })
+    };
+    watcher
+        .await
+        .expect("task")
+        .expect("sync from another task");
     conn.close().await.expect("close");
+    // Handles outliving the connection fail with the reason.
+    assert!(matches!(s2.sync().await, Err(ClientError::Closed)));
 }
 
 #[tokio::test]
@@ -451,6 +461,7 @@ async fn dropping_every_handle_closes_the_connection() {
     let s = conn.session("s1").await.expect("session");
     s.sync().await.expect("sync");
     drop(s);
+    assert!(!conn.is_closed());
     drop(conn);
     let seen = tokio::time::timeout(Duration::from_secs(5), seen.recv())
         .await
