@@ -150,8 +150,9 @@ pub struct BenchArgs {
     /// Durable queue and persistent messages.
     #[arg(long)]
     pub durable: bool,
-    /// Transfers in flight per producer before it waits for completions.
-    #[arg(long, default_value_t = 1000, value_name = "N")]
+    /// Transfers in flight per producer before it waits for completions (larger windows
+    /// queue messages up and show as latency, not as throughput).
+    #[arg(long, default_value_t = 100, value_name = "N")]
     pub window: usize,
     /// Credit per consumer.
     #[arg(long, default_value_t = 500, value_name = "N")]

@@ -22,6 +22,8 @@ use crate::wire::{Command, Struct32};
 const REQUEST_QUEUE: usize = 256;
 /// Stop taking requests while this many bytes wait for the socket (backpressure).
 const HIGH_WATER: usize = 1 << 20;
+/// Requests handled per wake-up at most (bounded so output is written in between).
+const REQUEST_BURST: usize = 64;
 /// Read buffer growth step.
 const READ_CHUNK: usize = 64 * 1024;
 /// How long the last bytes (close, close-ok) may take to leave once the machine is done.
@@ -231,7 +233,14 @@ impl Driver {
                     }
                 },
                 req = requests.recv(), if take_requests => match req {
-                    Some(req) => self.handle_request(req),
+                    Some(req) => {
+                        self.handle_request(req);
+                        // Take what else is queued in one go: one wake-up for a burst.
+                        for _ in 1..REQUEST_BURST {
+                            let Ok(req) = requests.try_recv() else { break };
+                            self.handle_request(req);
+                        }
+                    }
                     None => {
                         // Every handle is gone: nobody can use the connection any more.
                         requests_open = false;

@@ -290,7 +290,10 @@ impl<W> Machine<W> {
 
     /// The transport ended.
     pub(crate) fn handle_eof(&mut self) {
-        if self.state != State::Closed {
+        if self.state == State::Closing {
+            // Closing anyway; a broker that drops the socket instead of `close-ok` is fine.
+            self.finish(None);
+        } else if self.state != State::Closed {
             self.finish(Some(ClientError::Io(std::sync::Arc::new(
                 std::io::Error::new(
                     std::io::ErrorKind::UnexpectedEof,
