@@ -9,9 +9,11 @@
 //!        └────────(oneshot replies, deliveries)┘
 //! ```
 //! One spawned driver task owns the socket and a sans-IO `Machine` that holds all
-//! protocol state; the handles only send requests and wait for replies. Every command is
-//! awaited until the broker's `session.completed` covers its id (and its
-//! `execution.result`, if it has one).
+//! protocol state; the handles only send requests and wait for replies. The command
+//! helpers (`declare_queue`, `query_queue`, `sync`, ...) set the sync bit and return once
+//! the broker's `session.completed` covers the command (with its `execution.result`, if it
+//! has one). Transfers and acknowledgements return a [`Completion`] instead, so that many
+//! can be in flight; awaiting one makes sure the broker reports it.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), clacks_broker::client::ClientError> {
@@ -26,7 +28,8 @@
 //! session.send("", Message::new("hello").with_routing_key("q")).await?;
 //! let mut sub = session.subscribe("q", SubscribeOptions::default()).await?;
 //! if let Some(delivery) = sub.next().await? {
-//!     sub.accept(&delivery).await?;
+//!     // Sent at once; awaiting the completion waits for the broker to have processed it.
+//!     sub.accept(&delivery).await?.await?;
 //! }
 //! conn.close().await
 //! # }
