@@ -283,15 +283,7 @@ impl Broker {
         if_empty: bool,
     ) -> Result<(), Error> {
         let mut st = self.lock();
-        let q = st
-            .queues
-            .get(name)
-            .ok_or_else(|| Error::NotFound(format!("queue not found: {name}")))?;
-        if q.owner.is_some_and(|o| o != session) {
-            return Err(Error::ResourceLocked(format!(
-                "cannot delete queue {name}: exclusive to another session"
-            )));
-        }
+        let q = st.usable_queue(session, name, "delete")?;
         if if_unused && q.consumer_count() > 0 {
             return Err(Error::PreconditionFailed(format!(
                 "cannot delete queue {name}: it has consumers"
@@ -317,16 +309,8 @@ impl Broker {
             ));
         }
         let mut st = self.lock();
-        let q = st
-            .queues
-            .get_mut(name)
-            .ok_or_else(|| Error::NotFound(format!("queue not found: {name}")))?;
-        if q.owner.is_some_and(|o| o != session) {
-            return Err(Error::ResourceLocked(format!(
-                "cannot purge queue {name}: exclusive to another session"
-            )));
-        }
-        Ok(q.purge())
+        st.usable_queue(session, name, "purge")?;
+        Ok(st.queues.get_mut(name).map_or(0, Queue::purge))
     }
 
     /// `queue.query`: `None` when the queue does not exist.
@@ -484,19 +468,8 @@ impl Broker {
                 "bind on the default exchange is not allowed".into(),
             ));
         }
-        let q = st
-            .queues
-            .get(queue)
-            .ok_or_else(|| Error::NotFound(format!("queue not found: {queue}")))?;
-        if q.owner.is_some_and(|o| o != session) {
-            return Err(Error::ResourceLocked(format!(
-                "cannot bind queue {queue}: exclusive to another session"
-            )));
-        }
-        let ex = st
-            .exchanges
-            .get_mut(exchange)
-            .ok_or_else(|| Error::NotFound(format!("exchange not found: {exchange}")))?;
+        st.usable_queue(session, queue, "bind")?;
+        let ex = st.exchange_mut(exchange)?;
         ex.bind(queue, key, args)?;
         Ok(())
     }
@@ -518,19 +491,8 @@ impl Broker {
                 "unbind from the default exchange is not allowed".into(),
             ));
         }
-        let q = st
-            .queues
-            .get(queue)
-            .ok_or_else(|| Error::NotFound(format!("queue not found: {queue}")))?;
-        if q.owner.is_some_and(|o| o != session) {
-            return Err(Error::ResourceLocked(format!(
-                "cannot unbind queue {queue}: exclusive to another session"
-            )));
-        }
-        let ex = st
-            .exchanges
-            .get_mut(exchange)
-            .ok_or_else(|| Error::NotFound(format!("exchange not found: {exchange}")))?;
+        st.usable_queue(session, queue, "unbind")?;
+        let ex = st.exchange_mut(exchange)?;
         ex.unbind(queue, key);
         st.remove_unused_exchanges();
         Ok(())
@@ -890,6 +852,27 @@ impl Broker {
 }
 
 impl State {
+    /// The queue `name`, if it exists and `session` may use it (not another's exclusive
+    /// queue); `action` names the attempt in the error.
+    fn usable_queue(&self, session: SessionId, name: &str, action: &str) -> Result<&Queue, Error> {
+        let q = self
+            .queues
+            .get(name)
+            .ok_or_else(|| Error::NotFound(format!("queue not found: {name}")))?;
+        if q.owner.is_some_and(|o| o != session) {
+            return Err(Error::ResourceLocked(format!(
+                "cannot {action} queue {name}: exclusive to another session"
+            )));
+        }
+        Ok(q)
+    }
+
+    fn exchange_mut(&mut self, name: &str) -> Result<&mut Exchange, Error> {
+        self.exchanges
+            .get_mut(name)
+            .ok_or_else(|| Error::NotFound(format!("exchange not found: {name}")))
+    }
+
     fn route(&self, exchange: &str, msg: &Message) -> Result<Vec<String>, Error> {
         let mut out = Vec::new();
         if exchange.is_empty() {

@@ -239,7 +239,7 @@ impl Conn<'_> {
             0,
             Control::ConnectionClose(ConnectionClose {
                 reply_code: Some(code),
-                reply_text: Some(text.chars().take(255).collect()),
+                reply_text: Some(text.to_string()),
             }),
         );
         self.phase = Phase::Closing;

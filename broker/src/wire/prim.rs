@@ -165,9 +165,18 @@ pub fn put_vbin32(buf: &mut BytesMut, v: &Bytes) {
 pub fn get_vbin32(buf: &mut Bytes) -> Result<Bytes, DecodeError> {
     get_var(buf, 4)
 }
-/// Writes a `str8` (UTF-8, at most 255 bytes).
+/// Longest prefix of `s` within `max` bytes that ends on a character boundary.
+fn clip(s: &str, max: usize) -> &[u8] {
+    let mut end = s.len().min(max);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s.as_bytes()[..end]
+}
+
+/// Writes a `str8` (UTF-8, at most 255 bytes; longer text is cut at a character boundary).
 pub fn put_str8(buf: &mut BytesMut, v: &String) {
-    put_var(buf, 1, v.as_bytes());
+    put_var(buf, 1, clip(v, 0xff));
 }
 /// Reads a `str8`.
 ///
@@ -176,9 +185,9 @@ pub fn put_str8(buf: &mut BytesMut, v: &String) {
 pub fn get_str8(buf: &mut Bytes) -> Result<String, DecodeError> {
     get_string(buf, 1)
 }
-/// Writes a `str16` (UTF-8).
+/// Writes a `str16` (UTF-8, at most 65535 bytes, cut at a character boundary).
 pub fn put_str16(buf: &mut BytesMut, v: &String) {
-    put_var(buf, 2, v.as_bytes());
+    put_var(buf, 2, clip(v, 0xffff));
 }
 /// Reads a `str16`.
 ///
@@ -451,8 +460,8 @@ pub fn put_value(buf: &mut BytesMut, v: &Value) {
         Value::Float(x) => buf.put_f32(*x),
         Value::Double(x) => buf.put_f64(*x),
         Value::Uuid(u) => put_uuid(buf, u),
-        Value::Str8(s) => put_var(buf, 1, s.as_bytes()),
-        Value::Str16(s) => put_var(buf, 2, s.as_bytes()),
+        Value::Str8(s) => put_var(buf, 1, clip(s, 0xff)),
+        Value::Str16(s) => put_var(buf, 2, clip(s, 0xffff)),
         Value::Vbin8(b) => put_var(buf, 1, b),
         Value::Vbin16(b) => put_var(buf, 2, b),
         Value::Vbin32(b) => put_var(buf, 4, b),
@@ -595,6 +604,16 @@ mod tests {
             get_value(&mut Bytes::from_static(&[1]), 0xb3),
             Err(DecodeError::UnknownType(0xb3))
         );
+    }
+
+    #[test]
+    fn long_strings_are_cut_on_a_character_boundary() {
+        let long = "é".repeat(200); // 400 bytes
+        let mut out = BytesMut::new();
+        put_str8(&mut out, &long);
+        let decoded = get_str8(&mut out.freeze()).expect("valid utf-8");
+        assert_eq!(decoded.len(), 254);
+        assert!(long.starts_with(&decoded));
     }
 
     #[test]
