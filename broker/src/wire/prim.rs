@@ -175,7 +175,7 @@ fn clip(s: &str, max: usize) -> &[u8] {
 }
 
 /// Writes a `str8` (UTF-8, at most 255 bytes; longer text is cut at a character boundary).
-pub fn put_str8(buf: &mut BytesMut, v: &String) {
+pub fn put_str8(buf: &mut BytesMut, v: &str) {
     put_var(buf, 1, clip(v, 0xff));
 }
 /// Reads a `str8`.
@@ -186,7 +186,7 @@ pub fn get_str8(buf: &mut Bytes) -> Result<String, DecodeError> {
     get_string(buf, 1)
 }
 /// Writes a `str16` (UTF-8, at most 65535 bytes, cut at a character boundary).
-pub fn put_str16(buf: &mut BytesMut, v: &String) {
+pub fn put_str16(buf: &mut BytesMut, v: &str) {
     put_var(buf, 2, clip(v, 0xffff));
 }
 /// Reads a `str16`.
