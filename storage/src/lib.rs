@@ -1,3 +1,188 @@
-//! Durable storage for the broker: the `Store` trait and its sled implementation.
+//! Durable storage for the broker.
 //!
-//! Nothing is implemented yet; persistence arrives with its own issue.
+//! ```text
+//!   broker core ──StoreOp batches──► GroupCommit (writer thread) ──► Store (sled)
+//! ```
+//! [`Store`] is the only way broker state reaches the disk: `apply` returns once a batch is
+//! durable (synced), and `recover` reads everything back at start. [`GroupCommit`] collects
+//! batches from many sessions into one write and one sync, and tells each submitter when its
+//! batch is durable. The record layouts on disk live in `record`; nothing else knows them.
+
+mod group;
+mod kv;
+mod memory;
+mod record;
+mod sled_store;
+
+pub use group::{Callback, GroupCommit, GroupStats, Ticket};
+pub use memory::MemoryStore;
+pub use sled_store::SledStore;
+
+use bytes::Bytes;
+use thiserror::Error;
+
+/// A durable exchange.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExchangeRecord {
+    /// Name.
+    pub name: String,
+    /// Type name.
+    pub kind: String,
+    /// Alternate exchange.
+    pub alternate: Option<String>,
+    /// Auto-delete flag.
+    pub auto_delete: bool,
+    /// Declare arguments, encoded as a 0-10 map by the broker.
+    pub args: Bytes,
+}
+
+/// A durable queue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueRecord {
+    /// Name.
+    pub name: String,
+    /// Alternate exchange.
+    pub alternate: Option<String>,
+    /// Auto-delete flag.
+    pub auto_delete: bool,
+    /// Declare arguments, encoded as a 0-10 map by the broker.
+    pub args: Bytes,
+}
+
+/// A binding between durable objects.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BindingRecord {
+    /// Exchange name.
+    pub exchange: String,
+    /// Queue name.
+    pub queue: String,
+    /// Binding key.
+    pub key: String,
+    /// Binding arguments, encoded as a 0-10 map by the broker.
+    pub args: Bytes,
+}
+
+/// A persistent message on a durable queue, as recovered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredMessage {
+    /// Its queue.
+    pub queue: String,
+    /// Its position in the queue (arrival order).
+    pub seq: u64,
+    /// Whether it had been delivered (and not accepted) before.
+    pub delivered: bool,
+    /// The message as the broker encoded it.
+    pub data: Bytes,
+}
+
+/// One change to durable state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreOp {
+    /// Create or replace an exchange.
+    PutExchange(ExchangeRecord),
+    /// Remove an exchange.
+    DeleteExchange(String),
+    /// Create or replace a queue.
+    PutQueue(QueueRecord),
+    /// Remove a queue with all its messages.
+    DeleteQueue(String),
+    /// Create a binding.
+    PutBinding(BindingRecord),
+    /// Remove a binding.
+    DeleteBinding {
+        /// Exchange name.
+        exchange: String,
+        /// Queue name.
+        queue: String,
+        /// Binding key.
+        key: String,
+    },
+    /// A message enters a queue.
+    Enqueue {
+        /// Queue name.
+        queue: String,
+        /// Position in the queue.
+        seq: u64,
+        /// The encoded message.
+        data: Bytes,
+    },
+    /// A message leaves a queue (accepted, purged, dropped by a limit).
+    Dequeue {
+        /// Queue name.
+        queue: String,
+        /// Position in the queue.
+        seq: u64,
+    },
+    /// A message was handed to a consumer: it comes back marked redelivered.
+    Delivered {
+        /// Queue name.
+        queue: String,
+        /// Position in the queue.
+        seq: u64,
+    },
+}
+
+/// Everything durable, as read back at start.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Recovered {
+    /// Exchanges.
+    pub exchanges: Vec<ExchangeRecord>,
+    /// Queues.
+    pub queues: Vec<QueueRecord>,
+    /// Bindings.
+    pub bindings: Vec<BindingRecord>,
+    /// Messages, by queue, in queue order.
+    pub messages: Vec<StoredMessage>,
+}
+
+/// Why the store could not do what was asked.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum StoreError {
+    /// Another process holds the data directory.
+    #[error("data directory {0} is in use by another process")]
+    Locked(String),
+    /// The disk is full.
+    #[error("no space left on the store's disk")]
+    Full,
+    /// Any other I/O or database failure.
+    #[error("store i/o error: {0}")]
+    Io(String),
+    /// A record that does not decode.
+    #[error("corrupt store record: {0}")]
+    Corrupt(String),
+}
+
+impl From<std::io::Error> for StoreError {
+    fn from(e: std::io::Error) -> Self {
+        if e.raw_os_error() == Some(28) {
+            StoreError::Full
+        } else {
+            StoreError::Io(e.to_string())
+        }
+    }
+}
+
+impl From<sled::Error> for StoreError {
+    fn from(e: sled::Error) -> Self {
+        match e {
+            sled::Error::Io(io) => io.into(),
+            sled::Error::Corruption { .. } => StoreError::Corrupt(e.to_string()),
+            other => StoreError::Io(other.to_string()),
+        }
+    }
+}
+
+/// Durable storage of broker state.
+pub trait Store: Send + Sync {
+    /// Applies a batch of changes atomically; returns once they are on disk.
+    ///
+    /// # Errors
+    /// The disk is full or failed; nothing of the batch is then promised.
+    fn apply(&self, ops: &[StoreOp]) -> Result<(), StoreError>;
+
+    /// Reads back everything durable.
+    ///
+    /// # Errors
+    /// I/O errors and records that do not decode.
+    fn recover(&self) -> Result<Recovered, StoreError>;
+}

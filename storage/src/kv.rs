@@ -1,0 +1,123 @@
+//! The translation between store operations and the ordered key space of `record`, shared
+//! by the sled and the in-memory store.
+
+use std::collections::{BTreeMap, HashSet};
+
+use bytes::{Bytes, BytesMut};
+
+use crate::record::{self, CHUNK};
+use crate::{Recovered, StoreError, StoreOp, StoredMessage};
+
+/// One key written (`Some`) or removed (`None`).
+pub(crate) type Write = (Vec<u8>, Option<Vec<u8>>);
+
+/// The writes that carry out `ops`; `scan` lists the keys under a prefix (for removals of
+/// whole messages and queues).
+pub(crate) fn writes(
+    ops: &[StoreOp],
+    scan: impl Fn(&[u8]) -> Result<Vec<Vec<u8>>, StoreError>,
+) -> Result<Vec<Write>, StoreError> {
+    let mut out = Vec::with_capacity(ops.len());
+    for op in ops {
+        match op {
+            StoreOp::PutExchange(r) => out.push((
+                record::exchange_key(&r.name),
+                Some(record::exchange_value(r)),
+            )),
+            StoreOp::DeleteExchange(name) => out.push((record::exchange_key(name), None)),
+            StoreOp::PutQueue(r) => {
+                out.push((record::queue_key(&r.name), Some(record::queue_value(r))))
+            }
+            StoreOp::DeleteQueue(name) => {
+                out.push((record::queue_key(name), None));
+                for prefix in [
+                    record::message_prefix(name, None),
+                    record::delivered_prefix(name, None),
+                ] {
+                    let keys = [scan(&prefix)?, written_under(&out, &prefix)].concat();
+                    out.extend(keys.into_iter().map(|k| (k, None)));
+                }
+            }
+            StoreOp::PutBinding(r) => out.push((
+                record::binding_key(&r.exchange, &r.queue, &r.key),
+                Some(record::binding_value(r)),
+            )),
+            StoreOp::DeleteBinding {
+                exchange,
+                queue,
+                key,
+            } => out.push((record::binding_key(exchange, queue, key), None)),
+            StoreOp::Enqueue { queue, seq, data } => {
+                if data.is_empty() {
+                    out.push((record::chunk_key(queue, *seq, 0), Some(Vec::new())));
+                }
+                for (i, chunk) in data.chunks(CHUNK).enumerate() {
+                    let i = u32::try_from(i).unwrap_or(u32::MAX);
+                    out.push((record::chunk_key(queue, *seq, i), Some(chunk.to_vec())));
+                }
+            }
+            StoreOp::Dequeue { queue, seq } => {
+                let prefix = record::message_prefix(queue, Some(*seq));
+                let keys = [scan(&prefix)?, written_under(&out, &prefix)].concat();
+                out.extend(keys.into_iter().map(|k| (k, None)));
+                out.push((record::delivered_prefix(queue, Some(*seq)), None));
+            }
+            StoreOp::Delivered { queue, seq } => out.push((
+                record::delivered_prefix(queue, Some(*seq)),
+                Some(Vec::new()),
+            )),
+        }
+    }
+    Ok(out)
+}
+
+/// Keys put earlier in the same batch under `prefix`: the scan of the store cannot see them.
+fn written_under(out: &[Write], prefix: &[u8]) -> Vec<Vec<u8>> {
+    out.iter()
+        .filter(|(k, v)| v.is_some() && k.starts_with(prefix))
+        .map(|(k, _)| k.clone())
+        .collect()
+}
+
+/// Rebuilds the durable state from every key and value, in key order.
+pub(crate) fn recover(
+    entries: impl Iterator<Item = Result<(Vec<u8>, Vec<u8>), StoreError>>,
+) -> Result<Recovered, StoreError> {
+    let mut rec = Recovered::default();
+    let mut messages: BTreeMap<(String, u64), BytesMut> = BTreeMap::new();
+    let mut delivered = HashSet::new();
+    for entry in entries {
+        let (k, v) = entry?;
+        let Some((&kind, key)) = k.split_first() else {
+            continue;
+        };
+        match kind {
+            record::EXCHANGE => rec.exchanges.push(record::decode_exchange(key, &v)?),
+            record::QUEUE => rec.queues.push(record::decode_queue(key, &v)?),
+            record::BINDING => rec.bindings.push(record::decode_binding(key, &v)?),
+            record::MESSAGE => {
+                let (queue, seq, _) = record::decode_chunk_key(key)?;
+                messages
+                    .entry((queue, seq))
+                    .or_default()
+                    .extend_from_slice(&v);
+            }
+            record::DELIVERED => {
+                delivered.insert(record::decode_delivered_key(key)?);
+            }
+            other => return Err(StoreError::Corrupt(format!("unknown record kind {other}"))),
+        }
+    }
+    let queues: HashSet<&str> = rec.queues.iter().map(|q| q.name.as_str()).collect();
+    rec.messages = messages
+        .into_iter()
+        .filter(|((q, _), _)| queues.contains(q.as_str()))
+        .map(|((queue, seq), data)| StoredMessage {
+            delivered: delivered.contains(&(queue.clone(), seq)),
+            queue,
+            seq,
+            data: Bytes::from(data),
+        })
+        .collect();
+    Ok(rec)
+}
