@@ -70,6 +70,9 @@ pub struct ServeArgs {
     /// Connections served at once.
     #[arg(long, value_name = "N")]
     pub max_connections: Option<usize>,
+    /// Data directory for durable state (default ./clacks-data).
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<String>,
     /// A PLAIN user, NAME=PASSWORD (repeatable).
     #[arg(long = "user", value_name = "NAME=PASSWORD")]
     pub users: Vec<String>,

@@ -30,6 +30,8 @@ pub struct Settings {
     pub realm: Option<String>,
     /// `max_connections = 1024`.
     pub max_connections: Option<usize>,
+    /// `data_dir = "./clacks-data"`: where durable state lives.
+    pub data_dir: Option<String>,
     /// `[users]` table: `guest = "guest"`.
     #[serde(default)]
     pub users: BTreeMap<String, String>,
@@ -85,6 +87,7 @@ impl Settings {
             allow_anonymous: flag(&var, "CLACKS_ALLOW_ANONYMOUS")?,
             realm: var("CLACKS_REALM"),
             max_connections: parsed(&var, "CLACKS_MAX_CONNECTIONS")?,
+            data_dir: var("CLACKS_DATA_DIR"),
             users,
         })
     }
@@ -108,6 +111,7 @@ impl Settings {
             allow_anonymous: args.allow_anonymous,
             realm: args.realm.clone(),
             max_connections: args.max_connections,
+            data_dir: args.data_dir.clone(),
             users,
         })
     }
@@ -125,6 +129,7 @@ impl Settings {
             allow_anonymous: over.allow_anonymous.or(self.allow_anonymous),
             realm: over.realm.or(self.realm),
             max_connections: over.max_connections.or(self.max_connections),
+            data_dir: over.data_dir.or(self.data_dir),
             users: self.users,
         }
     }
@@ -172,22 +177,54 @@ impl Settings {
     }
 }
 
+/// Where durable state lives when nothing says otherwise.
+pub const DEFAULT_DATA_DIR: &str = "./clacks-data";
+
+/// Everything `clacks serve` needs.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    /// The server's settings.
+    pub server: ServerConfig,
+    /// The data directory.
+    pub data_dir: std::path::PathBuf,
+}
+
 /// Merges file, environment and flags, in that order of precedence (last wins).
 ///
 /// # Errors
 /// Whatever layer does not parse or validate.
-pub fn server_config(
+pub fn serve_config(
     file: Option<&str>,
     env: impl Fn(&str) -> Option<String>,
     flags: &ServeArgs,
-) -> anyhow::Result<ServerConfig> {
+) -> anyhow::Result<ServeConfig> {
     let file = match file {
         Some(text) => Settings::from_toml(text).context("config file")?,
         None => Settings::default(),
     };
-    file.overlay(Settings::from_env(env)?)
-        .overlay(Settings::from_flags(flags)?)
-        .into_server_config()
+    let merged = file
+        .overlay(Settings::from_env(env)?)
+        .overlay(Settings::from_flags(flags)?);
+    let data_dir = merged
+        .data_dir
+        .clone()
+        .filter(|d| !d.is_empty())
+        .unwrap_or_else(|| DEFAULT_DATA_DIR.to_string())
+        .into();
+    Ok(ServeConfig {
+        server: merged.into_server_config()?,
+        data_dir,
+    })
+}
+
+/// The server part of [`serve_config`].
+#[cfg(test)]
+fn server_config(
+    file: Option<&str>,
+    env: impl Fn(&str) -> Option<String>,
+    flags: &ServeArgs,
+) -> anyhow::Result<ServerConfig> {
+    serve_config(file, env, flags).map(|c| c.server)
 }
 
 fn parse_bool(v: &str) -> anyhow::Result<bool> {

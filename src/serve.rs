@@ -3,7 +3,11 @@
 use std::io::Write;
 
 use anyhow::Context;
+use std::sync::Arc;
+
+use clacks_broker::core::Broker;
 use clacks_broker::server::Server;
+use clacks_storage::{GroupCommit, SledStore, Store};
 
 use crate::cli::ServeArgs;
 use crate::config;
@@ -20,9 +24,11 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         ),
         None => None,
     };
-    let config = config::server_config(file.as_deref(), |k| std::env::var(k).ok(), &args)?;
+    let serve = config::serve_config(file.as_deref(), |k| std::env::var(k).ok(), &args)?;
+    let broker = open_broker(&serve.data_dir)?;
+    let config = serve.server;
     let listen = config.listen;
-    let server = Server::bind(config)
+    let server = Server::bind_with(config, broker)
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
     let addr = server.local_addr()?;
@@ -35,6 +41,21 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     server.run(shutdown_signal()).await?;
     tracing::info!("broker stopped");
     Ok(())
+}
+
+/// Opens the store in `dir` and rebuilds the broker from it.
+fn open_broker(dir: &std::path::Path) -> anyhow::Result<Arc<Broker>> {
+    let store = SledStore::open(dir)
+        .with_context(|| format!("cannot open the data directory {}", dir.display()))?;
+    let recovered = store
+        .recover()
+        .with_context(|| format!("cannot read the data directory {}", dir.display()))?;
+    let (queues, messages) = (recovered.queues.len(), recovered.messages.len());
+    let journal = GroupCommit::start(Arc::new(store)).context("cannot start the store writer")?;
+    let broker = Broker::recover(Arc::new(journal), recovered)
+        .with_context(|| format!("cannot recover from {}", dir.display()))?;
+    tracing::info!(dir = %dir.display(), queues, messages, "durable state recovered");
+    Ok(Arc::new(broker))
 }
 
 /// Completes on SIGINT (Ctrl-C) or SIGTERM.

@@ -63,7 +63,18 @@ pub struct Binary {
 impl Binary {
     /// Starts `clacks serve` with guest/guest; `extra` is appended to the TOML config.
     pub fn start(extra: &str) -> Binary {
-        let dir = tempfile::tempdir().expect("tempdir");
+        Binary::start_in(tempfile::tempdir().expect("tempdir"), extra)
+    }
+
+    /// Kills the broker with SIGKILL and hands back its directory (data dir included).
+    pub fn kill(mut self) -> tempfile::TempDir {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        std::mem::replace(&mut self.dir, tempfile::tempdir().expect("tempdir"))
+    }
+
+    /// Starts `clacks serve` in `dir` (its data directory is `dir/clacks-data`).
+    pub fn start_in(dir: tempfile::TempDir, extra: &str) -> Binary {
         let config = dir.path().join("clacks.toml");
         std::fs::write(
             &config,

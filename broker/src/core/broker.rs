@@ -2,11 +2,15 @@
 //! the 0-10 commands map onto. Synchronous and free of I/O; sessions are plain ids.
 
 use std::collections::HashMap;
+use std::ops::{Deref, DerefMut};
 use std::sync::{Arc, Mutex, MutexGuard};
+
+use clacks_storage::{BindingRecord, ExchangeRecord, GroupCommit, QueueRecord, StoreOp};
 
 use super::consumer::{Consumer, Credit, DeliverySink};
 use super::error::Error;
 use super::exchange::Exchange;
+use super::journal::{note_ticket, OpLog};
 use super::message::Message;
 use super::queue::{Position, Queue};
 use super::SessionId;
@@ -141,11 +145,47 @@ struct State {
     sessions: HashMap<SessionId, u64>,
     next_session: u64,
     next_connection: u64,
+    /// Where durable changes collect while the lock is held; `None` without a store.
+    log: Option<OpLog>,
 }
 
 /// The broker model. Cheap to share: clone the `Arc`.
 pub struct Broker {
     state: Mutex<State>,
+    journal: Option<Arc<GroupCommit>>,
+}
+
+/// The locked state; on release, the durable changes made under it go to the store as one
+/// batch.
+struct Locked<'a> {
+    guard: MutexGuard<'a, State>,
+    journal: Option<&'a GroupCommit>,
+}
+
+impl Deref for Locked<'_> {
+    type Target = State;
+    fn deref(&self) -> &State {
+        &self.guard
+    }
+}
+
+impl DerefMut for Locked<'_> {
+    fn deref_mut(&mut self) -> &mut State {
+        &mut self.guard
+    }
+}
+
+impl Drop for Locked<'_> {
+    fn drop(&mut self) {
+        if let (Some(journal), Some(log)) = (self.journal, &self.guard.log) {
+            let ops = log.take();
+            if !ops.is_empty() {
+                // Submitted before the lock is released, so batches reach the store in the
+                // order their changes were made.
+                note_ticket(journal.submit(ops));
+            }
+        }
+    }
 }
 
 impl Default for Broker {
@@ -166,12 +206,71 @@ impl Broker {
         }
         Broker {
             state: Mutex::new(state),
+            journal: None,
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, State> {
-        // A panic elsewhere must not take the whole broker down with a poisoned lock.
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    /// A broker whose durable state goes through `journal`, rebuilt from what the store
+    /// recovered: durable exchanges, queues, bindings and persistent messages in order.
+    ///
+    /// # Errors
+    /// Records that do not decode.
+    pub fn recover(
+        journal: Arc<GroupCommit>,
+        recovered: clacks_storage::Recovered,
+    ) -> Result<Broker, Error> {
+        let mut broker = Broker::new();
+        broker.journal = Some(journal);
+        let log = OpLog::default();
+        let mut st = broker.state.lock().unwrap_or_else(|e| e.into_inner());
+        st.log = Some(log.clone());
+        let corrupt = |what: &str, e: &dyn std::fmt::Display| {
+            Error::Internal(format!("cannot recover {what}: {e}"))
+        };
+        for r in recovered.exchanges {
+            let mut ex = Exchange::new(&r.name, &r.kind)?;
+            ex.durable = true;
+            ex.auto_delete = r.auto_delete;
+            ex.alternate = r.alternate;
+            ex.args = decode_args(&r.args).map_err(|e| corrupt(&r.name, &e))?;
+            st.exchanges.insert(r.name, ex);
+        }
+        for r in recovered.queues {
+            let args = decode_args(&r.args).map_err(|e| corrupt(&r.name, &e))?;
+            let mut q = Queue::new(&r.name, args)?;
+            q.durable = true;
+            q.auto_delete = r.auto_delete;
+            q.alternate = r.alternate;
+            q.log = Some(log.clone());
+            st.queues.insert(r.name, q);
+        }
+        for b in recovered.bindings {
+            let args = decode_args(&b.args).map_err(|e| corrupt(&b.queue, &e))?;
+            if let Some(ex) = st.exchanges.get_mut(&b.exchange) {
+                ex.bind(&b.queue, &b.key, &args)?;
+            }
+        }
+        for m in recovered.messages {
+            let msg = Message::decode_stored(&m.data).map_err(|e| corrupt(&m.queue, &e))?;
+            if let Some(q) = st.queues.get_mut(&m.queue) {
+                q.restore(m.seq, Arc::new(msg), m.delivered);
+            }
+        }
+        drop(st);
+        Ok(broker)
+    }
+
+    fn lock(&self) -> Locked<'_> {
+        Locked {
+            // A panic elsewhere must not take the whole broker down with a poisoned lock.
+            guard: self.state.lock().unwrap_or_else(|e| e.into_inner()),
+            journal: self.journal.as_deref(),
+        }
+    }
+
+    /// The group commit in front of the store, if the broker has one.
+    pub fn journal(&self) -> Option<&Arc<GroupCommit>> {
+        self.journal.as_ref()
     }
 
     /// A fresh connection id (never 0).
@@ -267,6 +366,15 @@ impl Broker {
         q.alternate = d.alternate.filter(|a| !a.is_empty());
         q.owner = d.exclusive.then_some(session);
         q.owner_connection = if d.exclusive { connection } else { None };
+        if q.durable {
+            q.log = st.log.clone();
+            st.record(StoreOp::PutQueue(QueueRecord {
+                name: q.name.clone(),
+                alternate: q.alternate.clone(),
+                auto_delete: q.auto_delete,
+                args: encode_args(&q.args),
+            }));
+        }
         st.queues.insert(d.name, q);
         Ok(())
     }
@@ -385,6 +493,15 @@ impl Broker {
         ex.durable = d.durable;
         ex.auto_delete = d.auto_delete;
         ex.args = d.args;
+        if ex.durable {
+            st.record(StoreOp::PutExchange(ExchangeRecord {
+                name: ex.name.clone(),
+                kind: ex.kind.clone(),
+                alternate: ex.alternate.clone(),
+                auto_delete: ex.auto_delete,
+                args: encode_args(&ex.args),
+            }));
+        }
         st.exchanges.insert(d.name, ex);
         Ok(())
     }
@@ -428,7 +545,7 @@ impl Broker {
                 "cannot delete exchange {name}: it is in use as an alternate exchange"
             )));
         }
-        st.exchanges.remove(name);
+        st.remove_exchange(name);
         Ok(())
     }
 
@@ -468,9 +585,17 @@ impl Broker {
                 "bind on the default exchange is not allowed".into(),
             ));
         }
-        st.usable_queue(session, queue, "bind")?;
+        let queue_durable = st.usable_queue(session, queue, "bind")?.durable;
         let ex = st.exchange_mut(exchange)?;
-        ex.bind(queue, key, args)?;
+        let new = ex.bind(queue, key, args)?;
+        if new && ex.durable && queue_durable {
+            st.record(StoreOp::PutBinding(BindingRecord {
+                exchange: exchange.to_string(),
+                queue: queue.to_string(),
+                key: key.to_string(),
+                args: encode_args(args),
+            }));
+        }
         Ok(())
     }
 
@@ -491,9 +616,15 @@ impl Broker {
                 "unbind from the default exchange is not allowed".into(),
             ));
         }
-        st.usable_queue(session, queue, "unbind")?;
+        let queue_durable = st.usable_queue(session, queue, "unbind")?.durable;
         let ex = st.exchange_mut(exchange)?;
-        ex.unbind(queue, key);
+        if ex.unbind(queue, key) && ex.durable && queue_durable {
+            st.record(StoreOp::DeleteBinding {
+                exchange: exchange.to_string(),
+                queue: queue.to_string(),
+                key: key.to_string(),
+            });
+        }
         st.remove_unused_exchanges();
         Ok(())
     }
@@ -568,14 +699,27 @@ impl Broker {
         Ok(queues.len())
     }
 
-    /// Enqueues a message on queues routed earlier (a committed transaction); queues that
-    /// went away meanwhile are skipped.
+    /// Commits a transaction: messages routed earlier are enqueued (queues that went away
+    /// meanwhile are skipped) and held messages are accepted, all under one lock, so their
+    /// durable changes form one atomic batch.
     ///
     /// # Errors
     /// 506 when a queue is full under the reject policy.
-    pub fn enqueue(&self, queues: &[String], msg: Arc<Message>) -> Result<(), Error> {
+    pub fn commit_tx(
+        &self,
+        enqueues: Vec<(Vec<String>, Arc<Message>)>,
+        accepts: &[Held],
+    ) -> Result<(), Error> {
         let mut st = self.lock();
-        st.enqueue_all(queues, &msg)
+        for (queues, msg) in &enqueues {
+            st.enqueue_all(queues, msg)?;
+        }
+        for h in accepts {
+            if let Some(q) = st.queues.get_mut(&h.queue) {
+                q.accept(h.position);
+            }
+        }
+        Ok(())
     }
 
     /// `message.subscribe`.
@@ -987,7 +1131,32 @@ impl State {
             })
             .collect();
         for n in unused {
-            self.exchanges.remove(&n);
+            self.remove_exchange(&n);
+        }
+    }
+
+    /// Adds a durable change to the batch of the current lock (none without a store).
+    fn record(&self, op: StoreOp) {
+        if let Some(log) = &self.log {
+            log.push(op);
+        }
+    }
+
+    fn remove_exchange(&mut self, name: &str) {
+        let Some(ex) = self.exchanges.remove(name) else {
+            return;
+        };
+        if ex.durable {
+            for b in ex.bindings() {
+                if self.queues.get(&b.queue).is_some_and(|q| q.durable) {
+                    self.record(StoreOp::DeleteBinding {
+                        exchange: name.to_string(),
+                        queue: b.queue.clone(),
+                        key: b.key.clone(),
+                    });
+                }
+            }
+            self.record(StoreOp::DeleteExchange(name.to_string()));
         }
     }
 
@@ -995,8 +1164,24 @@ impl State {
         let Some(mut q) = self.queues.remove(name) else {
             return;
         };
+        let mut ops = Vec::new();
         for ex in self.exchanges.values_mut() {
+            if q.durable && ex.durable {
+                for b in ex.bindings().iter().filter(|b| b.queue == name) {
+                    ops.push(StoreOp::DeleteBinding {
+                        exchange: ex.name.clone(),
+                        queue: name.to_string(),
+                        key: b.key.clone(),
+                    });
+                }
+            }
             ex.unbind_queue(name);
+        }
+        if q.durable {
+            ops.push(StoreOp::DeleteQueue(name.to_string()));
+        }
+        for op in ops {
+            self.record(op);
         }
         self.remove_unused_exchanges();
         // Subscriptions outlive their queue (the peer still cancels them); they point at no
@@ -1012,4 +1197,18 @@ impl State {
             }
         }
     }
+}
+
+/// Declare arguments as stored: a 0-10 map.
+fn encode_args(args: &FieldTable) -> bytes::Bytes {
+    let mut buf = bytes::BytesMut::new();
+    crate::wire::prim::put_map(&mut buf, args);
+    buf.freeze()
+}
+
+fn decode_args(raw: &bytes::Bytes) -> Result<FieldTable, crate::wire::DecodeError> {
+    if raw.is_empty() {
+        return Ok(FieldTable::new());
+    }
+    crate::wire::prim::get_map(&mut raw.clone())
 }

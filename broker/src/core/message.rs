@@ -1,7 +1,7 @@
 //! A message as the broker holds it: parsed header structs for routing, the raw bytes of
 //! everything else so that properties travel byte for byte, and the body.
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 use crate::wire::prim::put_struct32;
 use crate::wire::{
@@ -90,6 +90,42 @@ impl Message {
         m.properties = Some(props);
         m.seal();
         m
+    }
+
+    /// The message as the store keeps it: header segment length (u32), header segment, a
+    /// body-present byte, body.
+    pub fn encode_stored(&self) -> Bytes {
+        let header = self.delivery_header(false);
+        let mut buf = BytesMut::with_capacity(5 + header.len() + self.body.len());
+        buf.put_u32(u32::try_from(header.len()).unwrap_or(u32::MAX));
+        buf.put_slice(&header);
+        buf.put_u8(u8::from(self.has_body));
+        buf.put_slice(&self.body);
+        buf.freeze()
+    }
+
+    /// Reads a message written by [`Message::encode_stored`].
+    ///
+    /// # Errors
+    /// Truncated or malformed records.
+    pub fn decode_stored(data: &Bytes) -> Result<Message, DecodeError> {
+        let mut buf = data.clone();
+        if buf.remaining() < 4 {
+            return Err(DecodeError::Truncated);
+        }
+        let len = buf.get_u32() as usize;
+        if buf.remaining() < len + 1 {
+            return Err(DecodeError::Truncated);
+        }
+        let header = buf.split_to(len);
+        let has_body = buf.get_u8() != 0;
+        let mut msg = Message::from_content(Some(&Content {
+            header,
+            body: buf,
+            has_body,
+        }))?;
+        msg.seal();
+        Ok(msg)
     }
 
     /// Encodes the delivery header once, after the broker has set what it adds (exchange).

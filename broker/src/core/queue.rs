@@ -6,8 +6,11 @@ use std::collections::{BTreeMap, HashMap};
 use std::ops::Bound;
 use std::sync::Arc;
 
+use clacks_storage::StoreOp;
+
 use super::consumer::{Consumer, Delivery};
 use super::error::Error;
+use super::journal::OpLog;
 use super::message::Message;
 use super::SessionId;
 use crate::wire::{FieldTable, Value};
@@ -211,6 +214,8 @@ pub struct Queue {
     pub(super) pending_delete: Option<Option<std::time::Instant>>,
     /// Whether any message here has a time to live (so `tick` looks at this queue).
     has_ttl: bool,
+    /// Where a durable queue records changes to its persistent messages.
+    pub(super) log: Option<OpLog>,
 }
 
 impl Queue {
@@ -236,6 +241,7 @@ impl Queue {
             owner_connection: None,
             pending_delete: None,
             has_ttl: false,
+            log: None,
         })
     }
 
@@ -277,9 +283,7 @@ impl Queue {
         });
         if let Some(v) = &lvq_value {
             if let Some(pos) = self.lvq.get(v).copied() {
-                if let Some(old) = self.available.remove(&pos) {
-                    self.bytes -= old.msg.size();
-                }
+                self.remove_available(pos);
             }
         }
         let band = 255 - self.settings.level(msg.priority());
@@ -295,6 +299,13 @@ impl Queue {
             seq: self.next_seq,
         };
         self.next_seq += 1;
+        if self.persists(&msg) {
+            self.record(StoreOp::Enqueue {
+                queue: self.name.clone(),
+                seq: pos.seq,
+                data: msg.encode_stored(),
+            });
+        }
         self.bytes += msg.size();
         if let Some(v) = lvq_value {
             self.lvq.insert(v, pos);
@@ -381,8 +392,51 @@ impl Queue {
         }
     }
 
+    /// Whether changes to `msg` here must reach the store.
+    fn persists(&self, msg: &Message) -> bool {
+        self.durable && self.log.is_some() && msg.is_persistent()
+    }
+
+    fn record(&self, op: StoreOp) {
+        if let Some(log) = &self.log {
+            log.push(op);
+        }
+    }
+
+    fn record_dequeue(&self, pos: Position, msg: &Message) {
+        if self.persists(msg) {
+            self.record(StoreOp::Dequeue {
+                queue: self.name.clone(),
+                seq: pos.seq,
+            });
+        }
+    }
+
+    /// Puts back a message recovered from the store, at its old position.
+    pub fn restore(&mut self, seq: u64, msg: Arc<Message>, delivered: bool) {
+        let pos = Position {
+            band: 255 - self.settings.level(msg.priority()),
+            seq,
+        };
+        self.next_seq = self.next_seq.max(seq + 1);
+        self.bytes += msg.size();
+        if let Some(k) = &self.settings.lvq_key {
+            if let Some(v) = msg.headers().and_then(|h| h.get(k)).and_then(Value::as_str) {
+                self.lvq.insert(v.to_string(), pos);
+            }
+        }
+        self.available.insert(
+            pos,
+            Entry {
+                msg,
+                redelivered: delivered,
+            },
+        );
+    }
+
     fn remove_available(&mut self, pos: Position) -> Option<Entry> {
         let e = self.available.remove(&pos)?;
+        self.record_dequeue(pos, &e.msg);
         self.bytes -= e.msg.size();
         if self.settings.lvq_key.is_some() {
             self.lvq.retain(|_, p| *p != pos);
@@ -393,7 +447,8 @@ impl Queue {
     /// Drops every available message; returns how many.
     pub fn purge(&mut self) -> usize {
         let n = self.available.len();
-        for (_, e) in std::mem::take(&mut self.available) {
+        for (pos, e) in std::mem::take(&mut self.available) {
+            self.record_dequeue(pos, &e.msg);
             self.bytes -= e.msg.size();
         }
         self.lvq.clear();
@@ -437,6 +492,7 @@ impl Queue {
     /// A delivered message is accepted: it leaves the queue.
     pub fn accept(&mut self, pos: Position) -> Option<Arc<Message>> {
         let e = self.acquired.remove(&pos)?;
+        self.record_dequeue(pos, &e.msg);
         self.bytes -= e.msg.size();
         Some(e.msg)
     }
@@ -541,6 +597,13 @@ impl Queue {
                     };
                     if self.settings.lvq_key.is_some() {
                         self.lvq.retain(|_, p| *p != pos);
+                    }
+                    if !e.redelivered && self.persists(&e.msg) {
+                        // Marked so that after a restart it comes back as redelivered.
+                        self.record(StoreOp::Delivered {
+                            queue: self.name.clone(),
+                            seq: pos.seq,
+                        });
                     }
                     self.acquired.insert(pos, e.clone());
                     e

@@ -12,7 +12,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_util::codec::Decoder;
 
-use super::session::{Session, SessionEnv};
+use super::session::{DurableDone, DurableNotifier, Session, SessionEnv};
 use super::ServerContext;
 use crate::core::{Delivery, DeliverySink, Error};
 use crate::wire::frame::{MIN_MAX_FRAME_SIZE, PROTOCOL_HEADER};
@@ -65,6 +65,9 @@ struct Conn<'a> {
     id: u64,
     /// Deliveries for this connection's consumers.
     deliveries: mpsc::UnboundedReceiver<Delivery>,
+    /// Hands the store's confirmations back to this connection.
+    durable: Option<DurableNotifier>,
+    durable_done: mpsc::UnboundedReceiver<DurableDone>,
     phase: Phase,
     identity: Option<Identity>,
     codec: FrameCodec,
@@ -101,10 +104,16 @@ pub(crate) async fn serve<S>(
         return;
     }
     let (tx, rx) = mpsc::unbounded_channel();
+    let (done_tx, done_rx) = mpsc::unbounded_channel();
     let mut conn = Conn {
         ctx: &ctx,
         id: ctx.broker.new_connection(),
         deliveries: rx,
+        durable: ctx.broker.journal().map(|j| DurableNotifier {
+            journal: j.clone(),
+            done: done_tx,
+        }),
+        durable_done: done_rx,
         phase: Phase::AwaitStartOk,
         identity: None,
         codec: FrameCodec::new(usize::from(ctx.config.max_frame_size)),
@@ -151,6 +160,10 @@ pub(crate) async fn serve<S>(
                         last_output = Instant::now();
                     }
                 }
+            }
+            Some(done) = conn.durable_done.recv() => {
+                conn.durable_done(done);
+                conn.report_completions();
             }
             Some(d) = conn.deliveries.recv(), if can_read => {
                 conn.deliver(d);
@@ -329,19 +342,40 @@ impl Conn<'_> {
                 self.with_session(channel, |s, env| {
                     outcome = s.command(env, header, command, content);
                 });
-                match outcome {
-                    None => self.detach_failed(channel),
-                    Some(true) => {
-                        // Transfers the command caused (flush, flow) go out before its
-                        // completion: clients take the completion to mean "drained".
-                        self.drain_deliveries();
-                        self.with_session(channel, |s, env| s.send_completed(env));
-                    }
-                    Some(false) => {}
-                }
+                self.after_command(channel, outcome);
             }
             (Phase::Closing, _) => {}
             _ => self.framing_error("frames before the connection is open"),
+        }
+    }
+
+    /// The store confirmed a command: complete it on its session, if that still exists.
+    fn durable_done(&mut self, done: DurableDone) {
+        if self
+            .sessions
+            .get(&done.channel)
+            .is_none_or(|s| s.id != done.session)
+        {
+            return;
+        }
+        let mut outcome = None;
+        self.with_session(done.channel, |s, env| {
+            outcome = s.durable_done(env, done.command, done.result);
+        });
+        self.after_command(done.channel, outcome);
+    }
+
+    /// Detaches a failed session, or reports a completion the peer asked for.
+    fn after_command(&mut self, channel: u16, outcome: Option<bool>) {
+        match outcome {
+            None => self.detach_failed(channel),
+            Some(true) => {
+                // Transfers the command caused (flush, flow) go out before its
+                // completion: clients take the completion to mean "drained".
+                self.drain_deliveries();
+                self.with_session(channel, |s, env| s.send_completed(env));
+            }
+            Some(false) => {}
         }
     }
 
@@ -362,6 +396,7 @@ impl Conn<'_> {
             user,
             sink: &self.sink,
             connection: self.id,
+            durable: self.durable.as_ref(),
         };
         f(session, &mut env);
     }

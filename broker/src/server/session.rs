@@ -7,12 +7,14 @@ use std::sync::Arc;
 use bytes::{Bytes, BytesMut};
 
 use crate::core::broker::{Broker, ExchangeDeclare, Held, QueueDeclare, Subscribe};
+use crate::core::journal::Journaled;
 use crate::core::{Delivery, DeliverySink, Error, Message, SessionId};
 use crate::wire::{
     Acquired, Command, Content, Control, ExchangeBoundResult, ExchangeQueryResult,
     ExecutionException, ExecutionResult, FrameWriter, MessageAccept, MessageTransfer,
     QueueQueryResult, SequenceNo, SequenceSet, SessionCompleted, SessionHeader, Struct32,
 };
+use clacks_storage::{GroupCommit, StoreError, Ticket};
 
 /// What a session needs from its connection besides the broker.
 pub(crate) struct SessionEnv<'a> {
@@ -26,6 +28,8 @@ pub(crate) struct SessionEnv<'a> {
     pub sink: &'a Arc<dyn DeliverySink>,
     /// The broker's id of this connection.
     pub connection: u64,
+    /// Present when the broker has a store.
+    pub durable: Option<&'a DurableNotifier>,
 }
 
 /// A delivery the peer has not yet settled.
@@ -63,8 +67,50 @@ pub(crate) struct Session {
     next_out: SequenceNo,
     records: BTreeMap<u32, Record>,
     tx: Option<TxBuffer>,
+    /// Commands whose changes the store has not yet confirmed, by id.
+    waiting: BTreeMap<u32, Waiting>,
+    /// `execution.sync` commands held until the commands before them complete.
+    syncs_waiting: Vec<SequenceNo>,
     /// After an exception: everything but detach is ignored.
     pub failed: bool,
+}
+
+/// How to complete a command once the store confirms it.
+struct Waiting {
+    sync: bool,
+    explicit_accept: bool,
+    codes: (u8, u8),
+}
+
+/// Tells a connection when the store has made a command's changes durable.
+pub(crate) struct DurableNotifier {
+    pub journal: Arc<GroupCommit>,
+    pub done: tokio::sync::mpsc::UnboundedSender<DurableDone>,
+}
+
+/// The store finished a command.
+pub(crate) struct DurableDone {
+    pub channel: u16,
+    pub session: SessionId,
+    pub command: SequenceNo,
+    pub result: Result<(), StoreError>,
+}
+
+impl DurableNotifier {
+    fn notify(&self, ticket: Ticket, channel: u16, session: SessionId, command: SequenceNo) {
+        let done = self.done.clone();
+        self.journal.when_durable(
+            ticket,
+            Box::new(move |result| {
+                let _ = done.send(DurableDone {
+                    channel,
+                    session,
+                    command,
+                    result,
+                });
+            }),
+        );
+    }
 }
 
 impl Session {
@@ -79,6 +125,8 @@ impl Session {
             next_out: SequenceNo(0),
             records: BTreeMap::new(),
             tx: None,
+            waiting: BTreeMap::new(),
+            syncs_waiting: Vec::new(),
             failed: false,
         }
     }
@@ -219,8 +267,15 @@ impl Session {
         let codes = command.codes();
         let explicit_accept = matches!(&command,
             Command::MessageTransfer(t) if t.accept_mode.is_some_and(|m| m.0 == 0));
-        let sync = header.sync || matches!(command, Command::ExecutionSync(_));
-        match self.execute(env, command, content) {
+        let is_sync = matches!(command, Command::ExecutionSync(_));
+        let sync = header.sync || is_sync;
+        if is_sync && !self.waiting.is_empty() {
+            // execution.sync completes only after every earlier command has.
+            self.syncs_waiting.push(id);
+            return Some(false);
+        }
+        let (outcome, ticket) = Journaled::run(|| self.execute(env, command, content));
+        match outcome {
             Ok(result) => {
                 if let Some(value) = result {
                     self.send_command(
@@ -232,11 +287,20 @@ impl Session {
                         None,
                     );
                 }
-                if explicit_accept {
-                    self.accept_pending.add(id);
+                if let (Some(ticket), Some(durable)) = (ticket, env.durable) {
+                    // Complete only once the store has it: the promise to the publisher.
+                    self.waiting.insert(
+                        id.0,
+                        Waiting {
+                            sync,
+                            explicit_accept,
+                            codes,
+                        },
+                    );
+                    durable.notify(ticket, env.channel, self.id, id);
+                    return Some(false);
                 }
-                self.completed_in.add(id);
-                self.report_pending = true;
+                self.complete(id, explicit_accept);
                 Some(sync)
             }
             Err(e) => {
@@ -244,6 +308,55 @@ impl Session {
                 None
             }
         }
+    }
+
+    fn complete(&mut self, id: SequenceNo, explicit_accept: bool) {
+        if explicit_accept {
+            self.accept_pending.add(id);
+        }
+        self.completed_in.add(id);
+        self.report_pending = true;
+    }
+
+    /// The store finished with command `id`. Same answer as [`Session::command`]: `None`
+    /// when the session failed, else whether a completion must go out now.
+    pub fn durable_done(
+        &mut self,
+        env: &mut SessionEnv<'_>,
+        id: SequenceNo,
+        result: Result<(), StoreError>,
+    ) -> Option<bool> {
+        let Some(w) = self.waiting.remove(&id.0) else {
+            return Some(false);
+        };
+        if self.failed {
+            return Some(false);
+        }
+        if let Err(e) = result {
+            let error = match e {
+                StoreError::Full => Error::LimitExceeded(format!("message store is full: {e}")),
+                other => Error::Internal(format!("message store failed: {other}")),
+            };
+            self.exception(env, &error, Some(id), w.codes);
+            return None;
+        }
+        self.complete(id, w.explicit_accept);
+        let mut sync = w.sync;
+        let oldest_waiting = self.waiting.keys().next().copied();
+        let ready: Vec<SequenceNo> = self
+            .syncs_waiting
+            .iter()
+            .copied()
+            .filter(|s| oldest_waiting.is_none_or(|o| !SequenceNo(o).before(*s)))
+            .collect();
+        if !ready.is_empty() {
+            self.syncs_waiting.retain(|s| !ready.contains(s));
+            for s in ready {
+                self.complete(s, false);
+            }
+            sync = true;
+        }
+        Some(sync)
     }
 
     /// Sends `execution.exception` and marks the session failed; the caller detaches.
@@ -408,9 +521,6 @@ impl Session {
             Command::TxCommit(_) => {
                 let tx = self.tx.as_mut().ok_or_else(not_transactional)?;
                 let work = std::mem::take(tx);
-                for (queues, msg) in work.enqueues {
-                    broker.enqueue(&queues, msg)?;
-                }
                 let mut held = Vec::new();
                 for id in work.accepts {
                     if let Some(r) = self.records.get_mut(&id) {
@@ -420,7 +530,7 @@ impl Session {
                         }
                     }
                 }
-                broker.accept(&held);
+                broker.commit_tx(work.enqueues, &held)?;
                 self.records
                     .retain(|_, r| !(r.settled && (r.completed || !r.accept_explicit)));
                 Ok(None)

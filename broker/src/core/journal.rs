@@ -1,0 +1,55 @@
+//! How the broker model hands durable changes to the store: operations collect in an
+//! [`OpLog`] while the broker lock is held, and leave as one batch when the lock is released.
+//! The ticket of that batch is kept per thread, so the caller of a broker operation learns
+//! (with [`Journaled::run`]) whether it must wait for durability before completing its command.
+
+use std::cell::Cell;
+use std::sync::{Arc, Mutex};
+
+use clacks_storage::{StoreOp, Ticket};
+
+/// Operations waiting to be submitted, shared by the broker and its durable queues.
+#[derive(Debug, Clone, Default)]
+pub struct OpLog(Arc<Mutex<Vec<StoreOp>>>);
+
+impl OpLog {
+    /// Adds one operation.
+    pub fn push(&self, op: StoreOp) {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).push(op);
+    }
+
+    /// Takes everything recorded so far.
+    pub fn take(&self) -> Vec<StoreOp> {
+        std::mem::take(&mut *self.0.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+}
+
+thread_local! {
+    /// The newest ticket submitted by broker operations on this thread.
+    static LAST_TICKET: Cell<Option<Ticket>> = const { Cell::new(None) };
+}
+
+pub(crate) fn note_ticket(t: Ticket) {
+    LAST_TICKET.with(|c| {
+        if c.get().is_none_or(|old| old < t) {
+            c.set(Some(t));
+        }
+    });
+}
+
+/// Runs broker operations and reports the ticket their durable changes must reach.
+pub struct Journaled;
+
+impl Journaled {
+    /// Runs `f`; returns its value and the newest ticket it submitted, if any. Tickets become
+    /// durable in order, so waiting for that one covers everything `f` changed.
+    pub fn run<T>(f: impl FnOnce() -> T) -> (T, Option<Ticket>) {
+        let outer = LAST_TICKET.with(|c| c.take());
+        let value = f();
+        let mine = LAST_TICKET.with(|c| c.take());
+        if let Some(t) = outer.max(mine) {
+            note_ticket(t);
+        }
+        (value, mine)
+    }
+}
