@@ -38,7 +38,18 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     out.flush()?;
     drop(out);
     tracing::info!(%addr, "broker started");
+    let broker = server.broker();
     server.run(shutdown_signal()).await?;
+    if let Some(journal) = broker.journal() {
+        let s = journal.stats();
+        tracing::info!(
+            commits = s.commits,
+            batches = s.batches,
+            largest = s.largest,
+            mean = format!("{:.1}", s.batches as f64 / s.commits.max(1) as f64),
+            "group commit: store syncs and the command batches they covered"
+        );
+    }
     tracing::info!("broker stopped");
     Ok(())
 }

@@ -98,6 +98,23 @@ fn broker_0_10_conformance() {
     );
 }
 
+/// The persistence module (run by name: the package does not import it).
+#[test]
+fn broker_0_10_persistence() {
+    let broker = Binary::start("");
+    let out = run_suite(
+        &broker,
+        "qpid_tests.broker_0_10.persistence",
+        &["qpid_tests.broker_0_10.persistence.*".to_string()],
+        &[],
+    );
+    let (total, passed, skipped, _, failed) = totals(&out);
+    assert!(
+        failed == 0 && skipped == 0 && passed == total && total == 3,
+        "persistence: {passed}/{total} passed, {skipped} skipped, {failed} failed\n{out}"
+    );
+}
+
 #[test]
 fn qpid_messaging_api_tests() {
     let broker = Binary::start("");

@@ -75,13 +75,27 @@ impl Binary {
 
     /// Starts `clacks serve` in `dir` (its data directory is `dir/clacks-data`).
     pub fn start_in(dir: tempfile::TempDir, extra: &str) -> Binary {
+        Binary::start_wrapped(dir, extra, &[])
+    }
+
+    /// Starts `clacks serve` in `dir` under a wrapper command (`strace ...`).
+    pub fn start_wrapped(dir: tempfile::TempDir, extra: &str, wrapper: &[&str]) -> Binary {
         let config = dir.path().join("clacks.toml");
         std::fs::write(
             &config,
             format!("listen = \"127.0.0.1:0\"\n{extra}\n[users]\nguest = \"guest\"\n"),
         )
         .expect("config");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_clacks"))
+        let program = env!("CARGO_BIN_EXE_clacks");
+        let mut cmd = match wrapper.split_first() {
+            Some((first, rest)) => {
+                let mut c = Command::new(first);
+                c.args(rest).arg(program);
+                c
+            }
+            None => Command::new(program),
+        };
+        let mut child = cmd
             .arg("serve")
             .arg("--config")
             .arg(&config)
@@ -120,9 +134,33 @@ impl Binary {
 
 impl Drop for Binary {
     fn drop(&mut self) {
+        // Under a wrapper (strace) the broker is a grandchild: it goes first.
+        for pid in children_of(self.child.id()) {
+            let _ = Command::new("kill").arg("-9").arg(pid.to_string()).status();
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Processes whose parent is `pid`, from /proc.
+fn children_of(pid: u32) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/stat"))
+                .ok()
+                .and_then(|s| {
+                    // The command name may hold spaces: the parent pid follows its `)`.
+                    let after = s.rsplit_once(')')?.1.to_string();
+                    after.split_whitespace().nth(1)?.parse::<u32>().ok()
+                })
+                == Some(pid)
+        })
+        .collect()
 }
 
 /// Where tests/qpid-setup.sh put Qpid's Python client; the test command runs it first.
