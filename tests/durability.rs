@@ -218,3 +218,255 @@ fn completed_persistent_messages_survive_kill_9() {
         "no held message was ever checked for redelivery"
     );
 }
+
+/// One connection and session to `broker`.
+async fn session_on(broker: &Binary) -> (Connection, clacks_broker::client::Session) {
+    let conn = connect(broker).await;
+    let session = conn.session_unique().await.expect("session");
+    (conn, session)
+}
+
+fn durable_queue(name: &str, args: clacks_broker::wire::FieldTable) -> QueueDeclare {
+    QueueDeclare {
+        queue: Some(name.into()),
+        durable: true,
+        arguments: Some(args),
+        ..Default::default()
+    }
+}
+
+async fn persistent(s: &clacks_broker::client::Session, exchange: &str, key: &str, body: &str) {
+    let m = Message::new(body.to_string())
+        .with_routing_key(key)
+        .with_durable(true);
+    s.send(exchange, m).await.expect("send");
+}
+
+/// Bodies left on `queue`, accepted as they are read.
+async fn bodies(s: &clacks_broker::client::Session, queue: &str) -> Vec<String> {
+    let depth = s
+        .query_queue(queue)
+        .await
+        .expect("query")
+        .message_count
+        .unwrap_or(0);
+    let mut sub = s
+        .subscribe(queue, SubscribeOptions::default())
+        .await
+        .expect("subscribe");
+    let mut out = Vec::new();
+    for _ in 0..depth {
+        let d = tokio::time::timeout(Duration::from_secs(10), sub.next())
+            .await
+            .expect("message in time")
+            .expect("session")
+            .expect("message");
+        sub.accept(&d)
+            .await
+            .expect("accept")
+            .await
+            .expect("accepted");
+        out.push(String::from_utf8_lossy(&d.body).into_owned());
+    }
+    sub.cancel().await.expect("cancel");
+    out
+}
+
+#[test]
+fn limits_purge_delete_bindings_and_tx_stay_consistent_across_restarts() {
+    use clacks_broker::wire::{ExchangeBind, ExchangeDeclare, FieldTable, Value};
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let broker = Binary::start("");
+    rt.block_on(async {
+        let (conn, s) = session_on(&broker).await;
+        let mut ring = FieldTable::new();
+        ring.insert("qpid.max_count", Value::Int64(3));
+        ring.insert("qpid.policy_type", "ring");
+        s.declare_queue(durable_queue("ring", ring))
+            .await
+            .expect("declare");
+        for i in 0..10 {
+            persistent(&s, "", "ring", &format!("r{i}")).await;
+        }
+        s.declare_queue(durable_queue("purged", FieldTable::new()))
+            .await
+            .expect("declare");
+        s.declare_queue(durable_queue("deleted", FieldTable::new()))
+            .await
+            .expect("declare");
+        for i in 0..5 {
+            persistent(&s, "", "purged", &format!("p{i}")).await;
+            persistent(&s, "", "deleted", &format!("d{i}")).await;
+        }
+        s.purge_queue("purged").await.expect("purge");
+        s.delete_queue(clacks_broker::wire::QueueDelete {
+            queue: Some("deleted".into()),
+            ..Default::default()
+        })
+        .await
+        .expect("delete");
+        s.declare_exchange(ExchangeDeclare {
+            exchange: Some("dx".into()),
+            r#type: Some("topic".into()),
+            durable: true,
+            ..Default::default()
+        })
+        .await
+        .expect("exchange");
+        s.declare_queue(durable_queue("bound", FieldTable::new()))
+            .await
+            .expect("declare");
+        s.bind(ExchangeBind {
+            queue: Some("bound".into()),
+            exchange: Some("dx".into()),
+            binding_key: Some("a.#".into()),
+            ..Default::default()
+        })
+        .await
+        .expect("bind");
+        let tx = conn.session_unique().await.expect("session");
+        tx.tx_select().await.expect("select");
+        persistent(&tx, "", "purged", "committed").await;
+        tx.tx_commit().await.expect("commit");
+        persistent(&tx, "", "purged", "rolled-back").await;
+        tx.tx_rollback().await.expect("rollback");
+    });
+    let broker = Binary::start_in(broker.kill(), "");
+    rt.block_on(async {
+        let (_conn, s) = session_on(&broker).await;
+        assert_eq!(
+            bodies(&s, "ring").await,
+            ["r7", "r8", "r9"],
+            "ring keeps the newest"
+        );
+        assert_eq!(
+            bodies(&s, "purged").await,
+            ["committed"],
+            "purge and rollback hold"
+        );
+        let gone = s.query_queue("deleted").await.expect("query");
+        assert!(gone.queue.is_none(), "a deleted queue stays deleted");
+        let x = s.query_exchange("dx").await.expect("query");
+        assert!(!x.not_found && x.durable, "durable exchange back");
+        persistent(&s, "dx", "a.b", "routed").await;
+        assert_eq!(bodies(&s, "bound").await, ["routed"], "binding back");
+    });
+    // What was accepted above stays gone.
+    let broker = Binary::start_in(broker.kill(), "");
+    rt.block_on(async {
+        let (_conn, s) = session_on(&broker).await;
+        for q in ["ring", "purged", "bound"] {
+            let depth = s.query_queue(q).await.expect("query").message_count;
+            assert_eq!(depth, Some(0), "{q} is empty after accepts and a restart");
+        }
+    });
+}
+
+#[test]
+fn a_second_process_on_the_same_data_directory_refuses_to_start() {
+    let broker = Binary::start("");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_clacks"))
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .current_dir(broker.dir.path())
+        .output()
+        .expect("run second serve");
+    assert!(!out.status.success(), "second broker must not start");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("in use by another process"),
+        "clear message: {err}"
+    );
+}
+
+/// Sends a million persistent messages through a durable queue and reports the size of the
+/// data directory as it goes: accepted messages must not leave space behind.
+#[test]
+#[ignore = "long mode: tests/run.sh --long"]
+fn space_is_reclaimed_over_a_million_messages() {
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let broker = Binary::start("");
+    let data = broker.dir.path().join("clacks-data");
+    let size = || -> u64 {
+        fn walk(p: &std::path::Path) -> u64 {
+            std::fs::read_dir(p)
+                .map(|d| {
+                    d.filter_map(Result::ok)
+                        .map(|e| match e.metadata() {
+                            Ok(m) if m.is_dir() => walk(&e.path()),
+                            Ok(m) => m.len(),
+                            Err(_) => 0,
+                        })
+                        .sum()
+                })
+                .unwrap_or(0)
+        }
+        walk(&data)
+    };
+    let mut sizes = Vec::new();
+    rt.block_on(async {
+        let (_conn, s) = session_on(&broker).await;
+        s.declare_queue(durable_queue(
+            "space",
+            clacks_broker::wire::FieldTable::new(),
+        ))
+        .await
+        .expect("declare");
+        let (_c2, r) = session_on(&broker).await;
+        let mut sub = r
+            .subscribe("space", SubscribeOptions::default())
+            .await
+            .expect("subscribe");
+        let body = "x".repeat(256);
+        for round in 0..10 {
+            let mut window = std::collections::VecDeque::new();
+            for _ in 0..100_000 {
+                let m = Message::new(body.clone())
+                    .with_routing_key("space")
+                    .with_durable(true);
+                window.push_back(s.transfer("", m).await.expect("transfer"));
+                if window.len() > 200 {
+                    window.pop_front().expect("w").await.expect("completed");
+                }
+                if let Ok(Ok(Some(d))) =
+                    tokio::time::timeout(Duration::from_millis(0), sub.next()).await
+                {
+                    drop(sub.accept(&d).await.expect("accept"));
+                }
+            }
+            for c in window {
+                c.await.expect("completed");
+            }
+            loop {
+                let depth = s
+                    .query_queue("space")
+                    .await
+                    .expect("q")
+                    .message_count
+                    .unwrap_or(0);
+                let Ok(Ok(Some(d))) =
+                    tokio::time::timeout(Duration::from_secs(5), sub.next()).await
+                else {
+                    assert_eq!(depth, 0, "round {round}: messages left behind");
+                    break;
+                };
+                sub.accept(&d)
+                    .await
+                    .expect("accept")
+                    .await
+                    .expect("accepted");
+            }
+            sizes.push(size());
+            eprintln!(
+                "after {} messages: data directory {} bytes",
+                (round + 1) * 100_000,
+                size()
+            );
+        }
+    });
+    let first = sizes[0];
+    let last = *sizes.last().expect("sizes");
+    assert!(
+        last <= first * 2 + (8 << 20),
+        "data directory grew from {first} to {last} bytes over a million messages"
+    );
+}

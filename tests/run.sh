@@ -10,8 +10,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+long_args=()
 if [ "${1:-}" = "--long" ]; then
+  # More crash cycles, and the tests marked ignored for their length.
   export CLACKS_LONG=1
+  long_args=(--include-ignored)
 fi
 
 log() { printf '\n== %s\n' "$*"; }
@@ -40,4 +43,4 @@ cargo clippy --all-targets --locked -- -D warnings
 log "tests"
 # Two test threads: each end-to-end test runs a broker and Python clients, and CI has two
 # cores.
-cargo test --workspace --locked -- --test-threads=2
+cargo test --workspace --locked -- --test-threads=2 "${long_args[@]}"
