@@ -242,6 +242,22 @@ async fn persistent(s: &clacks_broker::client::Session, exchange: &str, key: &st
     s.send(exchange, m).await.expect("send");
 }
 
+/// A message whose properties use many value types (compared byte for byte after restart).
+fn rich_message() -> Message {
+    use clacks_broker::wire::{FieldTable, Value};
+    let mut inner = FieldTable::new();
+    inner.insert("k", Value::Uint8(3));
+    let mut m = Message::new("rich")
+        .with_content_type("text/plain")
+        .with_header("int", Value::Int64(-7))
+        .with_header("text", "héllo")
+        .with_header("flag", Value::Bool(true))
+        .with_header("real", Value::Double(2.5))
+        .with_header("map", Value::Map(inner));
+    m.message_properties.correlation_id = Some(bytes::Bytes::from_static(b"corr-1"));
+    m
+}
+
 /// Bodies left on `queue`, accepted as they are read.
 async fn bodies(s: &clacks_broker::client::Session, queue: &str) -> Vec<String> {
     let depth = s
@@ -324,6 +340,15 @@ fn limits_purge_delete_bindings_and_tx_stay_consistent_across_restarts() {
         })
         .await
         .expect("bind");
+        s.declare_queue(durable_queue("rich", FieldTable::new()))
+            .await
+            .expect("declare");
+        s.send(
+            "",
+            rich_message().with_routing_key("rich").with_durable(true),
+        )
+        .await
+        .expect("send");
         let tx = conn.session_unique().await.expect("session");
         tx.tx_select().await.expect("select");
         persistent(&tx, "", "purged", "committed").await;
@@ -350,6 +375,24 @@ fn limits_purge_delete_bindings_and_tx_stay_consistent_across_restarts() {
         assert!(!x.not_found && x.durable, "durable exchange back");
         persistent(&s, "dx", "a.b", "routed").await;
         assert_eq!(bodies(&s, "bound").await, ["routed"], "binding back");
+        let mut sub = s
+            .subscribe("rich", SubscribeOptions::default())
+            .await
+            .expect("subscribe");
+        let d = sub.next().await.expect("session").expect("message");
+        let mut encoded = bytes::BytesMut::new();
+        d.message_properties.encode(&mut encoded);
+        let mut expected = bytes::BytesMut::new();
+        rich_message().message_properties.encode(&mut expected);
+        assert_eq!(
+            encoded, expected,
+            "message properties come back byte for byte"
+        );
+        sub.accept(&d)
+            .await
+            .expect("accept")
+            .await
+            .expect("accepted");
     });
     // What was accepted above stays gone.
     let broker = Binary::start_in(broker.kill(), "");

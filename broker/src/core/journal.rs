@@ -44,12 +44,9 @@ impl Journaled {
     /// Runs `f`; returns its value and the newest ticket it submitted, if any. Tickets become
     /// durable in order, so waiting for that one covers everything `f` changed.
     pub fn run<T>(f: impl FnOnce() -> T) -> (T, Option<Ticket>) {
-        let outer = LAST_TICKET.with(|c| c.take());
+        // Forget tickets of work nobody waited for (a session ending, a timer).
+        LAST_TICKET.with(|c| c.set(None));
         let value = f();
-        let mine = LAST_TICKET.with(|c| c.take());
-        if let Some(t) = outer.max(mine) {
-            note_ticket(t);
-        }
-        (value, mine)
+        (value, LAST_TICKET.with(|c| c.take()))
     }
 }
