@@ -276,11 +276,7 @@ impl Queue {
             }
         }
         self.has_ttl |= msg.expires_at.is_some();
-        let lvq_value = self.settings.lvq_key.as_ref().and_then(|k| {
-            msg.headers()
-                .and_then(|h| h.get(k))
-                .map(|v| v.as_str().map_or_else(|| format!("{v:?}"), str::to_string))
-        });
+        let lvq_value = self.lvq_value(&msg);
         if let Some(v) = &lvq_value {
             if let Some(pos) = self.lvq.get(v).copied() {
                 self.remove_available(pos);
@@ -392,6 +388,13 @@ impl Queue {
         }
     }
 
+    /// The last-value key of `msg` on this queue, if it is a last-value queue.
+    fn lvq_value(&self, msg: &Message) -> Option<String> {
+        let key = self.settings.lvq_key.as_ref()?;
+        let v = msg.headers()?.get(key)?;
+        Some(v.as_str().map_or_else(|| format!("{v:?}"), str::to_string))
+    }
+
     /// Whether changes to `msg` here must reach the store.
     fn persists(&self, msg: &Message) -> bool {
         self.durable && self.log.is_some() && msg.is_persistent()
@@ -420,10 +423,8 @@ impl Queue {
         };
         self.next_seq = self.next_seq.max(seq + 1);
         self.bytes += msg.size();
-        if let Some(k) = &self.settings.lvq_key {
-            if let Some(v) = msg.headers().and_then(|h| h.get(k)).and_then(Value::as_str) {
-                self.lvq.insert(v.to_string(), pos);
-            }
+        if let Some(v) = self.lvq_value(&msg) {
+            self.lvq.insert(v, pos);
         }
         self.available.insert(
             pos,
