@@ -8,7 +8,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use super::error::{DecodeError, FrameError};
 use super::frame::{
     write_frame, Frame, SegmentType, FIRST_FRAME, FIRST_SEGMENT, FRAME_HEADER_LEN, LAST_FRAME,
-    LAST_SEGMENT,
+    LAST_SEGMENT, MAX_FRAME_SIZE,
 };
 use super::generated::{Command, Control, SessionHeader};
 use super::prim::{get_struct32, get_u8};
@@ -257,8 +257,10 @@ pub struct FrameWriter {
 impl FrameWriter {
     /// A writer for frames of at most `max_frame_size` bytes.
     pub fn new(max_frame_size: usize) -> Self {
+        // The 16-bit size field bounds every frame, whatever was asked.
+        let frame = max_frame_size.clamp(FRAME_HEADER_LEN + 1, MAX_FRAME_SIZE);
         Self {
-            max_payload: max_frame_size.max(FRAME_HEADER_LEN + 1) - FRAME_HEADER_LEN,
+            max_payload: frame - FRAME_HEADER_LEN,
         }
     }
 
@@ -335,5 +337,45 @@ impl FrameWriter {
                 write_frame(out, flags, *kind, track, channel, chunk);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::frame::FrameCodec;
+    use crate::wire::generated::MessageTransfer;
+    use tokio_util::codec::Decoder;
+
+    /// Frames never exceed the 16-bit size, and a split body joins up again.
+    #[test]
+    fn oversized_writer_is_capped_and_body_round_trips() {
+        let writer = FrameWriter::new(1 << 20);
+        let body = vec![9u8; 200_000];
+        let mut out = BytesMut::new();
+        let cmd = Command::MessageTransfer(MessageTransfer::default());
+        writer.command(3, true, &cmd, Some((&[][..], Some(&body[..]))), &mut out);
+        let mut codec = FrameCodec::new(MAX_FRAME_SIZE);
+        let mut asm = Assembler::new(1 << 20);
+        let mut got = None;
+        while let Some(f) = codec.decode(&mut out).expect("frame") {
+            assert!(f.payload.len() + FRAME_HEADER_LEN <= MAX_FRAME_SIZE);
+            if let Some((ch, a)) = asm.push(f).expect("assembly") {
+                got = Some((ch, a));
+            }
+        }
+        let Some((
+            3,
+            Assembly::Command {
+                content: Some(c),
+                header,
+                ..
+            },
+        )) = got
+        else {
+            panic!("no transfer assembled");
+        };
+        assert!(header.sync);
+        assert_eq!(c.body.len(), body.len());
     }
 }
