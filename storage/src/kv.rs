@@ -1,7 +1,7 @@
 //! The translation between store operations and the ordered key space of `record`, shared
 //! by the sled and the in-memory store.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use bytes::{Bytes, BytesMut};
 
@@ -18,6 +18,9 @@ pub(crate) fn writes(
     scan: impl Fn(&[u8]) -> Result<Vec<Vec<u8>>, StoreError>,
 ) -> Result<Vec<Write>, StoreError> {
     let mut out = Vec::with_capacity(ops.len());
+    // Chunk counts of messages enqueued in this batch: their keys are not in the store yet,
+    // and looking them up here keeps a batch of many dequeues linear.
+    let mut enqueued: HashMap<(&str, u64), u32> = HashMap::new();
     for op in ops {
         match op {
             StoreOp::PutExchange(r) => out.push((
@@ -51,15 +54,18 @@ pub(crate) fn writes(
                 if data.is_empty() {
                     out.push((record::chunk_key(queue, *seq, 0), Some(Vec::new())));
                 }
-                for (i, chunk) in data.chunks(CHUNK).enumerate() {
-                    let i = u32::try_from(i).unwrap_or(u32::MAX);
-                    out.push((record::chunk_key(queue, *seq, i), Some(chunk.to_vec())));
+                let mut chunks = u32::from(data.is_empty());
+                for chunk in data.chunks(CHUNK) {
+                    out.push((record::chunk_key(queue, *seq, chunks), Some(chunk.to_vec())));
+                    chunks += 1;
                 }
+                enqueued.insert((queue.as_str(), *seq), chunks);
             }
             StoreOp::Dequeue { queue, seq } => {
                 let prefix = record::message_prefix(queue, Some(*seq));
-                let keys = [scan(&prefix)?, written_under(&out, &prefix)].concat();
-                out.extend(keys.into_iter().map(|k| (k, None)));
+                out.extend(scan(&prefix)?.into_iter().map(|k| (k, None)));
+                let fresh = enqueued.remove(&(queue.as_str(), *seq)).unwrap_or(0);
+                out.extend((0..fresh).map(|i| (record::chunk_key(queue, *seq, i), None)));
                 out.push((record::delivered_prefix(queue, Some(*seq)), None));
             }
             StoreOp::Delivered { queue, seq } => out.push((

@@ -4,6 +4,7 @@
 use std::fmt;
 use std::sync::Arc;
 
+use super::broker::Held;
 use super::message::Message;
 use super::queue::Position;
 use super::SessionId;
@@ -115,6 +116,16 @@ pub struct Delivery {
     pub size: u64,
     /// The consumer's window epoch when sent: completions restore credit only within it.
     pub epoch: u64,
+}
+
+impl Delivery {
+    /// Where the delivered message lives, for settling it later.
+    pub fn held(&self) -> Held {
+        Held {
+            queue: self.queue.clone(),
+            position: self.position,
+        }
+    }
 }
 
 /// A subscription on a queue.

@@ -1,7 +1,7 @@
 //! How the broker model hands durable changes to the store: operations collect in an
 //! [`OpLog`] while the broker lock is held, and leave as one batch when the lock is released.
 //! The ticket of that batch is kept per thread, so the caller of a broker operation learns
-//! (with [`Journaled::run`]) whether it must wait for durability before completing its command.
+//! (with [`journaled`]) whether it must wait for durability before completing its command.
 
 use std::cell::Cell;
 use std::sync::{Arc, Mutex};
@@ -29,24 +29,17 @@ thread_local! {
     static LAST_TICKET: Cell<Option<Ticket>> = const { Cell::new(None) };
 }
 
+/// Tickets are issued in increasing order, so the last one noted is the newest.
 pub(crate) fn note_ticket(t: Ticket) {
-    LAST_TICKET.with(|c| {
-        if c.get().is_none_or(|old| old < t) {
-            c.set(Some(t));
-        }
-    });
+    LAST_TICKET.with(|c| c.set(Some(t)));
 }
 
-/// Runs broker operations and reports the ticket their durable changes must reach.
-pub struct Journaled;
-
-impl Journaled {
-    /// Runs `f`; returns its value and the newest ticket it submitted, if any. Tickets become
-    /// durable in order, so waiting for that one covers everything `f` changed.
-    pub fn run<T>(f: impl FnOnce() -> T) -> (T, Option<Ticket>) {
-        // Forget tickets of work nobody waited for (a session ending, a timer).
-        LAST_TICKET.with(|c| c.set(None));
-        let value = f();
-        (value, LAST_TICKET.with(|c| c.take()))
-    }
+/// Runs broker operations `f`; returns its value and the newest ticket it submitted, if
+/// any. Tickets become durable in order, so waiting for that one covers everything `f`
+/// changed.
+pub fn journaled<T>(f: impl FnOnce() -> T) -> (T, Option<Ticket>) {
+    // Forget tickets of work nobody waited for (a session ending, a timer).
+    LAST_TICKET.with(|c| c.set(None));
+    let value = f();
+    (value, LAST_TICKET.with(|c| c.take()))
 }

@@ -201,18 +201,11 @@ pub(crate) async fn serve<S>(
     }
     let _ = writer.shutdown().await;
     conn.end_all_sessions();
-    // Anything still in flight to this connection goes back to its queue.
+    // Anything still in flight to this connection goes back to its queue: with every
+    // session ended, `deliver` releases it.
     conn.deliveries.close();
     while let Ok(d) = conn.deliveries.try_recv() {
-        if d.acquired {
-            ctx.broker.release(
-                &[crate::core::Held {
-                    queue: d.queue,
-                    position: d.position,
-                }],
-                false,
-            );
-        }
+        conn.deliver(d);
     }
 }
 
@@ -441,13 +434,7 @@ impl Conn<'_> {
             .map(|(c, _)| *c);
         match channel {
             Some(ch) => self.with_session(ch, |s, env| s.deliver(env, d)),
-            None if d.acquired => self.ctx.broker.release(
-                &[crate::core::Held {
-                    queue: d.queue,
-                    position: d.position,
-                }],
-                false,
-            ),
+            None if d.acquired => self.ctx.broker.release(&[d.held()], false),
             None => {}
         }
     }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use bytes::{Bytes, BytesMut};
 
 use crate::core::broker::{Broker, ExchangeDeclare, Held, QueueDeclare, Subscribe};
-use crate::core::journal::Journaled;
+use crate::core::journal::journaled;
 use crate::core::{Delivery, DeliverySink, Error, Message, SessionId};
 use crate::wire::{
     Acquired, Command, Content, Control, ExchangeBoundResult, ExchangeQueryResult,
@@ -225,10 +225,7 @@ impl Session {
             &transfer,
             Some((&header, d.msg.has_body.then_some(&d.msg.body[..]))),
         );
-        let held = Held {
-            queue: d.queue,
-            position: d.position,
-        };
+        let held = d.held();
         // With accept-mode none an acquired message is done as soon as it is sent.
         let settled = d.acquired && !d.accept_explicit;
         if settled {
@@ -274,7 +271,7 @@ impl Session {
             self.syncs_waiting.push(id);
             return Some(false);
         }
-        let (outcome, ticket) = Journaled::run(|| self.execute(env, command, content));
+        let (outcome, ticket) = journaled(|| self.execute(env, command, content));
         match outcome {
             Ok(result) => {
                 if let Some(value) = result {
