@@ -27,6 +27,74 @@ pub enum Command {
     Receive(ReceiveArgs),
     /// Measure throughput and latency with producers and consumers on one fresh queue.
     Bench(BenchArgs),
+    /// Manage the local users in a stopped broker's data directory.
+    #[command(subcommand)]
+    User(UserCommand),
+}
+
+/// `clacks user ...`.
+#[derive(Debug, Subcommand)]
+pub enum UserCommand {
+    /// Add a user (password from stdin with --password-stdin, else made up and printed).
+    Add(UserArgs),
+    /// Change a user's password.
+    Passwd(UserArgs),
+    /// Remove a user.
+    Del(UserNameArgs),
+    /// List the users.
+    List(DataDirArgs),
+}
+
+/// Where the users are kept.
+#[derive(Debug, Args)]
+pub struct DataDirArgs {
+    /// Data directory of the (stopped) broker.
+    #[arg(
+        long,
+        env = "CLACKS_DATA_DIR",
+        default_value = "./clacks-data",
+        value_name = "DIR"
+    )]
+    pub data_dir: PathBuf,
+}
+
+/// `clacks user add|passwd`.
+#[derive(Debug, Args)]
+pub struct UserArgs {
+    /// User name (without realm).
+    pub name: String,
+    /// Read the password from the first line of stdin (default: make one up and print it).
+    #[arg(long)]
+    pub password_stdin: bool,
+    #[command(flatten)]
+    pub dir: DataDirArgs,
+}
+
+/// `clacks user del`.
+#[derive(Debug, Args)]
+pub struct UserNameArgs {
+    /// User name.
+    pub name: String,
+    #[command(flatten)]
+    pub dir: DataDirArgs,
+}
+
+/// How a client command logs in and secures its connection.
+#[derive(Debug, Default, Clone, Args)]
+pub struct ConnArgs {
+    /// SASL mechanism (PLAIN, SCRAM-SHA-256, EXTERNAL, ANONYMOUS); by default PLAIN with
+    /// a user in the URL, EXTERNAL with a client certificate, else ANONYMOUS.
+    #[arg(long, value_name = "MECH")]
+    pub sasl_mechanism: Option<String>,
+    /// CA certificates (PEM) to trust for amqps:// (default: the system's).
+    #[arg(long, value_name = "PEM")]
+    pub tls_ca: Option<PathBuf>,
+    /// Client certificate (PEM) for amqps://, for SASL EXTERNAL.
+    #[arg(long, value_name = "PEM", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// Private key (PEM) of the client certificate.
+    #[arg(long, value_name = "PEM", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
 }
 
 impl Command {
@@ -73,17 +141,28 @@ pub struct ServeArgs {
     /// Data directory for durable state (default ./clacks-data).
     #[arg(long, value_name = "DIR")]
     pub data_dir: Option<String>,
-    /// A PLAIN user, NAME=PASSWORD (repeatable).
+    /// A user seeded for this run, NAME=PASSWORD (repeatable).
     #[arg(long = "user", value_name = "NAME=PASSWORD")]
     pub users: Vec<String>,
+    /// Write the sender's identity into messages that carry no user-id.
+    #[arg(long, value_name = "BOOL")]
+    pub stamp_user_id: Option<bool>,
+    /// ACL rules file (reloaded on SIGHUP).
+    #[arg(long, value_name = "PATH")]
+    pub acl_file: Option<String>,
+    /// Address of the amqps (TLS) listener (default: the listen address's host, port 5671).
+    #[arg(long, value_name = "ADDR")]
+    pub tls_listen: Option<String>,
 }
 
 /// `clacks send`.
 #[derive(Debug, Args)]
 pub struct SendArgs {
-    /// Broker URL: [amqp://][user:password@]host[:port].
+    /// Broker URL: [amqp[s]://][user:password@]host[:port].
     #[arg(short = 'b', long, env = "CLACKS_BROKER", default_value = DEFAULT_BROKER)]
     pub broker: String,
+    #[command(flatten)]
+    pub conn: ConnArgs,
     /// Where to send: QUEUE, or EXCHANGE/ROUTING-KEY.
     pub address: String,
     /// Declare the queue first (QUEUE addresses).
@@ -110,9 +189,11 @@ pub struct SendArgs {
 /// `clacks receive`.
 #[derive(Debug, Args)]
 pub struct ReceiveArgs {
-    /// Broker URL: [amqp://][user:password@]host[:port].
+    /// Broker URL: [amqp[s]://][user:password@]host[:port].
     #[arg(short = 'b', long, env = "CLACKS_BROKER", default_value = DEFAULT_BROKER)]
     pub broker: String,
+    #[command(flatten)]
+    pub conn: ConnArgs,
     /// Where from: QUEUE, or EXCHANGE/BINDING-KEY (a private queue bound for the run).
     pub address: String,
     /// Declare the queue first (QUEUE addresses).
@@ -135,9 +216,11 @@ pub struct ReceiveArgs {
 /// `clacks bench`.
 #[derive(Debug, Args)]
 pub struct BenchArgs {
-    /// Broker URL: [amqp://][user:password@]host[:port].
+    /// Broker URL: [amqp[s]://][user:password@]host[:port].
     #[arg(short = 'b', long, env = "CLACKS_BROKER", default_value = DEFAULT_BROKER)]
     pub broker: String,
+    #[command(flatten)]
+    pub conn: ConnArgs,
     /// Producer connections.
     #[arg(long, default_value_t = 1, value_name = "N")]
     pub producers: u32,

@@ -9,13 +9,14 @@ use anyhow::{anyhow, bail, Context};
 use bytes::Bytes;
 use clacks_broker::client::{
     random_uuid, ConnectOptions, Connection, Delivery, Message, Session, SubscribeOptions,
+    TlsOptions,
 };
 use clacks_broker::wire::{
     ExchangeBind, MessageAcceptMode, MessageDeliveryMode, QueueDeclare, SequenceSet, Value,
 };
 use tokio::io::AsyncBufReadExt;
 
-use crate::cli::{ReceiveArgs, SendArgs};
+use crate::cli::{ConnArgs, ReceiveArgs, SendArgs};
 
 /// Transfers in flight before `send` waits for the oldest to complete.
 const SEND_WINDOW: usize = 1000;
@@ -64,8 +65,24 @@ pub fn parse_properties(entries: &[String]) -> anyhow::Result<Vec<(String, Value
         .collect()
 }
 
-async fn connect(url: &str) -> anyhow::Result<Connection> {
-    let opts = ConnectOptions::parse(url)?;
+/// The options for a broker URL with the login and TLS flags applied.
+///
+/// # Errors
+/// A URL that does not parse.
+pub fn connect_options(url: &str, conn: &ConnArgs) -> anyhow::Result<ConnectOptions> {
+    let mut opts = ConnectOptions::parse(url)?;
+    opts.mechanism.clone_from(&conn.sasl_mechanism);
+    if conn.tls_ca.is_some() || conn.tls_cert.is_some() {
+        let tls = opts.tls.get_or_insert_with(TlsOptions::default);
+        tls.ca.clone_from(&conn.tls_ca);
+        tls.cert.clone_from(&conn.tls_cert);
+        tls.key.clone_from(&conn.tls_key);
+    }
+    Ok(opts)
+}
+
+async fn connect(url: &str, conn: &ConnArgs) -> anyhow::Result<Connection> {
+    let opts = connect_options(url, conn)?;
     let target = format!("{}:{}", opts.host, opts.port);
     Connection::open(opts)
         .await
@@ -101,7 +118,7 @@ async fn ensure_queue(
 pub async fn send(args: SendArgs) -> anyhow::Result<()> {
     let address = parse_address(&args.address)?;
     let properties = parse_properties(&args.properties)?;
-    let conn = connect(&args.broker).await?;
+    let conn = connect(&args.broker, &args.conn).await?;
     let session = conn.session_unique().await?;
     let (exchange, key) = match address {
         Address::Queue(queue) => {
@@ -194,7 +211,7 @@ async fn wait_oldest(
 /// Connection, address or broker errors, or a closed stdout.
 pub async fn receive(args: ReceiveArgs) -> anyhow::Result<()> {
     let address = parse_address(&args.address)?;
-    let conn = connect(&args.broker).await?;
+    let conn = connect(&args.broker, &args.conn).await?;
     let session = conn.session_unique().await?;
     let queue = match address {
         Address::Queue(queue) => {

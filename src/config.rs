@@ -3,8 +3,11 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context};
+use clacks_broker::auth::{LdapConfig, Source};
 use clacks_broker::server::ServerConfig;
 use serde::Deserialize;
 
@@ -35,6 +38,40 @@ pub struct Settings {
     /// `[users]` table: `guest = "guest"`.
     #[serde(default)]
     pub users: BTreeMap<String, String>,
+    /// `stamp_user_id = true`: write the sender into messages without a user-id.
+    pub stamp_user_id: Option<bool>,
+    /// `acl_file = "/etc/clacks/acl"`.
+    pub acl_file: Option<String>,
+    /// `auth_sources = ["local", "ldap"]`: where passwords are checked, in order.
+    pub auth_sources: Option<Vec<Source>>,
+    /// `auth_failure_delay_ms = 1000`.
+    pub auth_failure_delay_ms: Option<u64>,
+    /// `max_connections_per_user = 0` (no limit).
+    pub max_connections_per_user: Option<usize>,
+    /// `max_sessions = 256` per connection.
+    pub max_sessions: Option<usize>,
+    /// `max_queues_per_user = 0` (no limit).
+    pub max_queues_per_user: Option<usize>,
+    /// `[tls]` table.
+    pub tls: Option<TlsSettings>,
+    /// `[ldap]` table.
+    pub ldap: Option<LdapConfig>,
+}
+
+/// The `[tls]` table.
+#[derive(Debug, Default, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSettings {
+    /// `enabled = true`.
+    pub enabled: Option<bool>,
+    /// `listen = "127.0.0.1:5671"`.
+    pub listen: Option<String>,
+    /// `cert = "server.pem"`; with `key`. Absent: a self-signed one in the data directory.
+    pub cert: Option<String>,
+    /// `key = "server-key.pem"`.
+    pub key: Option<String>,
+    /// `client_ca = "ca.pem"`: verify client certificates (for EXTERNAL) against this CA.
+    pub client_ca: Option<String>,
 }
 
 impl Settings {
@@ -89,6 +126,17 @@ impl Settings {
             max_connections: parsed(&var, "CLACKS_MAX_CONNECTIONS")?,
             data_dir: var("CLACKS_DATA_DIR"),
             users,
+            stamp_user_id: flag(&var, "CLACKS_STAMP_USER_ID")?,
+            acl_file: var("CLACKS_ACL_FILE"),
+            auth_failure_delay_ms: parsed(&var, "CLACKS_AUTH_FAILURE_DELAY_MS")?,
+            max_connections_per_user: parsed(&var, "CLACKS_MAX_CONNECTIONS_PER_USER")?,
+            max_sessions: parsed(&var, "CLACKS_MAX_SESSIONS")?,
+            max_queues_per_user: parsed(&var, "CLACKS_MAX_QUEUES_PER_USER")?,
+            tls: var("CLACKS_TLS_LISTEN").map(|listen| TlsSettings {
+                listen: Some(listen),
+                ..TlsSettings::default()
+            }),
+            ..Settings::default()
         })
     }
 
@@ -113,6 +161,13 @@ impl Settings {
             max_connections: args.max_connections,
             data_dir: args.data_dir.clone(),
             users,
+            stamp_user_id: args.stamp_user_id,
+            acl_file: args.acl_file.clone(),
+            tls: args.tls_listen.clone().map(|listen| TlsSettings {
+                listen: Some(listen),
+                ..TlsSettings::default()
+            }),
+            ..Settings::default()
         })
     }
 
@@ -131,6 +186,26 @@ impl Settings {
             max_connections: over.max_connections.or(self.max_connections),
             data_dir: over.data_dir.or(self.data_dir),
             users: self.users,
+            stamp_user_id: over.stamp_user_id.or(self.stamp_user_id),
+            acl_file: over.acl_file.or(self.acl_file),
+            auth_sources: over.auth_sources.or(self.auth_sources),
+            auth_failure_delay_ms: over.auth_failure_delay_ms.or(self.auth_failure_delay_ms),
+            max_connections_per_user: over
+                .max_connections_per_user
+                .or(self.max_connections_per_user),
+            max_sessions: over.max_sessions.or(self.max_sessions),
+            max_queues_per_user: over.max_queues_per_user.or(self.max_queues_per_user),
+            tls: match (self.tls, over.tls) {
+                (Some(base), Some(o)) => Some(TlsSettings {
+                    enabled: o.enabled.or(base.enabled),
+                    listen: o.listen.or(base.listen),
+                    cert: o.cert.or(base.cert),
+                    key: o.key.or(base.key),
+                    client_ca: o.client_ca.or(base.client_ca),
+                }),
+                (base, o) => o.or(base),
+            },
+            ldap: over.ldap.or(self.ldap),
         }
     }
 
@@ -173,8 +248,83 @@ impl Settings {
             config.max_connections = n;
         }
         config.users.extend(self.users);
+        if let Some(stamp) = self.stamp_user_id {
+            config.stamp_user_id = stamp;
+        }
+        config.acl_file = self.acl_file.filter(|f| !f.is_empty()).map(PathBuf::from);
+        if let Some(sources) = self.auth_sources {
+            if sources.is_empty() {
+                bail!("auth_sources must name at least one of local, ldap");
+            }
+            config.auth_sources = sources;
+        }
+        if config.auth_sources.contains(&Source::Ldap) && self.ldap.is_none() {
+            bail!("auth_sources names ldap but there is no [ldap] table");
+        }
+        config.ldap = self.ldap;
+        if let Some(ms) = self.auth_failure_delay_ms {
+            config.auth_failure_delay = Duration::from_millis(ms);
+        }
+        if let Some(n) = self.max_connections_per_user {
+            config.max_connections_per_user = n;
+        }
+        if let Some(n) = self.max_sessions {
+            if n == 0 {
+                bail!("max_sessions must be at least 1");
+            }
+            config.max_sessions = n;
+        }
+        if let Some(n) = self.max_queues_per_user {
+            config.max_queues_per_user = n;
+        }
         Ok(config)
     }
+
+    /// Where the amqps listener goes and which certificate it shows; `None` when off.
+    ///
+    /// # Errors
+    /// A listen address that is not IP:PORT, or a cert without a key.
+    pub fn tls_plan(&self, main: SocketAddr) -> anyhow::Result<Option<TlsPlan>> {
+        let t = self.tls.clone().unwrap_or_default();
+        if t.enabled == Some(false) {
+            return Ok(None);
+        }
+        let listen = match t.listen {
+            Some(l) => l
+                .parse::<SocketAddr>()
+                .map_err(|_| anyhow!("tls listen address {l:?} is not IP:PORT"))?,
+            // Beside the plain listener; a free port when that one takes a free port.
+            None => SocketAddr::new(
+                main.ip(),
+                if main.port() == 0 {
+                    0
+                } else {
+                    clacks_broker::server::tls::TLS_PORT
+                },
+            ),
+        };
+        let files = match (t.cert, t.key) {
+            (Some(c), Some(k)) => Some((PathBuf::from(c), PathBuf::from(k))),
+            (None, None) => None,
+            _ => bail!("[tls] needs both cert and key, or neither (a self-signed one is made)"),
+        };
+        Ok(Some(TlsPlan {
+            listen,
+            files,
+            client_ca: t.client_ca.map(PathBuf::from),
+        }))
+    }
+}
+
+/// The amqps listener as configured.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsPlan {
+    /// Its address.
+    pub listen: SocketAddr,
+    /// Certificate and key files; `None`: the self-signed pair in the data directory.
+    pub files: Option<(PathBuf, PathBuf)>,
+    /// CA for client certificates.
+    pub client_ca: Option<PathBuf>,
 }
 
 /// Where durable state lives when nothing says otherwise.
@@ -187,6 +337,8 @@ pub struct ServeConfig {
     pub server: ServerConfig,
     /// The data directory.
     pub data_dir: std::path::PathBuf,
+    /// The amqps listener, if on.
+    pub tls: Option<TlsPlan>,
 }
 
 /// Merges file, environment and flags, in that order of precedence (last wins).
@@ -211,9 +363,12 @@ pub fn serve_config(
         .filter(|d| !d.is_empty())
         .unwrap_or_else(|| DEFAULT_DATA_DIR.to_string())
         .into();
+    let server = merged.clone().into_server_config()?;
+    let tls = merged.tls_plan(server.listen)?;
     Ok(ServeConfig {
-        server: merged.into_server_config()?,
+        server,
         data_dir,
+        tls,
     })
 }
 

@@ -5,6 +5,7 @@ mod cli;
 mod client_cmds;
 mod config;
 mod serve;
+mod users;
 
 use std::process::ExitCode;
 
@@ -27,6 +28,7 @@ async fn main() -> ExitCode {
         Command::Send(args) => client_cmds::send(args).await,
         Command::Receive(args) => client_cmds::receive(args).await,
         Command::Bench(args) => bench::run(args).await,
+        Command::User(cmd) => users::run(cmd),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

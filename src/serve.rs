@@ -5,9 +5,11 @@ use std::io::Write;
 use anyhow::Context;
 use std::sync::Arc;
 
+use clacks_broker::auth::credentials::{random_password, Credentials};
+use clacks_broker::auth::Source;
 use clacks_broker::core::Broker;
-use clacks_broker::server::Server;
-use clacks_storage::{GroupCommit, SledStore, Store};
+use clacks_broker::server::{tls, Server, ServerConfig, TlsListener};
+use clacks_storage::{GroupCommit, Recovered, SledStore, Store, StoreOp, UserRecord};
 
 use crate::cli::ServeArgs;
 use crate::config;
@@ -25,21 +27,56 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         None => None,
     };
     let serve = config::serve_config(file.as_deref(), |k| std::env::var(k).ok(), &args)?;
-    let broker = open_broker(&serve.data_dir)?;
-    let config = serve.server;
+    let mut config = serve.server;
+    let mut out = std::io::stdout().lock();
+    if let Some(plan) = &serve.tls {
+        let (cert, key) = match &plan.files {
+            Some(files) => files.clone(),
+            None => {
+                let made = tls::ensure_self_signed(&serve.data_dir).map_err(anyhow::Error::msg)?;
+                if made.created {
+                    writeln!(
+                        out,
+                        "made a self-signed TLS certificate {}",
+                        made.cert.display()
+                    )?;
+                }
+                (made.cert, made.key)
+            }
+        };
+        let leaf = tls::read_certificates(&cert).map_err(anyhow::Error::msg)?;
+        if let Some(first) = leaf.first() {
+            writeln!(
+                out,
+                "TLS certificate SHA-256 fingerprint {}",
+                tls::fingerprint(first)
+            )?;
+        }
+        config.tls = Some(TlsListener {
+            listen: plan.listen,
+            config: tls::server_config(&cert, &key, plan.client_ca.as_deref())
+                .map_err(anyhow::Error::msg)?,
+        });
+    }
+    let broker = open_broker(&serve.data_dir, &mut config, &mut out)?;
     let listen = config.listen;
     let server = Server::bind_with(config, broker)
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
     let addr = server.local_addr()?;
-    // Tests and scripts read this line to learn the port.
-    let mut out = std::io::stdout().lock();
+    // Tests and scripts read these lines to learn the ports.
+    if let Some(tls_addr) = server.local_tls_addr()? {
+        writeln!(out, "listening (amqps) on {tls_addr}")?;
+    }
     writeln!(out, "listening on {addr}")?;
     out.flush()?;
     drop(out);
     tracing::info!(%addr, "broker started");
     let broker = server.broker();
+    let reloader = server.acl_reloader();
+    let hangup = tokio::spawn(reload_on_hangup(reloader));
     server.run(shutdown_signal()).await?;
+    hangup.abort();
     if let Some(journal) = broker.journal() {
         let s = journal.stats();
         tracing::info!(
@@ -54,19 +91,85 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Opens the store in `dir` and rebuilds the broker from it.
-fn open_broker(dir: &std::path::Path) -> anyhow::Result<Arc<Broker>> {
+/// Opens the store in `dir`, takes its users into `config` (making the first admin when
+/// nobody could log in otherwise) and rebuilds the broker from it.
+fn open_broker(
+    dir: &std::path::Path,
+    config: &mut ServerConfig,
+    out: &mut impl Write,
+) -> anyhow::Result<Arc<Broker>> {
     let store = SledStore::open(dir)
         .with_context(|| format!("cannot open the data directory {}", dir.display()))?;
-    let recovered = store
+    let mut recovered = store
         .recover()
         .with_context(|| format!("cannot read the data directory {}", dir.display()))?;
+    take_users(&store, &mut recovered, config, out)?;
     let (queues, messages) = (recovered.queues.len(), recovered.messages.len());
     let journal = GroupCommit::start(Arc::new(store)).context("cannot start the store writer")?;
     let broker = Broker::recover(Arc::new(journal), recovered)
         .with_context(|| format!("cannot recover from {}", dir.display()))?;
     tracing::info!(dir = %dir.display(), queues, messages, "durable state recovered");
     Ok(Arc::new(broker))
+}
+
+/// Moves the stored users into the server's configuration. On a first start with no users
+/// anywhere (and no directory to ask), creates `admin` with a random password and prints it
+/// once: there is no built-in guest.
+fn take_users(
+    store: &SledStore,
+    recovered: &mut Recovered,
+    config: &mut ServerConfig,
+    out: &mut impl Write,
+) -> anyhow::Result<()> {
+    for user in std::mem::take(&mut recovered.users) {
+        match Credentials::decode(&user.credentials) {
+            Ok(c) => {
+                config.stored_users.insert(user.name, c);
+            }
+            Err(e) => tracing::error!(user = %user.name, "stored user skipped: {e}"),
+        }
+    }
+    let nobody = config.stored_users.is_empty()
+        && config.users.is_empty()
+        && !config.auth_sources.contains(&Source::Ldap);
+    if config.auth && nobody {
+        let password = random_password(20)?;
+        let credentials = Credentials::from_password(&password)?;
+        store.apply(&[StoreOp::PutUser(UserRecord {
+            name: "admin".into(),
+            credentials: credentials.encode(),
+        })])?;
+        config.stored_users.insert("admin".into(), credentials);
+        writeln!(
+            out,
+            "first start: created user admin with password {password}\n\
+             (shown only this once; change it with: clacks user passwd admin)"
+        )?;
+    }
+    Ok(())
+}
+
+/// Reloads the ACL file whenever the process gets SIGHUP.
+async fn reload_on_hangup(reloader: clacks_broker::server::AclReloader) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let Ok(mut hup) = signal(SignalKind::hangup()) else {
+            tracing::warn!("cannot watch SIGHUP: the ACL is not reloadable");
+            return;
+        };
+        while hup.recv().await.is_some() {
+            match reloader.reload() {
+                Ok(rules) => tracing::info!(rules, "ACL reloaded"),
+                Err(e) => tracing::error!("ACL not reloaded, the old rules stay: {e}"),
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = reloader;
+        std::future::pending::<()>().await;
+    }
 }
 
 /// Completes on SIGINT (Ctrl-C) or SIGTERM.

@@ -10,6 +10,7 @@
 //! `core`; `client` is the async 0-10 client used by the CLI (and later the agent and
 //! federation).
 
+pub mod auth;
 pub mod client;
 pub mod core;
 pub mod server;

@@ -22,6 +22,8 @@ impl Broker {
     async fn start() -> Self {
         let mut config = ServerConfig {
             listen: "127.0.0.1:0".parse().expect("addr"),
+            allow_anonymous: true,
+            auth_failure_delay: std::time::Duration::from_millis(20),
             ..ServerConfig::default()
         };
         config.users.insert("guest".into(), "guest".into());
@@ -93,6 +95,24 @@ async fn negotiates_plain_and_anonymous() {
         .err()
         .expect("refused");
     assert!(matches!(err, ClientError::Auth(_)), "{err}");
+
+    // SCRAM-SHA-256: the password never crosses the wire, and a wrong one is refused.
+    for (password, ok) in [("guest", true), ("wrong", false)] {
+        let mut opts =
+            ConnectOptions::parse(&format!("amqp://guest:{password}@{addr}")).expect("url");
+        opts.mechanism = Some("SCRAM-SHA-256".into());
+        match Connection::open(opts).await {
+            Ok(conn) => {
+                assert!(ok, "wrong SCRAM password accepted");
+                assert_eq!(conn.negotiated().mechanism, "SCRAM-SHA-256");
+                conn.close().await.expect("close");
+            }
+            Err(e) => {
+                assert!(!ok, "SCRAM login failed: {e}");
+                assert!(matches!(e, ClientError::Auth(_)), "{e}");
+            }
+        }
+    }
     broker.stop().await;
 }
 

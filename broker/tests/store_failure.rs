@@ -37,6 +37,7 @@ async fn a_failing_store_fails_the_publisher_only() {
     let broker = Arc::new(Broker::recover(journal, Recovered::default()).expect("broker"));
     let config = ServerConfig {
         listen: "127.0.0.1:0".parse().expect("addr"),
+        allow_anonymous: true,
         ..ServerConfig::default()
     };
     let server = Server::bind_with(config, broker).await.expect("bind");

@@ -72,6 +72,10 @@ pub(crate) fn writes(
                 record::delivered_prefix(queue, Some(*seq)),
                 Some(Vec::new()),
             )),
+            StoreOp::PutUser(r) => {
+                out.push((record::user_key(&r.name), Some(record::user_value(r))))
+            }
+            StoreOp::DeleteUser(name) => out.push((record::user_key(name), None)),
         }
     }
     Ok(out)
@@ -111,6 +115,7 @@ pub(crate) fn recover(
             record::DELIVERED => {
                 delivered.insert(record::decode_delivered_key(key)?);
             }
+            record::USER => rec.users.push(record::decode_user(key, &v)?),
             other => return Err(StoreError::Corrupt(format!("unknown record kind {other}"))),
         }
     }

@@ -62,6 +62,16 @@ pub struct BindingRecord {
     pub args: Bytes,
 }
 
+/// A local user: the name and its credentials, encoded by the broker (the store does not
+/// look inside).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserRecord {
+    /// User name (without realm).
+    pub name: String,
+    /// Password verifiers as the broker encodes them.
+    pub credentials: Bytes,
+}
+
 /// A persistent message on a durable queue, as recovered.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredMessage {
@@ -120,6 +130,10 @@ pub enum StoreOp {
         /// Position in the queue.
         seq: u64,
     },
+    /// Create or replace a local user.
+    PutUser(UserRecord),
+    /// Remove a local user.
+    DeleteUser(String),
 }
 
 /// Everything durable, as read back at start.
@@ -133,6 +147,8 @@ pub struct Recovered {
     pub bindings: Vec<BindingRecord>,
     /// Messages, by queue, in queue order.
     pub messages: Vec<StoredMessage>,
+    /// Local users, by name.
+    pub users: Vec<UserRecord>,
 }
 
 /// Why the store could not do what was asked.

@@ -10,13 +10,14 @@
 //! | `B` len exchange, len queue, key | `1`, args |
 //! | `M` len queue, seq u64, chunk u32 | a slice of the message (32 KiB at most) |
 //! | `D` len queue, seq u64 | empty: the message was delivered |
+//! | `U` name | `1`, the user's credentials as the broker encodes them |
 //!
 //! Names are at most 255 bytes (0-10 `str8`), so one length byte prefixes them. Messages are
 //! cut into chunks so that sled never moves a value into its separate blob files.
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-use crate::{BindingRecord, ExchangeRecord, QueueRecord, StoreError};
+use crate::{BindingRecord, ExchangeRecord, QueueRecord, StoreError, UserRecord};
 
 /// Largest value written for one message chunk.
 pub(crate) const CHUNK: usize = 32 * 1024;
@@ -27,6 +28,7 @@ pub(crate) const QUEUE: u8 = b'Q';
 pub(crate) const BINDING: u8 = b'B';
 pub(crate) const MESSAGE: u8 = b'M';
 pub(crate) const DELIVERED: u8 = b'D';
+pub(crate) const USER: u8 = b'U';
 
 fn put_name(k: &mut Vec<u8>, name: &str) {
     let b = &name.as_bytes()[..name.len().min(255)];
@@ -38,6 +40,32 @@ pub(crate) fn exchange_key(name: &str) -> Vec<u8> {
     let mut k = vec![EXCHANGE];
     k.extend_from_slice(name.as_bytes());
     k
+}
+
+pub(crate) fn user_key(name: &str) -> Vec<u8> {
+    let mut k = vec![USER];
+    k.extend_from_slice(name.as_bytes());
+    k
+}
+
+pub(crate) fn user_value(r: &UserRecord) -> Vec<u8> {
+    let mut v = vec![VERSION];
+    v.extend_from_slice(&r.credentials);
+    v
+}
+
+pub(crate) fn decode_user(key: &[u8], value: &[u8]) -> Result<UserRecord, StoreError> {
+    let name = String::from_utf8(key.to_vec())
+        .map_err(|_| StoreError::Corrupt("user name is not utf-8".into()))?;
+    match value.split_first() {
+        Some((&VERSION, rest)) => Ok(UserRecord {
+            name,
+            credentials: Bytes::copy_from_slice(rest),
+        }),
+        _ => Err(StoreError::Corrupt(format!(
+            "user record {name} of unknown version"
+        ))),
+    }
 }
 
 pub(crate) fn queue_key(name: &str) -> Vec<u8> {

@@ -24,6 +24,8 @@ impl InProcess {
         let mut config = ServerConfig {
             listen: "127.0.0.1:0".parse().expect("addr"),
             heartbeat_max: 60,
+            allow_anonymous: true,
+            auth_failure_delay: Duration::from_millis(50),
             ..ServerConfig::default()
         };
         config.users.insert("guest".into(), "guest".into());
@@ -56,6 +58,10 @@ impl Drop for InProcess {
 /// The real `clacks serve`, on a free port, with its own data directory and config file.
 pub struct Binary {
     pub addr: SocketAddr,
+    /// The amqps listener's address.
+    pub tls_addr: Option<SocketAddr>,
+    /// What the broker printed before it listened (first-start admin password, TLS).
+    pub banner: Vec<String>,
     pub child: Child,
     pub dir: tempfile::TempDir,
 }
@@ -78,14 +84,25 @@ impl Binary {
         Binary::start_wrapped(dir, extra, &[])
     }
 
-    /// Starts `clacks serve` in `dir` under a wrapper command (`strace ...`).
+    /// Starts `clacks serve` in `dir` under a wrapper command (`strace ...`). Unless `extra`
+    /// says otherwise, ANONYMOUS is allowed and failed logins are answered quickly.
     pub fn start_wrapped(dir: tempfile::TempDir, extra: &str, wrapper: &[&str]) -> Binary {
+        let mut config = String::from("listen = \"127.0.0.1:0\"\n");
+        if !extra.contains("allow_anonymous") {
+            config.push_str("allow_anonymous = true\n");
+        }
+        if !extra.contains("auth_failure_delay_ms") {
+            config.push_str("auth_failure_delay_ms = 50\n");
+        }
+        config.push_str(extra);
+        config.push_str("\n[users]\nguest = \"guest\"\n");
+        Binary::start_with_config(dir, &config, wrapper)
+    }
+
+    /// Starts `clacks serve` in `dir` with exactly this TOML config.
+    pub fn start_with_config(dir: tempfile::TempDir, text: &str, wrapper: &[&str]) -> Binary {
         let config = dir.path().join("clacks.toml");
-        std::fs::write(
-            &config,
-            format!("listen = \"127.0.0.1:0\"\n{extra}\n[users]\nguest = \"guest\"\n"),
-        )
-        .expect("config");
+        std::fs::write(&config, text).expect("config");
         let program = env!("CARGO_BIN_EXE_clacks");
         let mut cmd = match wrapper.split_first() {
             Some((first, rest)) => {
@@ -108,6 +125,8 @@ impl Binary {
         let stdout = child.stdout.take().expect("stdout");
         let mut lines = BufReader::new(stdout).lines();
         let deadline = Instant::now() + Duration::from_secs(30);
+        let mut banner = Vec::new();
+        let mut tls_addr = None;
         let addr = loop {
             assert!(
                 Instant::now() < deadline,
@@ -120,10 +139,20 @@ impl Binary {
             if let Some(a) = line.strip_prefix("listening on ") {
                 break a.trim().parse().expect("address");
             }
+            if let Some(a) = line.strip_prefix("listening (amqps) on ") {
+                tls_addr = Some(a.trim().parse().expect("tls address"));
+            }
+            banner.push(line);
         };
         // Keep draining stdout so the broker never blocks on a full pipe.
         std::thread::spawn(move || for _ in lines {});
-        Binary { addr, child, dir }
+        Binary {
+            addr,
+            tls_addr,
+            banner,
+            child,
+            dir,
+        }
     }
 
     /// `host:port` for Qpid's tools.

@@ -40,6 +40,19 @@ impl Connection {
             .await
             .map_err(|_| ClientError::Timeout("connecting"))??;
         stream.set_nodelay(true)?;
+        let Some(tls) = opts.tls.clone() else {
+            return Self::open_on(stream, opts).await;
+        };
+        let config = super::tls::client_config(&tls)?;
+        let name = tls.server_name.as_deref().unwrap_or(&opts.host);
+        let server_name = rustls::pki_types::ServerName::try_from(name.to_string())
+            .map_err(|e| ClientError::InvalidArgument(format!("server name {name}: {e}")))?;
+        let connector = tokio_rustls::TlsConnector::from(config);
+        let stream =
+            tokio::time::timeout(opts.connect_timeout, connector.connect(server_name, stream))
+                .await
+                .map_err(|_| ClientError::Timeout("TLS handshake"))?
+                .map_err(|e| ClientError::Tls(e.to_string()))?;
         Self::open_on(stream, opts).await
     }
 

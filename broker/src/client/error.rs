@@ -44,6 +44,9 @@ pub enum ClientError {
     /// No SASL mechanism both sides support, or the broker refused the login.
     #[error("authentication failed: {0}")]
     Auth(String),
+    /// TLS could not be set up or the handshake failed (an untrusted certificate, say).
+    #[error("TLS: {0}")]
+    Tls(String),
     /// The broker closed the connection (`connection.close`).
     #[error("connection closed by broker: {code} {text}")]
     Connection {

@@ -83,13 +83,24 @@ enum State {
 enum Mechanism {
     Plain,
     Anonymous,
+    External,
+    ScramSha256,
 }
 
 impl Mechanism {
+    const ALL: [Mechanism; 4] = [
+        Mechanism::Plain,
+        Mechanism::Anonymous,
+        Mechanism::External,
+        Mechanism::ScramSha256,
+    ];
+
     fn name(self) -> &'static str {
         match self {
             Mechanism::Plain => "PLAIN",
             Mechanism::Anonymous => "ANONYMOUS",
+            Mechanism::External => "EXTERNAL",
+            Mechanism::ScramSha256 => "SCRAM-SHA-256",
         }
     }
 }
@@ -182,6 +193,8 @@ pub(crate) struct Machine<W> {
     events: VecDeque<Event<W>>,
     sessions: HashMap<u16, SessionState<W>>,
     mechanism: Option<Mechanism>,
+    /// The SCRAM exchange in progress.
+    scram: Option<rsasl::prelude::Session>,
     negotiated: Option<Negotiated>,
     heartbeat: Option<Duration>,
     last_in: Instant,
@@ -205,6 +218,7 @@ impl<W> Machine<W> {
             events: VecDeque::new(),
             sessions: HashMap::new(),
             mechanism: None,
+            scram: None,
             negotiated: None,
             heartbeat: None,
             last_in: now,
@@ -547,7 +561,7 @@ impl<W> Machine<W> {
                 trace!(channel, control = control.name(), "received");
                 match control {
                     Control::ConnectionStart(c) => self.on_start(c),
-                    Control::ConnectionSecure(_) => self.on_secure(),
+                    Control::ConnectionSecure(s) => self.on_secure(s.challenge.as_deref()),
                     Control::ConnectionTune(t) => self.on_tune(&t),
                     Control::ConnectionOpenOk(o) => {
                         self.expect(State::AwaitOpenOk, "connection.open-ok")?;
@@ -610,8 +624,25 @@ impl<W> Machine<W> {
             .map(|a| a.strings().map(str::to_string).collect())
             .unwrap_or_default();
         let has = |m: &str| offered.iter().any(|o| o.eq_ignore_ascii_case(m));
-        let mechanism = if self.opts.username.is_some() && has("PLAIN") {
+        let user = self.opts.username.is_some();
+        let has_cert = self.opts.tls.as_ref().is_some_and(|t| t.cert.is_some());
+        let mechanism = if let Some(wanted) = self.opts.mechanism.as_deref() {
+            let m = Mechanism::ALL
+                .into_iter()
+                .find(|m| m.name().eq_ignore_ascii_case(wanted))
+                .ok_or_else(|| ClientError::Auth(format!("mechanism {wanted} is not supported")))?;
+            if !has(m.name()) {
+                return Err(ClientError::Auth(format!(
+                    "broker does not offer {wanted}; it offers {offered:?}"
+                )));
+            }
+            m
+        } else if user && has("PLAIN") {
             Mechanism::Plain
+        } else if user && has("SCRAM-SHA-256") {
+            Mechanism::ScramSha256
+        } else if has_cert && has("EXTERNAL") {
+            Mechanism::External
         } else if has("ANONYMOUS") {
             Mechanism::Anonymous
         } else if has("PLAIN") {
@@ -632,7 +663,11 @@ impl<W> Machine<W> {
             server_properties: start.server_properties.unwrap_or_default(),
             known_hosts: Vec::new(),
         });
-        let response = self.sasl_response(mechanism);
+        let response = if mechanism == Mechanism::ScramSha256 {
+            self.scram_start()?
+        } else {
+            self.sasl_response(mechanism)
+        };
         self.control(
             0,
             ConnectionStartOk {
@@ -659,17 +694,49 @@ impl<W> Machine<W> {
                 Bytes::from(r)
             }
             Mechanism::Anonymous => Bytes::from_static(b"anonymous"),
+            // No authorization id: act as the certificate's user.
+            Mechanism::External | Mechanism::ScramSha256 => Bytes::new(),
         }
     }
 
-    fn on_secure(&mut self) -> Result<(), ClientError> {
+    /// Starts SCRAM-SHA-256 and returns the client-first message.
+    fn scram_start(&mut self) -> Result<Bytes, ClientError> {
+        use rsasl::prelude::{Mechname, SASLClient, SASLConfig};
+        let auth = |e: String| ClientError::Auth(e);
+        let config = SASLConfig::with_credentials(
+            None,
+            self.opts.username.clone().unwrap_or_default(),
+            self.opts.password.clone().unwrap_or_default(),
+        )
+        .map_err(|e| auth(e.to_string()))?;
+        let name = Mechname::parse(b"SCRAM-SHA-256").map_err(|e| auth(e.to_string()))?;
+        let mut session = SASLClient::new(config)
+            .start_suggested(&[name])
+            .map_err(|e| auth(e.to_string()))?;
+        let mut out = Vec::new();
+        session
+            .step(None, &mut out)
+            .map_err(|e| auth(e.to_string()))?;
+        self.scram = Some(session);
+        Ok(Bytes::from(out))
+    }
+
+    fn on_secure(&mut self, challenge: Option<&[u8]>) -> Result<(), ClientError> {
         self.expect(State::AwaitTune, "connection.secure")?;
-        // PLAIN and ANONYMOUS are single-step; a challenge can only ask for the initial
-        // response again.
-        let response = self
-            .mechanism
-            .map(|m| self.sasl_response(m))
-            .unwrap_or_default();
+        let response = match (self.mechanism, self.scram.as_mut()) {
+            (Some(Mechanism::ScramSha256), Some(session)) => {
+                let mut out = Vec::new();
+                match session.step(challenge, &mut out) {
+                    Ok(_) => Bytes::from(out),
+                    // A bad server signature: the broker does not know our password.
+                    Err(e) => return Err(ClientError::Auth(format!("SCRAM: {e}"))),
+                }
+            }
+            // The exchange is over (the server's final message came as a challenge).
+            (Some(Mechanism::ScramSha256), None) => Bytes::new(),
+            // Single-step mechanisms: a challenge can only ask for the response again.
+            (m, _) => m.map(|m| self.sasl_response(m)).unwrap_or_default(),
+        };
         self.control(
             0,
             ConnectionSecureOk {

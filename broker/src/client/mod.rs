@@ -43,12 +43,15 @@ mod message;
 mod options;
 mod session;
 mod subscription;
+mod tls;
 
 pub use connection::Connection;
 pub use error::ClientError;
 pub use machine::Negotiated;
 pub use message::{random_uuid, Delivery, Message};
-pub use options::{default_client_properties, ConnectOptions, DEFAULT_PORT};
+pub use options::{
+    default_client_properties, ConnectOptions, TlsOptions, DEFAULT_PORT, DEFAULT_TLS_PORT,
+};
 pub use session::{Completion, Session};
 pub use subscription::{SubscribeOptions, Subscription};
 

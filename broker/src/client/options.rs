@@ -1,5 +1,7 @@
-//! Connection options and the broker URL syntax (`amqp://user:pass@host:port`, `host:port`).
+//! Connection options and the broker URL syntax (`amqp://user:pass@host:port`,
+//! `amqps://...` for TLS, `host:port`).
 
+use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -8,6 +10,21 @@ use crate::wire::{FieldTable, Value};
 
 /// The IANA port of AMQP over plain TCP.
 pub const DEFAULT_PORT: u16 = 5672;
+/// The IANA port of AMQP over TLS.
+pub const DEFAULT_TLS_PORT: u16 = 5671;
+
+/// How to speak TLS to the broker.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TlsOptions {
+    /// PEM file of the CA certificates to trust; the system's roots when absent.
+    pub ca: Option<PathBuf>,
+    /// PEM client certificate (for SASL EXTERNAL).
+    pub cert: Option<PathBuf>,
+    /// PEM private key of the client certificate.
+    pub key: Option<PathBuf>,
+    /// Name to check the server certificate against; the host when absent.
+    pub server_name: Option<String>,
+}
 
 /// What a [`Connection`](super::Connection) needs to reach and log in to a broker.
 #[derive(Debug, Clone)]
@@ -18,8 +35,13 @@ pub struct ConnectOptions {
     pub port: u16,
     /// SASL user; with it PLAIN is used when offered, without it ANONYMOUS.
     pub username: Option<String>,
-    /// SASL password for PLAIN.
+    /// SASL password for PLAIN and SCRAM.
     pub password: Option<String>,
+    /// SASL mechanism to use; chosen from what the broker offers when absent (PLAIN with
+    /// a user name, EXTERNAL with a client certificate, else ANONYMOUS).
+    pub mechanism: Option<String>,
+    /// TLS settings; `None` for plain TCP.
+    pub tls: Option<TlsOptions>,
     /// Heartbeat interval to ask for in `connection.tune-ok`, in seconds (clamped to the
     /// broker's range); `None` asks for none.
     pub heartbeat: Option<u16>,
@@ -42,6 +64,8 @@ impl ConnectOptions {
             port,
             username: None,
             password: None,
+            mechanism: None,
+            tls: None,
             heartbeat: None,
             max_frame_size: 0xffff,
             channel_max: 0x7fff,
@@ -50,8 +74,8 @@ impl ConnectOptions {
         }
     }
 
-    /// Parses `[amqp://][user[:password]@]host[:port]`; user and password may be
-    /// percent-encoded, an IPv6 host goes in brackets.
+    /// Parses `[amqp[s]://][user[:password]@]host[:port]`; user and password may be
+    /// percent-encoded, an IPv6 host goes in brackets; `amqps` turns TLS on (port 5671).
     ///
     /// # Errors
     /// [`ClientError::InvalidUrl`] for another scheme, an empty host or a bad port.
@@ -60,11 +84,11 @@ impl ConnectOptions {
             url: url.to_string(),
             reason,
         };
-        let rest = match url.split_once("://") {
-            Some(("amqp", rest)) => rest,
-            Some(("amqps", _)) => return Err(bad("TLS (amqps) is not supported by this client")),
-            Some(_) => return Err(bad("scheme must be amqp")),
-            None => url,
+        let (rest, tls) = match url.split_once("://") {
+            Some(("amqp", rest)) => (rest, false),
+            Some(("amqps", rest)) => (rest, true),
+            Some(_) => return Err(bad("scheme must be amqp or amqps")),
+            None => (url, false),
         };
         // A path (virtual host) is accepted and ignored, as qpidd ignores it.
         let rest = rest.split('/').next().unwrap_or_default();
@@ -91,10 +115,14 @@ impl ConnectOptions {
             return Err(bad("empty host"));
         }
         let port = match port {
+            None if tls => DEFAULT_TLS_PORT,
             None => DEFAULT_PORT,
             Some(p) => p.parse().map_err(|_| bad("port is not a number 0-65535"))?,
         };
         let mut opts = Self::new(host, port);
+        if tls {
+            opts.tls = Some(TlsOptions::default());
+        }
         if let Some(info) = userinfo {
             let (user, pass) = match info.split_once(':') {
                 Some((u, p)) => (u, Some(p)),
@@ -199,9 +227,12 @@ mod tests {
 
     #[test]
     fn rejects_bad_urls() {
+        let o = ConnectOptions::parse("amqps://u:p@localhost").expect("url");
+        assert_eq!(o.port, DEFAULT_TLS_PORT);
+        assert!(o.tls.is_some());
         for url in [
             "http://h",
-            "amqps://h",
+            "amqps://",
             "h:99999",
             "h:x",
             "",

@@ -41,6 +41,10 @@ pub struct QueueDeclare {
     pub auto_delete: bool,
     /// Arguments.
     pub args: FieldTable,
+    /// Who declares it, for the per-user queue limit.
+    pub creator: Option<String>,
+    /// How many queues one creator may have; 0 for no limit.
+    pub creator_limit: usize,
 }
 
 /// Arguments of `exchange.declare`.
@@ -360,7 +364,20 @@ impl Broker {
                 )));
             }
         }
+        if let (Some(user), limit @ 1..) = (&d.creator, d.creator_limit) {
+            let owned = st
+                .queues
+                .values()
+                .filter(|q| q.creator.as_deref() == Some(user))
+                .count();
+            if owned >= limit {
+                return Err(Error::LimitExceeded(format!(
+                    "{user} may not have more than {limit} queues"
+                )));
+            }
+        }
         let mut q = Queue::new(&d.name, d.args)?;
+        q.creator = d.creator;
         q.durable = d.durable;
         q.auto_delete = d.auto_delete;
         q.alternate = d.alternate.filter(|a| !a.is_empty());

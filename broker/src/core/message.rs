@@ -78,18 +78,30 @@ impl Message {
             .application_headers
             .get_or_insert_with(FieldTable::new)
             .insert(key, value);
+        m.set_properties(props);
+        m.seal();
+        m
+    }
+
+    /// Replaces `message-properties`, decoded and raw alike.
+    fn set_properties(&mut self, props: MessageProperties) {
         let encoded = props.to_struct32();
-        match m
+        match self
             .other_headers
             .iter_mut()
             .find(|s| s.code == MessageProperties::CODE)
         {
             Some(slot) => *slot = encoded,
-            None => m.other_headers.push(encoded),
+            None => self.other_headers.push(encoded),
         }
-        m.properties = Some(props);
-        m.seal();
-        m
+        self.properties = Some(props);
+    }
+
+    /// Writes `user` into `message-properties.user-id` (before [`Message::seal`]).
+    pub fn stamp_user_id(&mut self, user: &str) {
+        let mut props = self.properties.take().unwrap_or_default();
+        props.user_id = Some(Bytes::copy_from_slice(user.as_bytes()));
+        self.set_properties(props);
     }
 
     /// The message as the store keeps it: header segment length (u32), header segment, a

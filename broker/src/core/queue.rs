@@ -210,6 +210,8 @@ pub struct Queue {
     fair_used: HashMap<u8, u32>,
     /// The connection of the owning session (for `no-local`).
     pub(super) owner_connection: Option<u64>,
+    /// The user who declared it (per-user queue limits); not kept across restarts.
+    pub(super) creator: Option<String>,
     /// Set when auto-delete triggered with a timeout; the deadline is set by `tick`.
     pub(super) pending_delete: Option<Option<std::time::Instant>>,
     /// Whether any message here has a time to live (so `tick` looks at this queue).
@@ -239,6 +241,7 @@ impl Queue {
             had_consumers: false,
             fair_used: HashMap::new(),
             owner_connection: None,
+            creator: None,
             pending_delete: None,
             has_ttl: false,
             log: None,

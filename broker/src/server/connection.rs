@@ -8,20 +8,21 @@ use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tokio_util::codec::Decoder;
 
 use super::session::{DurableDone, DurableNotifier, Session, SessionEnv};
 use super::ServerContext;
+use crate::auth::{Claim, Exchange, Identity, PeerInfo, Step};
 use crate::core::{Delivery, DeliverySink, Error};
 use crate::wire::frame::{MIN_MAX_FRAME_SIZE, PROTOCOL_HEADER};
 use crate::wire::{
     Array, Assembler, Assembly, AssemblyError, ConnectionClose, ConnectionCloseCode,
-    ConnectionCloseOk, ConnectionOpenOk, ConnectionStart, ConnectionTune, Control, DecodeError,
-    FieldTable, FrameCodec, FrameWriter, SequenceNo, SequenceSet, SessionAttached,
-    SessionCommandPoint, SessionConfirmed, SessionDetach, SessionDetachCode, SessionDetached,
-    SessionExpected, SessionKnownCompleted, SessionTimeout,
+    ConnectionCloseOk, ConnectionOpenOk, ConnectionSecure, ConnectionStart, ConnectionTune,
+    Control, DecodeError, FieldTable, FrameCodec, FrameWriter, SequenceNo, SequenceSet,
+    SessionAttached, SessionCommandPoint, SessionConfirmed, SessionDetach, SessionDetachCode,
+    SessionDetached, SessionExpected, SessionKnownCompleted, SessionTimeout,
 };
 
 /// Output buffered beyond this stops reading input and taking deliveries, so a peer that
@@ -35,6 +36,10 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
     AwaitStartOk,
+    /// A SASL challenge went out.
+    AwaitSecureOk,
+    /// The login is being judged (password hash, directory).
+    Authenticating,
     AwaitTuneOk,
     AwaitOpen,
     Open,
@@ -53,12 +58,6 @@ impl DeliverySink for ChannelSink {
     }
 }
 
-struct Identity {
-    full: String,
-    bare: String,
-    anonymous: bool,
-}
-
 struct Conn<'a> {
     ctx: &'a ServerContext,
     /// The broker's id for this connection.
@@ -69,7 +68,13 @@ struct Conn<'a> {
     durable: Option<DurableNotifier>,
     durable_done: mpsc::UnboundedReceiver<DurableDone>,
     phase: Phase,
+    peer: PeerInfo,
+    sasl: Option<Exchange>,
+    /// The verdict on a login, once it is being judged.
+    verdict: Option<oneshot::Receiver<Result<Identity, String>>>,
     identity: Option<Identity>,
+    /// Counted in the server's census under this user.
+    admitted: Option<String>,
     codec: FrameCodec,
     writer: FrameWriter,
     assembler: Assembler,
@@ -87,6 +92,7 @@ pub(crate) async fn serve<S>(
     stream: S,
     ctx: Arc<ServerContext>,
     mut shutdown: watch::Receiver<bool>,
+    peer: PeerInfo,
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -115,7 +121,11 @@ pub(crate) async fn serve<S>(
         }),
         durable_done: done_rx,
         phase: Phase::AwaitStartOk,
+        peer,
+        sasl: None,
+        verdict: None,
         identity: None,
+        admitted: None,
         codec: FrameCodec::new(usize::from(ctx.config.max_frame_size)),
         writer: FrameWriter::new(usize::from(ctx.config.max_frame_size)),
         assembler: Assembler::new(MAX_ASSEMBLY),
@@ -135,13 +145,26 @@ pub(crate) async fn serve<S>(
     let opened_by = Instant::now() + HANDSHAKE_TIMEOUT;
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     let mut closing_since: Option<Instant> = None;
+    let mut verdict: Option<oneshot::Receiver<Result<Identity, String>>> = None;
 
     loop {
         if conn.done && conn.out.is_empty() {
             break;
         }
-        let can_read = conn.out.len() < OUTPUT_HIGH_WATER && !conn.done;
+        if let Some(v) = conn.verdict.take() {
+            verdict = Some(v);
+        }
+        let can_read = conn.out.len() < OUTPUT_HIGH_WATER && !conn.done && verdict.is_none();
         tokio::select! {
+            v = async {
+                match verdict.as_mut() {
+                    Some(rx) => rx.await,
+                    None => std::future::pending().await,
+                }
+            }, if verdict.is_some() => {
+                verdict = None;
+                conn.login_judged(v.unwrap_or_else(|_| Err("authentication aborted".into())));
+            }
             r = reader.read_buf(&mut input), if can_read => {
                 match r {
                     Ok(0) | Err(_) => break,
@@ -201,6 +224,9 @@ pub(crate) async fn serve<S>(
     }
     let _ = writer.shutdown().await;
     conn.end_all_sessions();
+    if let Some(user) = conn.admitted.take() {
+        ctx.leave(&user);
+    }
     // Anything still in flight to this connection goes back to its queue: with every
     // session ended, `deliver` releases it.
     conn.deliveries.close();
@@ -215,16 +241,12 @@ impl Conn<'_> {
     }
 
     fn send_start(&mut self) {
-        let cfg = &self.ctx.config;
         let mut props = FieldTable::new();
         props.insert("product", "clacks");
         props.insert("version", env!("CARGO_PKG_VERSION"));
         props.insert("platform", std::env::consts::OS);
         props.insert("qpid.federation_tag", self.ctx.federation_tag.clone());
-        let mut mechs = vec!["PLAIN"];
-        if cfg.allow_anonymous || !cfg.auth {
-            mechs.push("ANONYMOUS");
-        }
+        let mechs = self.ctx.auth.mechanisms(&self.peer);
         self.control(
             0,
             Control::ConnectionStart(ConnectionStart {
@@ -376,17 +398,17 @@ impl Conn<'_> {
         let Some(session) = self.sessions.get_mut(&channel) else {
             return;
         };
-        let user = self
-            .identity
-            .as_ref()
-            .filter(|i| self.ctx.config.auth && !i.anonymous)
-            .map(|i| (i.full.as_str(), i.bare.as_str()));
+        let cfg = &self.ctx.config;
         let mut env = SessionEnv {
             broker: &self.ctx.broker,
             writer: &self.writer,
             out: &mut self.out,
             channel,
-            user,
+            identity: self.identity.as_ref(),
+            check_user_id: cfg.auth,
+            stamp_user_id: cfg.stamp_user_id,
+            acl: self.ctx.acl(),
+            max_queues_per_user: cfg.max_queues_per_user,
             sink: &self.sink,
             connection: self.id,
             durable: self.durable.as_ref(),
@@ -458,27 +480,17 @@ impl Conn<'_> {
             (Phase::AwaitStartOk, Control::ConnectionStartOk(s)) => {
                 let mechanism = s.mechanism.unwrap_or_default();
                 let response = s.response.unwrap_or_default();
-                match self.authenticate(&mechanism, &response) {
-                    Ok(identity) => {
-                        tracing::debug!(user = %identity.full, "authenticated");
-                        self.identity = Some(identity);
-                        let cfg = &self.ctx.config;
-                        self.control(
-                            0,
-                            Control::ConnectionTune(ConnectionTune {
-                                channel_max: Some(cfg.channel_max),
-                                max_frame_size: Some(cfg.max_frame_size),
-                                heartbeat_min: Some(0),
-                                heartbeat_max: Some(cfg.heartbeat_max),
-                            }),
-                        );
-                        self.phase = Phase::AwaitTuneOk;
-                    }
-                    Err(text) => {
-                        tracing::info!("authentication failed: {text}");
-                        self.close(ConnectionCloseCode::CONNECTION_FORCED, &text);
-                    }
-                }
+                let (exchange, step) = self.ctx.auth.start(&self.peer, &mechanism, &response);
+                self.sasl = Some(exchange);
+                self.sasl_step(step);
+            }
+            (Phase::AwaitSecureOk, Control::ConnectionSecureOk(s)) => {
+                let response = s.response.unwrap_or_default();
+                let step = match self.sasl.as_mut() {
+                    Some(ex) => ex.step(&response),
+                    None => Step::Failed("no exchange in progress".into()),
+                };
+                self.sasl_step(step);
             }
             (Phase::AwaitTuneOk, Control::ConnectionTuneOk(t)) => {
                 let cfg = &self.ctx.config;
@@ -521,50 +533,82 @@ impl Conn<'_> {
         }
     }
 
-    fn authenticate(&self, mechanism: &str, response: &[u8]) -> Result<Identity, String> {
-        let cfg = &self.ctx.config;
-        let realm = &cfg.realm;
-        let with_realm = |name: &str| {
-            if name.contains('@') {
-                name.to_string()
-            } else {
-                format!("{name}@{realm}")
+    /// Acts on where the SASL exchange stands: another challenge, or a claim to judge.
+    fn sasl_step(&mut self, step: Step) {
+        match step {
+            Step::Challenge(challenge) => {
+                self.control(
+                    0,
+                    Control::ConnectionSecure(ConnectionSecure {
+                        challenge: Some(Bytes::from(challenge)),
+                    }),
+                );
+                self.phase = Phase::AwaitSecureOk;
+            }
+            Step::Done(claim) => self.judge(Ok(claim)),
+            Step::Failed(why) => self.judge(Err(why)),
+        }
+    }
+
+    /// Judges a claim off this task (hashing and the directory take time); a failure is
+    /// answered only after the configured delay, to slow down guessing.
+    fn judge(&mut self, claim: Result<Claim, String>) {
+        self.sasl = None;
+        let auth = self.ctx.auth.clone();
+        let peer = self.peer.clone();
+        let (tx, rx) = oneshot::channel();
+        tokio::spawn(async move {
+            let verdict = match claim {
+                Ok(claim) => auth.decide(claim, &peer).await,
+                Err(why) => Err(why),
+            };
+            if verdict.is_err() {
+                tokio::time::sleep(auth.config().failure_delay).await;
+            }
+            let _ = tx.send(verdict);
+        });
+        self.verdict = Some(rx);
+        self.phase = Phase::Authenticating;
+    }
+
+    /// The login was judged: go on to tune, or close as qpidd does.
+    fn login_judged(&mut self, verdict: Result<Identity, String>) {
+        if self.phase != Phase::Authenticating {
+            return;
+        }
+        let peer = self
+            .peer
+            .addr
+            .map_or_else(|| "?".to_string(), |a| a.to_string());
+        let identity = match verdict {
+            Ok(identity) => identity,
+            Err(why) => {
+                let failures = self.ctx.auth.note_failure(&self.peer);
+                tracing::warn!(%peer, failures, "authentication failed: {why}");
+                return self.close(
+                    ConnectionCloseCode::CONNECTION_FORCED,
+                    "Authentication failed",
+                );
             }
         };
-        match mechanism {
-            "PLAIN" => {
-                let mut parts = response.split(|b| *b == 0);
-                let (Some(authzid), Some(authcid), Some(password), None) =
-                    (parts.next(), parts.next(), parts.next(), parts.next())
-                else {
-                    return Err("malformed PLAIN response".into());
-                };
-                let authcid = std::str::from_utf8(authcid).map_err(|_| "user name is not utf-8")?;
-                let authzid = std::str::from_utf8(authzid).map_err(|_| "user name is not utf-8")?;
-                if cfg.auth {
-                    let bare = authcid.split('@').next().unwrap_or(authcid);
-                    let ok = cfg
-                        .users
-                        .get(bare)
-                        .is_some_and(|p| p.as_bytes() == password);
-                    if !ok {
-                        return Err(format!("authentication failed for {authcid}"));
-                    }
-                }
-                let name = if authzid.is_empty() { authcid } else { authzid };
-                Ok(Identity {
-                    full: with_realm(name),
-                    bare: name.split('@').next().unwrap_or(name).to_string(),
-                    anonymous: false,
-                })
-            }
-            "ANONYMOUS" if cfg.allow_anonymous || !cfg.auth => Ok(Identity {
-                full: "anonymous".into(),
-                bare: "anonymous".into(),
-                anonymous: true,
-            }),
-            other => Err(format!("mechanism {other} not offered")),
+        if let Err(why) = self.ctx.admit(&identity.stamp) {
+            tracing::warn!(%peer, user = %identity.stamp, "connection refused: {why}");
+            return self.close(ConnectionCloseCode::CONNECTION_FORCED, &why);
         }
+        tracing::debug!(%peer, user = %identity.full, "authenticated");
+        self.admitted = Some(identity.stamp.clone());
+        self.identity = Some(identity);
+        let cfg = &self.ctx.config;
+        self.control(
+            0,
+            Control::ConnectionTune(ConnectionTune {
+                channel_max: Some(cfg.channel_max),
+                max_frame_size: Some(cfg.max_frame_size),
+                heartbeat_min: Some(0),
+                heartbeat_max: Some(cfg.heartbeat_max),
+            }),
+        );
+        self.phase = Phase::AwaitTuneOk;
     }
 
     fn session_control(&mut self, channel: u16, c: Control) {
@@ -607,6 +651,7 @@ impl Conn<'_> {
                         return;
                     }
                 }
+                let over_limit = self.sessions.len() >= self.ctx.config.max_sessions;
                 let id = self.ctx.broker.new_session(self.id);
                 self.sessions
                     .insert(channel, Session::new(id, name.clone()));
@@ -621,6 +666,14 @@ impl Conn<'_> {
                         command_offset: Some(0),
                     }),
                 );
+                if over_limit {
+                    let limit = self.ctx.config.max_sessions;
+                    let e = Error::LimitExceeded(format!(
+                        "a connection may have at most {limit} sessions"
+                    ));
+                    self.with_session(channel, |s, env| s.exception(env, &e, None, (0, 0)));
+                    self.detach_failed(channel);
+                }
             }
             Control::SessionDetach(d) => {
                 self.end_session(channel);

@@ -2,16 +2,30 @@
 
 mod connection;
 mod session;
+pub mod tls;
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
 
+use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 
+use crate::auth::{Acl, AuthConfig, Authenticator, Credentials, LdapConfig, PeerInfo, Source};
 use crate::core::Broker;
+
+/// The amqps listener.
+#[derive(Debug, Clone)]
+pub struct TlsListener {
+    /// Address to listen on (port 5671 by convention; 0 picks a free one).
+    pub listen: SocketAddr,
+    /// Certificate, key and client-certificate policy.
+    pub config: Arc<rustls::ServerConfig>,
+}
 
 /// Everything the server needs to know at start.
 #[derive(Debug, Clone)]
@@ -21,10 +35,24 @@ pub struct ServerConfig {
     /// Whether PLAIN credentials are checked against `users` (off: any name is accepted,
     /// as qpidd's `--auth no`).
     pub auth: bool,
-    /// Local users for PLAIN: name → password.
+    /// Users seeded from the config: name → password (hashed at start, kept in memory).
     pub users: HashMap<String, String>,
+    /// Users from the store, with their verifiers.
+    pub stored_users: HashMap<String, Credentials>,
+    /// Where PLAIN passwords are checked, in order.
+    pub auth_sources: Vec<Source>,
+    /// The LDAP directory, when `auth_sources` names it.
+    pub ldap: Option<LdapConfig>,
+    /// How long a failed login waits before its connection is closed.
+    pub auth_failure_delay: Duration,
     /// Whether ANONYMOUS is offered.
     pub allow_anonymous: bool,
+    /// Whether a transfer without `user-id` gets the sender's identity written in.
+    pub stamp_user_id: bool,
+    /// The ACL rules file; none: everything is allowed to authenticated users.
+    pub acl_file: Option<PathBuf>,
+    /// The amqps listener, if any.
+    pub tls: Option<TlsListener>,
     /// The SASL realm appended to user names (`guest` → `guest@QPID`).
     pub realm: String,
     /// Largest frame the broker offers in `connection.tune` (4096..=65535).
@@ -33,8 +61,14 @@ pub struct ServerConfig {
     pub channel_max: u16,
     /// Largest heartbeat interval (seconds) the broker accepts; 0 disables heartbeats.
     pub heartbeat_max: u16,
-    /// Connections served at once; more wait in the accept queue.
+    /// Connections open at once; one more is closed after login with connection-forced.
     pub max_connections: usize,
+    /// Connections one user may have open; 0 for no limit.
+    pub max_connections_per_user: usize,
+    /// Sessions one connection may have attached.
+    pub max_sessions: usize,
+    /// Queues one user may have declared and not deleted; 0 for no limit.
+    pub max_queues_per_user: usize,
 }
 
 impl Default for ServerConfig {
@@ -43,14 +77,44 @@ impl Default for ServerConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 5672)),
             auth: true,
             users: HashMap::new(),
-            allow_anonymous: true,
+            stored_users: HashMap::new(),
+            auth_sources: vec![Source::Local],
+            ldap: None,
+            auth_failure_delay: Duration::from_secs(1),
+            allow_anonymous: false,
+            stamp_user_id: true,
+            acl_file: None,
+            tls: None,
             realm: "QPID".into(),
             max_frame_size: 0xffff,
             channel_max: 0xfffe,
             heartbeat_max: 120,
             max_connections: 1024,
+            max_connections_per_user: 0,
+            max_sessions: 256,
+            max_queues_per_user: 0,
         }
     }
+}
+
+impl ServerConfig {
+    fn auth_config(&self) -> AuthConfig {
+        AuthConfig {
+            auth: self.auth,
+            realm: self.realm.clone(),
+            allow_anonymous: self.allow_anonymous,
+            sources: self.auth_sources.clone(),
+            ldap: self.ldap.clone(),
+            failure_delay: self.auth_failure_delay,
+        }
+    }
+}
+
+/// Open connections, in total and per user, for the connection limits.
+#[derive(Debug, Default)]
+pub(crate) struct Census {
+    total: usize,
+    per_user: HashMap<String, usize>,
 }
 
 /// What every connection shares.
@@ -59,11 +123,83 @@ pub(crate) struct ServerContext {
     pub config: ServerConfig,
     /// Identifies this broker to federation peers (`qpid.federation_tag`).
     pub federation_tag: String,
+    pub auth: Arc<Authenticator>,
+    /// The rules in force; `None` when no rules file is configured.
+    pub acl: RwLock<Option<Arc<Acl>>>,
+    pub census: Mutex<Census>,
+}
+
+impl ServerContext {
+    /// Counts a logged-in connection of `user`, or says which limit it would break.
+    pub(crate) fn admit(&self, user: &str) -> Result<(), String> {
+        let mut c = self.census.lock().unwrap_or_else(|e| e.into_inner());
+        if c.total >= self.config.max_connections {
+            return Err(format!(
+                "connection limit of {} reached",
+                self.config.max_connections
+            ));
+        }
+        let per_user = self.config.max_connections_per_user;
+        let mine = c.per_user.get(user).copied().unwrap_or(0);
+        if per_user > 0 && mine >= per_user {
+            return Err(format!(
+                "{user} already has {mine} connections, the most allowed"
+            ));
+        }
+        c.total += 1;
+        *c.per_user.entry(user.to_string()).or_insert(0) += 1;
+        Ok(())
+    }
+
+    /// Forgets a connection [`ServerContext::admit`] counted.
+    pub(crate) fn leave(&self, user: &str) {
+        let mut c = self.census.lock().unwrap_or_else(|e| e.into_inner());
+        c.total = c.total.saturating_sub(1);
+        if let Some(n) = c.per_user.get_mut(user) {
+            *n -= 1;
+            if *n == 0 {
+                c.per_user.remove(user);
+            }
+        }
+    }
+
+    /// The rules in force now.
+    pub(crate) fn acl(&self) -> Option<Arc<Acl>> {
+        self.acl.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+/// Reads the configured ACL file.
+fn load_acl(path: &std::path::Path) -> Result<Acl, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    text.parse::<Acl>()
+        .map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// Re-reads the ACL file on demand (SIGHUP), keeping the old rules if the new ones are bad.
+#[derive(Clone)]
+pub struct AclReloader(Arc<ServerContext>);
+
+impl AclReloader {
+    /// Loads the file again; returns the number of rules now in force.
+    ///
+    /// # Errors
+    /// No file configured, or one that does not read or parse (the old rules stay).
+    pub fn reload(&self) -> Result<usize, String> {
+        let Some(path) = &self.0.config.acl_file else {
+            return Err("no ACL file configured".into());
+        };
+        let acl = load_acl(path)?;
+        let n = acl.len();
+        *self.0.acl.write().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(acl));
+        Ok(n)
+    }
 }
 
 /// A bound, not yet running broker server.
 pub struct Server {
-    listener: tokio::net::TcpListener,
+    listener: TcpListener,
+    tls: Option<(TcpListener, tokio_rustls::TlsAcceptor)>,
     ctx: Arc<ServerContext>,
 }
 
@@ -76,18 +212,58 @@ impl Server {
         Self::bind_with(config, Arc::new(Broker::new())).await
     }
 
-    /// Binds the listener in front of an existing broker.
+    /// Binds the listeners in front of an existing broker.
     ///
     /// # Errors
-    /// When the address cannot be bound.
+    /// When an address cannot be bound, a password cannot be hashed or the ACL file does
+    /// not read.
     pub async fn bind_with(config: ServerConfig, broker: Arc<Broker>) -> io::Result<Server> {
-        let listener = tokio::net::TcpListener::bind(config.listen).await?;
+        let invalid = |e: String| io::Error::new(io::ErrorKind::InvalidData, e);
+        let mut users = config.stored_users.clone();
+        for (name, password) in &config.users {
+            let c = Credentials::from_password(password).map_err(|e| invalid(e.to_string()))?;
+            users.insert(name.clone(), c);
+        }
+        let auth = Authenticator::new(config.auth_config(), users).map_err(invalid)?;
+        let acl = match &config.acl_file {
+            Some(path) => Some(Arc::new(load_acl(path).map_err(invalid)?)),
+            None => None,
+        };
+        let listener = TcpListener::bind(config.listen).await?;
+        let tls = match &config.tls {
+            Some(t) => Some((
+                TcpListener::bind(t.listen).await?,
+                tokio_rustls::TlsAcceptor::from(t.config.clone()),
+            )),
+            None => None,
+        };
         let ctx = Arc::new(ServerContext {
             broker,
             federation_tag: random_tag(),
             config,
+            auth: Arc::new(auth),
+            acl: RwLock::new(acl),
+            census: Mutex::new(Census::default()),
         });
-        Ok(Server { listener, ctx })
+        Ok(Server { listener, tls, ctx })
+    }
+
+    /// The address of the amqps listener, if there is one.
+    ///
+    /// # Errors
+    /// When the socket has no local address.
+    pub fn local_tls_addr(&self) -> io::Result<Option<SocketAddr>> {
+        self.tls.as_ref().map(|(l, _)| l.local_addr()).transpose()
+    }
+
+    /// A handle that reloads the ACL file while the server runs.
+    pub fn acl_reloader(&self) -> AclReloader {
+        AclReloader(self.ctx.clone())
+    }
+
+    /// The authenticator (its local users can change while the server runs).
+    pub fn authenticator(&self) -> Arc<Authenticator> {
+        self.ctx.auth.clone()
     }
 
     /// The broker behind this server.
@@ -110,7 +286,10 @@ impl Server {
     /// Fatal listener errors.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> io::Result<()> {
         let (stop_tx, stop_rx) = watch::channel(false);
-        let limit = Arc::new(Semaphore::new(self.ctx.config.max_connections.max(1)));
+        // Room beyond the limit so that refused connections can be told why.
+        let limit = Arc::new(Semaphore::new(
+            self.ctx.config.max_connections.saturating_add(64),
+        ));
         let mut tasks = tokio::task::JoinSet::new();
         let broker = self.ctx.broker.clone();
         let ticker = tokio::spawn(async move {
@@ -131,16 +310,45 @@ impl Server {
             };
             let accepted = tokio::select! {
                 _ = &mut shutdown => break,
-                a = self.listener.accept() => a,
+                a = self.listener.accept() => a.map(|(s, p)| (s, p, None)),
+                a = accept_tls(&self.tls) => a.map(|(s, p, t)| (s, p, Some(t))),
             };
             match accepted {
-                Ok((stream, peer)) => {
+                Ok((stream, peer, tls)) => {
                     let _ = stream.set_nodelay(true);
-                    tracing::debug!(%peer, "connection accepted");
+                    tracing::debug!(%peer, tls = tls.is_some(), "connection accepted");
                     let ctx = self.ctx.clone();
                     let stop = stop_rx.clone();
                     tasks.spawn(async move {
-                        connection::serve(stream, ctx, stop).await;
+                        let mut info = PeerInfo {
+                            addr: Some(peer),
+                            tls: tls.is_some(),
+                            certificate_user: None,
+                        };
+                        match tls {
+                            None => connection::serve(stream, ctx, stop, info).await,
+                            Some(acceptor) => {
+                                let handshake = tokio::time::timeout(
+                                    Duration::from_secs(30),
+                                    acceptor.accept(stream),
+                                );
+                                match handshake.await {
+                                    Ok(Ok(stream)) => {
+                                        info.certificate_user = stream
+                                            .get_ref()
+                                            .1
+                                            .peer_certificates()
+                                            .and_then(|c| c.first())
+                                            .and_then(tls::certificate_user);
+                                        connection::serve(stream, ctx, stop, info).await;
+                                    }
+                                    Ok(Err(e)) => {
+                                        tracing::info!(%peer, "TLS handshake failed: {e}");
+                                    }
+                                    Err(_) => tracing::info!(%peer, "TLS handshake timed out"),
+                                }
+                            }
+                        }
                         drop(permit);
                         tracing::debug!(%peer, "connection closed");
                     });
@@ -163,6 +371,20 @@ impl Server {
             tracing::warn!("connections did not close in time; stopping anyway");
         }
         Ok(())
+    }
+}
+
+/// The next connection on the amqps listener, with the acceptor for its handshake; never
+/// completes when there is no such listener.
+async fn accept_tls(
+    tls: &Option<(TcpListener, tokio_rustls::TlsAcceptor)>,
+) -> io::Result<(tokio::net::TcpStream, SocketAddr, tokio_rustls::TlsAcceptor)> {
+    match tls {
+        Some((listener, acceptor)) => {
+            let (s, p) = listener.accept().await?;
+            Ok((s, p, acceptor.clone()))
+        }
+        None => std::future::pending().await,
     }
 }
 

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 
+use crate::auth::{Acl, Action, Identity, ObjectKind};
 use crate::core::broker::{Broker, ExchangeDeclare, Held, QueueDeclare, Subscribe};
 use crate::core::journal::journaled;
 use crate::core::{Delivery, DeliverySink, Error, Message, SessionId};
@@ -22,9 +23,16 @@ pub(crate) struct SessionEnv<'a> {
     pub writer: &'a FrameWriter,
     pub out: &'a mut BytesMut,
     pub channel: u16,
-    /// The authenticated identity (`guest@QPID`) and the bare name, for user-id checks;
-    /// `None` when authentication is off or the peer is anonymous.
-    pub user: Option<(&'a str, &'a str)>,
+    /// Who the peer logged in as.
+    pub identity: Option<&'a Identity>,
+    /// Refuse transfers whose `user-id` names someone else (authentication is on).
+    pub check_user_id: bool,
+    /// Write the sender's identity into transfers without a `user-id`.
+    pub stamp_user_id: bool,
+    /// The ACL in force, if one is configured.
+    pub acl: Option<Arc<Acl>>,
+    /// Queues one user may have; 0 for no limit.
+    pub max_queues_per_user: usize,
     pub sink: &'a Arc<dyn DeliverySink>,
     /// The broker's id of this connection.
     pub connection: u64,
@@ -394,6 +402,9 @@ impl Session {
     ) -> Result<Option<Struct32>, Error> {
         let broker = env.broker;
         let sid = self.id;
+        if let Some(acl) = &env.acl {
+            authorize(acl, env.identity, &command)?;
+        }
         match command {
             Command::ExecutionSync(_) => Ok(None),
             Command::ExecutionResult(_) | Command::ExecutionException(_) => Ok(None),
@@ -629,6 +640,8 @@ impl Session {
                         exclusive: d.exclusive,
                         auto_delete: d.auto_delete,
                         args: d.arguments.unwrap_or_default(),
+                        creator: env.identity.map(|i| i.stamp.clone()),
+                        creator_limit: env.max_queues_per_user,
                     },
                 )?;
                 Ok(None)
@@ -673,19 +686,24 @@ impl Session {
     ) -> Result<(), Error> {
         let mut msg = Message::from_content(content.as_ref())
             .map_err(|e| Error::InvalidArgument(format!("malformed message header: {e}")))?;
-        if let Some((full, bare)) = env.user {
+        if let Some(identity) = env.identity {
             let claimed = msg
                 .properties
                 .as_ref()
                 .and_then(|p| p.user_id.as_ref())
                 .filter(|u| !u.is_empty());
-            if let Some(claimed) = claimed {
-                if claimed[..] != *full.as_bytes() && claimed[..] != *bare.as_bytes() {
+            match claimed {
+                Some(claimed) if env.check_user_id && !identity.owns_user_id(claimed) => {
+                    tracing::warn!(user = %identity.full, "transfer with a forged user-id refused");
                     return Err(Error::Unauthorized(format!(
-                        "authenticated user id is {full} but user id in message declared as {}",
+                        "authenticated user id is {} but user id in message declared as {}",
+                        identity.full,
                         String::from_utf8_lossy(claimed)
                     )));
                 }
+                Some(_) => {}
+                None if env.stamp_user_id => msg.stamp_user_id(&identity.stamp),
+                None => {}
             }
         }
         let exchange = t.destination.unwrap_or_default();
@@ -752,4 +770,58 @@ fn range_mut(
                 .map(|(id, r)| (*id, r)),
         )
     }
+}
+
+fn name(n: &Option<String>) -> &str {
+    n.as_deref().unwrap_or("")
+}
+
+/// What a command does to which object, in the ACL's terms; `None` for commands the ACL
+/// does not govern (flow control, acknowledgements, session commands).
+fn acl_target(command: &Command) -> Option<(Action, ObjectKind, &str)> {
+    let declare = |passive: bool| {
+        if passive {
+            Action::Access
+        } else {
+            Action::Create
+        }
+    };
+    Some(match command {
+        Command::QueueDeclare(d) => (declare(d.passive), ObjectKind::Queue, name(&d.queue)),
+        Command::QueueDelete(d) => (Action::Delete, ObjectKind::Queue, name(&d.queue)),
+        Command::QueuePurge(d) => (Action::Purge, ObjectKind::Queue, name(&d.queue)),
+        Command::QueueQuery(d) => (Action::Access, ObjectKind::Queue, name(&d.queue)),
+        Command::ExchangeDeclare(d) => {
+            (declare(d.passive), ObjectKind::Exchange, name(&d.exchange))
+        }
+        Command::ExchangeDelete(d) => (Action::Delete, ObjectKind::Exchange, name(&d.exchange)),
+        Command::ExchangeQuery(d) => (Action::Access, ObjectKind::Exchange, name(&d.name)),
+        Command::ExchangeBound(d) => (Action::Access, ObjectKind::Exchange, name(&d.exchange)),
+        Command::ExchangeBind(d) => (Action::Bind, ObjectKind::Exchange, name(&d.exchange)),
+        Command::ExchangeUnbind(d) => (Action::Bind, ObjectKind::Exchange, name(&d.exchange)),
+        Command::MessageSubscribe(s) => (Action::Consume, ObjectKind::Queue, name(&s.queue)),
+        Command::MessageTransfer(t) => {
+            (Action::Publish, ObjectKind::Exchange, name(&t.destination))
+        }
+        _ => return None,
+    })
+}
+
+/// Checks a command against the ACL; a denial is logged and answered with 403.
+fn authorize(acl: &Acl, identity: Option<&Identity>, command: &Command) -> Result<(), Error> {
+    let Some((action, kind, object)) = acl_target(command) else {
+        return Ok(());
+    };
+    let names: Vec<&str> = identity
+        .map(|i| vec![i.stamp.as_str(), i.full.as_str()])
+        .unwrap_or_default();
+    let decision = acl.check(&names, action, kind, object);
+    if decision.allowed {
+        return Ok(());
+    }
+    let user = names.first().copied().unwrap_or("(nobody)");
+    tracing::warn!(user, %action, object = %format!("{kind} {object}"), rule = decision.line, "ACL denied");
+    Err(Error::Unauthorized(format!(
+        "ACL denied {user} {action} on {kind} {object}"
+    )))
 }

@@ -1,0 +1,214 @@
+//! The server side of one SASL exchange, on rsasl. rsasl parses each mechanism's messages
+//! and runs SCRAM; the final decision on a password (argon2, LDAP) is made afterwards by the
+//! [`Authenticator`](super::Authenticator), because it may need to wait on the directory.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+use rsasl::callback::{Context, Request, SessionCallback, SessionData};
+use rsasl::mechanisms::anonymous::AnonymousToken;
+use rsasl::mechanisms::scram::properties::ScramStoredPassword;
+use rsasl::prelude::{Mechname, SASLConfig, SASLServer, Session, SessionError, State, Validation};
+use rsasl::property::{AuthId, AuthzId, Password};
+use rsasl::validate::{Validate, ValidationError};
+
+use super::credentials::Credentials;
+
+/// Local users by name, shared with the SCRAM callback.
+pub(crate) type UserTable = Arc<RwLock<HashMap<String, Credentials>>>;
+
+/// What a finished exchange established, before the password is judged.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Claim {
+    /// PLAIN: names and the password to check.
+    Plain {
+        /// Authorization id (empty when absent).
+        authzid: String,
+        /// Authentication id (the user name).
+        authcid: String,
+        /// The password.
+        password: String,
+    },
+    /// SCRAM: the proof already matched the stored verifier of `authcid`.
+    Scram {
+        /// Authorization id (empty when absent).
+        authzid: String,
+        /// Authentication id.
+        authcid: String,
+    },
+    /// ANONYMOUS with its trace token.
+    Anonymous,
+    /// EXTERNAL: the identity is the TLS client certificate's; `authzid` may ask for it.
+    External {
+        /// Authorization id (empty when absent).
+        authzid: String,
+    },
+}
+
+struct ClaimValidation;
+impl Validation for ClaimValidation {
+    type Value = Claim;
+}
+
+/// Hands SCRAM its verifiers and turns every finished exchange into a [`Claim`].
+struct Callback {
+    users: UserTable,
+    realm: String,
+}
+
+impl Callback {
+    fn bare<'a>(&self, name: &'a str) -> &'a str {
+        match name.rsplit_once('@') {
+            Some((user, realm)) if realm == self.realm => user,
+            _ => name,
+        }
+    }
+}
+
+impl SessionCallback for Callback {
+    fn callback(
+        &self,
+        _session: &SessionData,
+        context: &Context,
+        request: &mut Request,
+    ) -> Result<(), SessionError> {
+        if request.is::<ScramStoredPassword>() {
+            let Some(name) = context.get_ref::<AuthId>() else {
+                return Ok(());
+            };
+            let users = self.users.read().unwrap_or_else(|e| e.into_inner());
+            if let Some(c) = users.get(self.bare(name)) {
+                let v = &c.scram_sha256;
+                request.satisfy::<ScramStoredPassword>(&ScramStoredPassword::new(
+                    v.iterations,
+                    &v.salt,
+                    &v.stored_key,
+                    &v.server_key,
+                ))?;
+            }
+        }
+        Ok(())
+    }
+
+    fn validate(
+        &self,
+        session: &SessionData,
+        context: &Context,
+        validate: &mut Validate<'_>,
+    ) -> Result<(), ValidationError> {
+        let text = |s: Option<&str>| s.unwrap_or("").to_string();
+        let authzid = text(context.get_ref::<AuthzId>());
+        let claim = match session.mechanism().mechanism.as_str() {
+            "PLAIN" => Claim::Plain {
+                authzid,
+                authcid: text(context.get_ref::<AuthId>()),
+                password: String::from_utf8_lossy(context.get_ref::<Password>().unwrap_or(&[]))
+                    .into_owned(),
+            },
+            "ANONYMOUS" => {
+                let _trace = context.get_ref::<AnonymousToken>();
+                Claim::Anonymous
+            }
+            "EXTERNAL" => Claim::External { authzid },
+            _ => Claim::Scram {
+                authzid,
+                authcid: text(context.get_ref::<AuthId>()),
+            },
+        };
+        validate.with::<ClaimValidation, _>(|| Ok(claim))?;
+        Ok(())
+    }
+}
+
+/// The rsasl configuration every connection's exchange starts from.
+pub(crate) fn config(users: UserTable, realm: &str) -> Result<Arc<SASLConfig>, String> {
+    SASLConfig::builder()
+        .with_default_mechanisms()
+        .with_callback(Callback {
+            users,
+            realm: realm.to_string(),
+        })
+        .map_err(|e| e.to_string())
+}
+
+/// Where an exchange stands after a step.
+#[derive(Debug)]
+pub enum Step {
+    /// Send this in `connection.secure` and wait for `secure-ok`.
+    Challenge(Vec<u8>),
+    /// The mechanism is done: judge the claim.
+    Done(Claim),
+    /// The exchange failed (malformed message, wrong SCRAM proof, unknown user).
+    Failed(String),
+}
+
+/// One connection's SASL exchange.
+pub struct Exchange {
+    session: Option<Session<ClaimValidation>>,
+    /// A SCRAM success whose server-final message went out as a last challenge: the
+    /// client's (empty) answer completes the exchange (RFC 4422 section 5, item 7).
+    finished: Option<Claim>,
+}
+
+impl Exchange {
+    /// Starts `mechanism` with the client's initial response.
+    pub(crate) fn start(
+        config: &Arc<SASLConfig>,
+        mechanism: &str,
+        initial: &[u8],
+    ) -> (Exchange, Step) {
+        let mut ex = Exchange {
+            session: None,
+            finished: None,
+        };
+        let session = Mechname::parse(mechanism.as_bytes())
+            .map_err(|e| e.to_string())
+            .and_then(|m| {
+                SASLServer::<ClaimValidation>::new(config.clone())
+                    .start_suggested(m)
+                    .map_err(|e| e.to_string())
+            });
+        match session {
+            Ok(s) => {
+                ex.session = Some(s);
+                let step = ex.step(initial);
+                (ex, step)
+            }
+            Err(e) => (ex, Step::Failed(format!("mechanism {mechanism}: {e}"))),
+        }
+    }
+
+    /// Feeds the client's next response.
+    pub fn step(&mut self, input: &[u8]) -> Step {
+        if let Some(claim) = self.finished.take() {
+            return if input.is_empty() {
+                Step::Done(claim)
+            } else {
+                Step::Failed("unexpected data after the final challenge".into())
+            };
+        }
+        let Some(session) = self.session.as_mut() else {
+            return Step::Failed("no exchange in progress".into());
+        };
+        let mut out = Vec::new();
+        match session.step(Some(input), &mut out) {
+            Ok(State::Running) => Step::Challenge(out),
+            Ok(State::Finished(sent)) => {
+                let claim = session.validation();
+                self.session = None;
+                match (claim, sent) {
+                    (None, _) => Step::Failed("authentication failed".into()),
+                    (Some(claim), rsasl::prelude::MessageSent::Yes) => {
+                        self.finished = Some(claim);
+                        Step::Challenge(out)
+                    }
+                    (Some(claim), rsasl::prelude::MessageSent::No) => Step::Done(claim),
+                }
+            }
+            Err(e) => {
+                self.session = None;
+                Step::Failed(e.to_string())
+            }
+        }
+    }
+}
