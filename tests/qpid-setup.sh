@@ -63,7 +63,8 @@ layout() {  # $1 = destination: the client, tests, runner, mllib, qmf + toollibs
     cp orig/qpid-tools-1.36.0-1/bin/$t "$1/tools-bin/"
   done
 }
-if [ ! -f py3/.done ]; then
+# The marker names the fix-up set: a tree converted with older rules is converted again.
+if [ ! -f py3/.done-2 ]; then
   log "convert to Python 3 (lib2to3 + fix-ups)"
   "$PY3" -c 'import lib2to3' 2>/dev/null || { echo "lib2to3 missing: need Python <= 3.12 (set PY3=python3.11)" >&2; exit 1; }
   rm -rf py3; layout py3
@@ -336,6 +337,10 @@ p("tools-bin/qpid-config", "range(((maxNameLen + len(caption1)) / 5) + 5)", "ran
 p("tools-bin/qpid-config", "range((maxNameLen / 5) + 5)", "range((maxNameLen // 5) + 5)")
 p("qpidtoollibs/disp.py", "        if text.__class__ == str:\n          text = text.decode('utf-8')\n",
   "        if text.__class__ == bytes:\n          text = text.decode('utf-8')\n", 2)
+# --- py3's ssl.wrap_socket detaches the plain socket: poll and switch blocking on the TLS
+#     socket itself, or the driver selects on a closed descriptor (EBADF)
+p("qpid/messaging/transports.py", "      self.socket.setblocking(0)\n      self.state = None\n",
+  "      self.socket = self.tls\n      self.socket.setblocking(0)\n      self.state = None\n")
 # --- integer division
 p("qpid/tests/messaging/endpoints.py", "    first = capacity/2\n", "    first = capacity//2\n")
 p("qpid_tests/broker_0_10/priority.py", "    temp.sort(key_to_cmp(key, reverse=reverse))\n",
@@ -365,7 +370,7 @@ print("applied %d patch rules, %d failed" % (len(P), fail))
 sys.exit(1 if fail else 0)
 PYEOF
   "$PY3" patch_py3.py py3
-  touch py3/.done
+  touch py3/.done-2
 fi
 
 # ---------------------------------------------------------------- 3. python 2 tree

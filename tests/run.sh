@@ -6,7 +6,8 @@
 #
 # Needs: a Rust toolchain, python3 (3.8 to 3.12, for lib2to3) with venv support, and apt for
 # Debian packages (amqp-specs: the 0-10 spec the codec generator reads; strace for the
-# durability tests). Everything else is fetched into target/.
+# durability tests; slapd for the LDAP tests; openssl for the test CA). Everything else is
+# fetched into target/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -22,6 +23,10 @@ log() { printf '\n== %s\n' "$*"; }
 need_pkgs=()
 [ -f /usr/share/amqp/specs/0-10-qpid/amqp.0-10-qpid-errata.stripped.xml ] || need_pkgs+=(amqp-specs)
 command -v strace >/dev/null 2>&1 || need_pkgs+=(strace)
+# LDAP tests run a private slapd on 127.0.0.1; TLS tests make a test CA with openssl.
+[ -x /usr/sbin/slapd ] && [ -x /usr/sbin/slapadd ] || need_pkgs+=(slapd)
+command -v slappasswd >/dev/null 2>&1 || [ -x /usr/sbin/slappasswd ] || need_pkgs+=(slapd)
+command -v openssl >/dev/null 2>&1 || need_pkgs+=(openssl)
 python3 -c 'import venv, ensurepip' 2>/dev/null || need_pkgs+=(python3-venv)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   log "installing ${need_pkgs[*]}"

@@ -94,8 +94,14 @@ impl Binary {
         if !extra.contains("auth_failure_delay_ms") {
             config.push_str("auth_failure_delay_ms = 50\n");
         }
-        config.push_str(extra);
-        config.push_str("\n[users]\nguest = \"guest\"\n");
+        // guest/guest joins the users `extra` names, or is the only one.
+        if extra.contains("[users]") {
+            config.push_str(&extra.replacen("[users]", "[users]\nguest = \"guest\"", 1));
+        } else {
+            config.push_str(extra);
+            config.push_str("\n[users]\nguest = \"guest\"\n");
+        }
+        config.push('\n');
         Binary::start_with_config(dir, &config, wrapper)
     }
 

@@ -28,6 +28,9 @@ pub struct Message {
     pub body: Bytes,
     /// Whether the sender sent a body segment at all (an empty body is not no body).
     pub has_body: bool,
+    /// Header bytes the broker's `user-id` stamp added: byte credit counts the message as
+    /// its sender made it.
+    stamp_bytes: usize,
 }
 
 impl Message {
@@ -101,7 +104,19 @@ impl Message {
     pub fn stamp_user_id(&mut self, user: &str) {
         let mut props = self.properties.take().unwrap_or_default();
         props.user_id = Some(Bytes::copy_from_slice(user.as_bytes()));
+        // A struct32 in the header segment is its size (4), code (2) and body.
+        let before = self
+            .other_headers
+            .iter()
+            .find(|s| s.code == MessageProperties::CODE)
+            .map_or(0, |s| 6 + s.body.len());
         self.set_properties(props);
+        let after = self
+            .other_headers
+            .iter()
+            .find(|s| s.code == MessageProperties::CODE)
+            .map_or(0, |s| 6 + s.body.len());
+        self.stamp_bytes = after.saturating_sub(before);
     }
 
     /// The message as the store keeps it: header segment length (u32), header segment, a
@@ -148,7 +163,7 @@ impl Message {
     /// Credit a delivery of this message costs in byte units: header and body, as qpidd
     /// counts it.
     pub fn credit_size(&self) -> u64 {
-        (self.header.len() + self.body.len()) as u64
+        (self.header.len().saturating_sub(self.stamp_bytes) + self.body.len()) as u64
     }
 
     /// `delivery-properties.routing-key`, or empty.
@@ -195,5 +210,23 @@ impl Message {
             put_struct32(&mut buf, s);
         }
         buf.freeze()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stamped_user_id_travels_but_costs_no_credit() {
+        let mut m = Message::new("k", "body");
+        let unstamped = m.credit_size();
+        m.stamp_user_id("alice");
+        m.seal();
+        assert_eq!(m.credit_size(), unstamped);
+        let back = Message::decode_stored(&m.encode_stored()).expect("decode");
+        assert_eq!(back.routing_key(), "k");
+        let user = back.properties.and_then(|p| p.user_id);
+        assert_eq!(user.as_deref(), Some(&b"alice"[..]));
     }
 }
