@@ -230,7 +230,11 @@ fn bench_reports_rates_and_latency_and_cleans_up() {
 fn serve_announces_its_address_and_stops_on_sigterm() {
     let dir = tempfile::tempdir().expect("tempdir");
     let config = dir.path().join("clacks.toml");
-    std::fs::write(&config, "listen = \"127.0.0.1:1\"\nheartbeat_max = 7\n").expect("config");
+    std::fs::write(
+        &config,
+        "listen = \"127.0.0.1:1\"\nheartbeat_max = 7\nallow_anonymous = true\n",
+    )
+    .expect("config");
     // The environment overrides the file, the flag overrides the environment.
     let mut child = Command::new(env!("CARGO_BIN_EXE_clacks"))
         .args(["serve", "--config"])
@@ -239,18 +243,22 @@ fn serve_announces_its_address_and_stops_on_sigterm() {
         .env("CLACKS_LISTEN", "127.0.0.1:2")
         .env("CLACKS_HEARTBEAT_MAX", "3")
         .env("RUST_LOG", "warn")
+        .current_dir(dir.path())
         .stdout(Stdio::piped())
         .spawn()
         .expect("spawn");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().expect("stdout"))
-        .read_line(&mut line)
-        .expect("read");
-    let addr = line
-        .strip_prefix("listening on ")
-        .expect("address line")
-        .trim()
-        .to_string();
+    // First-start lines (certificate, admin password) come before the address.
+    let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
+    let addr = loop {
+        let mut line = String::new();
+        assert!(
+            stdout.read_line(&mut line).expect("read") > 0,
+            "no address line"
+        );
+        if let Some(a) = line.strip_prefix("listening on ") {
+            break a.trim().to_string();
+        }
+    };
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     rt.block_on(async {
         let opts = ConnectOptions::parse(&addr)

@@ -117,8 +117,13 @@ pub fn ensure_self_signed(dir: &Path) -> Result<SelfSigned, String> {
     let made = rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()])
         .map_err(|e| format!("cannot make a certificate: {e}"))?;
     std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    write_private(&key, made.signing_key.serialize_pem().as_bytes())?;
-    std::fs::write(&cert, made.cert.pem()).map_err(|e| format!("{}: {e}", cert.display()))?;
+    // Key first, certificate last, each synced: the certificate's presence means both are
+    // whole, even after a crash in between.
+    write_synced(&key, made.signing_key.serialize_pem().as_bytes(), 0o600)?;
+    write_synced(&cert, made.cert.pem().as_bytes(), 0o644)?;
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| format!("{}: {e}", dir.display()))?;
     Ok(SelfSigned {
         cert,
         key,
@@ -126,15 +131,17 @@ pub fn ensure_self_signed(dir: &Path) -> Result<SelfSigned, String> {
     })
 }
 
-fn write_private(path: &Path, data: &[u8]) -> Result<(), String> {
+fn write_synced(path: &Path, data: &[u8], mode: u32) -> Result<(), String> {
     use std::io::Write;
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create(true).truncate(true);
     #[cfg(unix)]
     {
         use std::os::unix::fs::OpenOptionsExt;
-        options.mode(0o600);
+        options.mode(mode);
     }
+    #[cfg(not(unix))]
+    let _ = mode;
     let mut file = options
         .open(path)
         .map_err(|e| format!("{}: {e}", path.display()))?;
