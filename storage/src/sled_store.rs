@@ -197,6 +197,10 @@ mod tests {
                     queue: "q".into(),
                     seq: 2,
                 },
+                StoreOp::PutUser(crate::UserRecord {
+                    name: "alice".into(),
+                    credentials: Bytes::from_static(b"verifiers"),
+                }),
             ])
             .expect("apply");
             // A second process (here: a second open) is refused.
@@ -214,6 +218,11 @@ mod tests {
         assert_eq!((r.messages[0].seq, r.messages[0].delivered), (1, false));
         assert_eq!(r.messages[1].data, big);
         assert!(r.messages[1].delivered);
+        assert_eq!(r.users.len(), 1);
+        assert_eq!(
+            (r.users[0].name.as_str(), &r.users[0].credentials[..]),
+            ("alice", &b"verifiers"[..])
+        );
         s.apply(&[
             StoreOp::Dequeue {
                 queue: "q".into(),
@@ -226,6 +235,7 @@ mod tests {
                 key: "a.#".into(),
             },
             StoreOp::DeleteExchange("x".into()),
+            StoreOp::DeleteUser("alice".into()),
         ])
         .expect("apply");
         assert_eq!(s.recover().expect("recover"), Recovered::default());

@@ -195,11 +195,7 @@ impl Authenticator {
     /// Starts an exchange with the client's chosen mechanism and initial response.
     pub fn start(&self, peer: &PeerInfo, mechanism: &str, initial: &[u8]) -> (Exchange, Step) {
         if !self.mechanisms(peer).contains(&mechanism) {
-            let (ex, _) = Exchange::start(&self.sasl, "", &[]);
-            return (
-                ex,
-                Step::Failed(format!("mechanism {mechanism} not offered")),
-            );
+            return Exchange::refused(format!("mechanism {mechanism} not offered"));
         }
         Exchange::start(&self.sasl, mechanism, initial)
     }

@@ -6,7 +6,6 @@ use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
 use rsasl::callback::{Context, Request, SessionCallback, SessionData};
-use rsasl::mechanisms::anonymous::AnonymousToken;
 use rsasl::mechanisms::scram::properties::ScramStoredPassword;
 use rsasl::prelude::{Mechname, SASLConfig, SASLServer, Session, SessionError, State, Validation};
 use rsasl::property::{AuthId, AuthzId, Password};
@@ -105,10 +104,8 @@ impl SessionCallback for Callback {
                 password: String::from_utf8_lossy(context.get_ref::<Password>().unwrap_or(&[]))
                     .into_owned(),
             },
-            "ANONYMOUS" => {
-                let _trace = context.get_ref::<AnonymousToken>();
-                Claim::Anonymous
-            }
+            // The trace token (qpid clients send user@host) is informational only.
+            "ANONYMOUS" => Claim::Anonymous,
             "EXTERNAL" => Claim::External { authzid },
             _ => Claim::Scram {
                 authzid,
@@ -151,6 +148,15 @@ pub struct Exchange {
 }
 
 impl Exchange {
+    /// An exchange that failed before it began (a mechanism that is not offered).
+    pub(crate) fn refused(why: String) -> (Exchange, Step) {
+        let ex = Exchange {
+            session: None,
+            finished: None,
+        };
+        (ex, Step::Failed(why))
+    }
+
     /// Starts `mechanism` with the client's initial response.
     pub(crate) fn start(
         config: &Arc<SASLConfig>,
@@ -174,7 +180,7 @@ impl Exchange {
                 let step = ex.step(initial);
                 (ex, step)
             }
-            Err(e) => (ex, Step::Failed(format!("mechanism {mechanism}: {e}"))),
+            Err(e) => Exchange::refused(format!("mechanism {mechanism}: {e}")),
         }
     }
 

@@ -812,10 +812,15 @@ fn authorize(acl: &Acl, identity: Option<&Identity>, command: &Command) -> Resul
     let Some((action, kind, object)) = acl_target(command) else {
         return Ok(());
     };
-    let names: Vec<&str> = identity
-        .map(|i| vec![i.stamp.as_str(), i.full.as_str()])
-        .unwrap_or_default();
-    let decision = acl.check(&names, action, kind, object);
+    let both;
+    let names: &[&str] = match identity {
+        Some(i) => {
+            both = [i.stamp.as_str(), i.full.as_str()];
+            &both
+        }
+        None => &[],
+    };
+    let decision = acl.check(names, action, kind, object);
     if decision.allowed {
         return Ok(());
     }
