@@ -418,4 +418,48 @@ mod tests {
         b.delete_queue(s, "orphans", false, false).expect("delete");
         assert_eq!(depth(&b, "hit"), 3, "one from front, two <a/> orphans");
     }
+
+    #[test]
+    fn recovery_rebinds_queries_and_skips_those_that_no_longer_compile() {
+        use clacks_storage::{
+            BindingRecord, ExchangeRecord, GroupCommit, MemoryStore, QueueRecord, Recovered,
+        };
+        let encode = |args: &FieldTable| {
+            let mut buf = bytes::BytesMut::new();
+            crate::wire::prim::put_map(&mut buf, args);
+            buf.freeze()
+        };
+        let queue = |name: &str| QueueRecord {
+            name: name.into(),
+            alternate: None,
+            auto_delete: false,
+            args: bytes::Bytes::new(),
+        };
+        let binding = |queue: &str, query: &str| BindingRecord {
+            exchange: "ev".into(),
+            queue: queue.into(),
+            key: "k".into(),
+            args: encode(&xquery(query)),
+        };
+        let recovered = Recovered {
+            exchanges: vec![ExchangeRecord {
+                name: "ev".into(),
+                kind: "xml".into(),
+                alternate: None,
+                auto_delete: false,
+                args: bytes::Bytes::new(),
+            }],
+            queues: vec![queue("good"), queue("bad")],
+            bindings: vec![binding("good", "./a"), binding("bad", "./a[[")],
+            messages: Vec::new(),
+        };
+        let journal = Arc::new(GroupCommit::start(Arc::new(MemoryStore::new())).expect("journal"));
+        let b = Broker::recover(journal, recovered).expect("a bad query is not fatal");
+        let n = b
+            .publish("ev", Arc::new(Message::new("k", "<a/>")))
+            .expect("publish");
+        assert_eq!(n, 1);
+        assert_eq!(depth(&b, "good"), 1);
+        assert!(b.bound("ev", Some("bad"), None, None).queue_not_matched);
+    }
 }
