@@ -389,3 +389,35 @@ fn qpid_messaging_x_bindings_carry_xquery() {
     assert!(lines[2].contains("<Id>a</Id>"), "{text}");
     assert_eq!(&lines[3..], ["none", "none"], "{text}");
 }
+
+#[test]
+fn bench_through_an_xml_exchange_routes_every_event_and_cleans_up() {
+    let broker = Binary::start("");
+    let url = broker.url();
+    let out = Command::new(env!("CARGO_BIN_EXE_clacks"))
+        .args(["bench", "-b", &url, "--xml-bindings", "5", "--count", "500"])
+        .output()
+        .expect("run clacks bench");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("xml exchange with 5 binding(s)"), "{text}");
+    assert!(text.contains("received: 500 msgs"), "{text}");
+    let queue = text
+        .split("queue ")
+        .nth(1)
+        .and_then(|s| s.split(',').next())
+        .expect("queue name")
+        .to_string();
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    rt.block_on(async {
+        let (_conn, s) = session_on(&broker).await;
+        assert!(s.query_queue(&queue).await.expect("query").queue.is_none());
+        let other = format!("{queue}-4");
+        assert!(s.query_queue(&other).await.expect("query").queue.is_none());
+        assert!(s.query_exchange(&queue).await.expect("query").not_found);
+    });
+}
