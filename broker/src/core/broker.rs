@@ -590,6 +590,18 @@ impl Broker {
         key: &str,
         args: &FieldTable,
     ) -> Result<(), Error> {
+        // An xml query compiles without the lock: a hard one takes the engine tens of
+        // milliseconds. Missing queues and exchanges are still reported first, below.
+        let is_xml = self
+            .lock()
+            .exchanges
+            .get(exchange)
+            .is_some_and(|e| e.kind == "xml");
+        let prepared = if is_xml && args.get("xquery").is_some() {
+            Some(xml::compile_binding_query(args))
+        } else {
+            None
+        };
         let mut st = self.lock();
         if exchange.is_empty() {
             return Err(Error::InvalidArgument(
@@ -598,7 +610,13 @@ impl Broker {
         }
         let queue_durable = st.usable_queue(session, queue, "bind")?.durable;
         let ex = st.exchange_mut(exchange)?;
-        let new = ex.bind(queue, key, args)?;
+        let prepared = match prepared {
+            // Replaced meanwhile by an exchange of another type: compile as it needs.
+            Some(_) if ex.kind != "xml" => None,
+            Some(p) => Some(p?),
+            None => None,
+        };
+        let new = ex.bind_prepared(queue, key, args, prepared)?;
         if new && ex.durable && queue_durable {
             st.record(StoreOp::PutBinding(BindingRecord {
                 exchange: exchange.to_string(),

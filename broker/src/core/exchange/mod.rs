@@ -84,13 +84,13 @@ impl Router {
         })
     }
 
-    fn add(&mut self, b: &Binding) -> Result<(), Error> {
+    fn add(&mut self, b: &Binding, prepared: Option<Arc<xml::XQuery>>) -> Result<(), Error> {
         match self {
             Router::Direct(r) => r.add(&b.queue, &b.key),
             Router::Topic(r) => r.add(&b.queue, &b.key),
             Router::Fanout(r) => r.add(&b.queue),
             Router::Headers(r) => r.add(&b.queue, &b.key, &b.args)?,
-            Router::Xml(r) => r.add(&b.queue, &b.key, &b.args)?,
+            Router::Xml(r) => r.add(&b.queue, &b.key, &b.args, prepared)?,
         }
         Ok(())
     }
@@ -164,6 +164,21 @@ impl Exchange {
     /// # Errors
     /// Arguments the type cannot use (headers without a valid `x-match`).
     pub fn bind(&mut self, queue: &str, key: &str, args: &FieldTable) -> Result<bool, Error> {
+        self.bind_prepared(queue, key, args, None)
+    }
+
+    /// [`Exchange::bind`] with an xml query already compiled from `args` (see
+    /// [`xml::compile_binding_query`]), so that the compile need not happen here.
+    ///
+    /// # Errors
+    /// As [`Exchange::bind`].
+    pub fn bind_prepared(
+        &mut self,
+        queue: &str,
+        key: &str,
+        args: &FieldTable,
+        prepared: Option<Arc<xml::XQuery>>,
+    ) -> Result<bool, Error> {
         if self
             .bindings
             .iter()
@@ -176,7 +191,7 @@ impl Exchange {
             key: key.to_string(),
             args: args.clone(),
         };
-        self.router.add(&b)?;
+        self.router.add(&b, prepared)?;
         self.bindings.push(b);
         self.had_bindings = true;
         Ok(true)

@@ -63,8 +63,17 @@ pub fn compile_binding_query(args: &FieldTable) -> Result<Arc<XQuery>, Error> {
 }
 
 impl XmlRouter {
-    pub(super) fn add(&mut self, queue: &str, key: &str, args: &FieldTable) -> Result<(), Error> {
-        let query = compile_binding_query(args)?;
+    pub(super) fn add(
+        &mut self,
+        queue: &str,
+        key: &str,
+        args: &FieldTable,
+        prepared: Option<Arc<XQuery>>,
+    ) -> Result<(), Error> {
+        let query = match prepared {
+            Some(q) => q,
+            None => compile_binding_query(args)?,
+        };
         Arc::make_mut(&mut self.bindings).push(XmlBinding {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             queue: queue.to_string(),
@@ -189,6 +198,21 @@ mod tests {
     }
 
     #[test]
+    fn bindings_sharing_a_query_all_get_the_message() {
+        let queues: Vec<String> = (0..5).map(|i| format!("q{i}")).collect();
+        let names: Vec<&str> = queues.iter().map(String::as_str).collect();
+        let (b, s) = setup(&names);
+        for q in &names[..4] {
+            b.bind(s, q, "xml", "k", &xquery("./a")).expect("bind");
+        }
+        b.bind(s, "q4", "xml", "k", &xquery("./b")).expect("bind");
+        assert_eq!(publish(&b, "k", "<a/>"), 4);
+        assert_eq!(publish(&b, "k", "<b/>"), 1);
+        assert_eq!(depth(&b, "q3"), 1);
+        assert_eq!(depth(&b, "q4"), 1);
+    }
+
+    #[test]
     fn default_element_namespace() {
         let (b, s) = setup(&["q"]);
         let q = format!("declare default element namespace '{EVENTS_NS}'; /Event/NodeStatus");
@@ -211,6 +235,14 @@ mod tests {
         // The binding key must equal the routing key.
         assert_eq!(publish(&b, "news", &weather(krdu, 16, 70, 35)), 0);
         assert_eq!(depth(&b, "weather"), 1);
+        // Routing alone (transactions enqueue at commit) gives the same answer.
+        let routed = b
+            .route(
+                "xml",
+                &Arc::new(Message::new("weather", weather(krdu, 16, 70, 35))),
+            )
+            .expect("route");
+        assert_eq!(routed, ["weather"]);
     }
 
     #[test]

@@ -225,7 +225,15 @@ fn evaluate(
         }
     };
     let headers = msg.headers();
+    // Subscribers often bind the same query; its answer for this message is the same.
+    let mut answered: Vec<(&XQuery, bool)> = Vec::new();
     for b in bindings.iter().filter(|b| b.key == key) {
+        if let Some((_, hit)) = answered.iter().find(|(q, _)| **q == *b.query) {
+            if *hit {
+                out.push(b.queue.clone());
+            }
+            continue;
+        }
         let compiled = match cache.entry(b.id) {
             std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
             std::collections::hash_map::Entry::Vacant(e) => match compile(&b.query) {
@@ -252,11 +260,14 @@ fn evaluate(
             })
             .map_err(|e| e.to_string())
             .and_then(|s| s.effective_boolean_value().map_err(|e| e.to_string()));
-        match result {
-            Ok(true) => out.push(b.queue.clone()),
-            Ok(false) => {}
-            Err(e) => tracing::debug!("xml binding of {} does not match: {e}", b.queue),
+        let hit = result.unwrap_or_else(|e| {
+            tracing::debug!("xml binding of {} does not match: {e}", b.queue);
+            false
+        });
+        if hit {
+            out.push(b.queue.clone());
         }
+        answered.push((&b.query, hit));
     }
     out
 }
