@@ -1,5 +1,7 @@
 //! `clacks bench`: N producer and M consumer connections on one fresh queue; messages/s and
-//! latency from a send timestamp carried in the first 8 bytes of each body.
+//! latency from a send timestamp carried in the first 8 bytes of each body. With
+//! `--xml-bindings`, the messages are XML events routed by an xml exchange, the timestamp in
+//! an attribute.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -11,7 +13,10 @@ use bytes::{BufMut, BytesMut};
 use clacks_broker::client::{
     random_uuid, ConnectOptions, Connection, Message, Session, SubscribeOptions, Subscription,
 };
-use clacks_broker::wire::{QueueDeclare, QueueDelete, SequenceSet};
+use clacks_broker::wire::{
+    ExchangeBind, ExchangeDeclare, ExchangeDelete, FieldTable, QueueDeclare, QueueDelete,
+    SequenceSet,
+};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -35,6 +40,12 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     if args.size < 8 {
         bail!("--size must be at least 8 (the send timestamp)");
     }
+    if args.xml_bindings > 0 && args.size < xml_body(0, 0).len() {
+        bail!(
+            "--size must be at least {} for XML events",
+            xml_body(0, 0).len()
+        );
+    }
     if args.producers == 0 || args.consumers == 0 || args.count == 0 {
         bail!("--producers, --consumers and --count must be at least 1");
     }
@@ -52,7 +63,32 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         })
         .await
         .context("cannot declare the bench queue")?;
-    let result = measure(&args, &opts, &queue).await;
+    // The other bindings' queues, which receive nothing.
+    let others: Vec<String> = (1..args.xml_bindings)
+        .map(|i| format!("{queue}-{i}"))
+        .collect();
+    let route = if args.xml_bindings > 0 {
+        let set_up = xml_setup(&session, &args, &queue, &others).await;
+        if set_up.is_err() {
+            xml_teardown(&session, &queue, &others).await;
+        }
+        set_up?;
+        Route {
+            exchange: queue.clone(),
+            key: XML_KEY.into(),
+            xml: true,
+        }
+    } else {
+        Route {
+            exchange: String::new(),
+            key: queue.clone(),
+            xml: false,
+        }
+    };
+    let result = measure(&args, &opts, &queue, &route).await;
+    if route.xml {
+        xml_teardown(&session, &queue, &others).await;
+    }
     // Clean up whatever happened.
     let deleted = session
         .delete_queue(QueueDelete {
@@ -67,7 +103,120 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn measure(args: &BenchArgs, opts: &ConnectOptions, queue: &str) -> anyhow::Result<Report> {
+/// Where producers send: the default exchange and the queue's name, or the xml exchange.
+struct Route {
+    exchange: String,
+    key: String,
+    xml: bool,
+}
+
+const XML_KEY: &str = "event";
+const EVENTS_NS: &str = "http://www.gonicus.de/Events";
+
+/// An xml exchange named like the queue, with `--xml-bindings` bindings on one key: the
+/// first (to the bench queue) matches the events sent, the others ask for other nodes.
+async fn xml_setup(
+    session: &Session,
+    args: &BenchArgs,
+    queue: &str,
+    others: &[String],
+) -> anyhow::Result<()> {
+    session
+        .declare_exchange(ExchangeDeclare {
+            exchange: Some(queue.to_string()),
+            r#type: Some("xml".into()),
+            durable: args.durable,
+            ..ExchangeDeclare::default()
+        })
+        .await
+        .context("cannot declare the bench xml exchange")?;
+    for (i, q) in std::iter::once(queue)
+        .chain(others.iter().map(String::as_str))
+        .enumerate()
+    {
+        if i > 0 {
+            session
+                .declare_queue(QueueDeclare {
+                    queue: Some(q.to_string()),
+                    ..QueueDeclare::default()
+                })
+                .await
+                .context("cannot declare a bench queue")?;
+        }
+        let mut xquery = FieldTable::new();
+        xquery.insert(
+            "xquery",
+            format!(
+                "declare namespace f='{EVENTS_NS}'; \
+                 let $e := ./f:Event return $e/f:NodeStatus[f:Node = 'node-{i}']"
+            ),
+        );
+        session
+            .bind(ExchangeBind {
+                queue: Some(q.to_string()),
+                exchange: Some(queue.to_string()),
+                binding_key: Some(XML_KEY.into()),
+                arguments: Some(xquery),
+            })
+            .await
+            .context("cannot bind to the bench xml exchange")?;
+    }
+    Ok(())
+}
+
+async fn xml_teardown(session: &Session, queue: &str, others: &[String]) {
+    for q in others {
+        let _ = session
+            .delete_queue(QueueDelete {
+                queue: Some(q.clone()),
+                ..QueueDelete::default()
+            })
+            .await;
+    }
+    let _ = session
+        .delete_exchange(ExchangeDelete {
+            exchange: Some(queue.to_string()),
+            ..ExchangeDelete::default()
+        })
+        .await;
+}
+
+/// A Clacks-style event for node 0 with the send time in its `stamp` attribute (20
+/// digits), padded to `size` bytes where it is shorter.
+fn xml_body(stamp: u64, size: usize) -> Vec<u8> {
+    let head = format!(
+        "<Event xmlns=\"{EVENTS_NS}\" stamp=\"{stamp:020}\"><NodeStatus><Node>node-0</Node><Pad>"
+    );
+    let tail = "</Pad></NodeStatus></Event>";
+    let pad = size.saturating_sub(head.len() + tail.len());
+    let mut body = Vec::with_capacity(head.len() + pad + tail.len());
+    body.extend_from_slice(head.as_bytes());
+    body.resize(head.len() + pad, b'x');
+    body.extend_from_slice(tail.as_bytes());
+    body
+}
+
+/// The send time of a body: its first 8 bytes, or the `stamp` attribute of an XML event.
+fn stamp_of(body: &[u8], xml: bool) -> Option<u64> {
+    if !xml {
+        return body
+            .get(..8)
+            .and_then(|b| <[u8; 8]>::try_from(b).ok())
+            .map(u64::from_be_bytes);
+    }
+    let at = body.windows(7).position(|w| w == b"stamp=\"")? + 7;
+    std::str::from_utf8(body.get(at..at + 20)?)
+        .ok()?
+        .parse()
+        .ok()
+}
+
+async fn measure(
+    args: &BenchArgs,
+    opts: &ConnectOptions,
+    queue: &str,
+    route: &Route,
+) -> anyhow::Result<Report> {
     let received = Arc::new(AtomicU64::new(0));
     let (done_tx, done_rx) = watch::channel(false);
     let done_tx = Arc::new(done_tx);
@@ -87,6 +236,7 @@ async fn measure(args: &BenchArgs, opts: &ConnectOptions, queue: &str) -> anyhow
             sub,
             total: args.count,
             batch: u64::from((args.capacity / 2).max(1)),
+            xml: route.xml,
             received: received.clone(),
             done_tx: done_tx.clone(),
             done_rx: done_rx.clone(),
@@ -109,7 +259,9 @@ async fn measure(args: &BenchArgs, opts: &ConnectOptions, queue: &str) -> anyhow
         let p = Producer {
             conn,
             session,
-            queue: queue.to_string(),
+            exchange: route.exchange.clone(),
+            key: route.key.clone(),
+            xml: route.xml,
             count: share,
             size: args.size,
             durable: args.durable,
@@ -140,7 +292,9 @@ async fn measure(args: &BenchArgs, opts: &ConnectOptions, queue: &str) -> anyhow
 struct Producer {
     conn: Connection,
     session: Session,
-    queue: String,
+    exchange: String,
+    key: String,
+    xml: bool,
     count: u64,
     size: usize,
     durable: bool,
@@ -153,13 +307,18 @@ impl Producer {
         let padding = vec![b'x'; self.size - 8];
         let mut in_flight = VecDeque::with_capacity(self.window);
         for _ in 0..self.count {
-            let mut body = BytesMut::with_capacity(self.size);
-            body.put_u64(now_ns());
-            body.extend_from_slice(&padding);
-            let m = Message::new(body.freeze())
-                .with_routing_key(self.queue.clone())
+            let body = if self.xml {
+                bytes::Bytes::from(xml_body(now_ns(), self.size))
+            } else {
+                let mut body = BytesMut::with_capacity(self.size);
+                body.put_u64(now_ns());
+                body.extend_from_slice(&padding);
+                body.freeze()
+            };
+            let m = Message::new(body)
+                .with_routing_key(self.key.clone())
                 .with_durable(self.durable);
-            in_flight.push_back(self.session.transfer("", m).await?);
+            in_flight.push_back(self.session.transfer(&self.exchange, m).await?);
             if in_flight.len() >= self.window {
                 if let Some(c) = in_flight.pop_front() {
                     c.await?;
@@ -185,6 +344,7 @@ struct Consumer {
     sub: Subscription,
     total: u64,
     batch: u64,
+    xml: bool,
     received: Arc<AtomicU64>,
     done_tx: Arc<watch::Sender<bool>>,
     done_rx: watch::Receiver<bool>,
@@ -217,11 +377,11 @@ impl Consumer {
             let Some(d) = next? else {
                 bail!("subscription ended early");
             };
-            let Some(stamp) = d.body.get(..8).and_then(|b| <[u8; 8]>::try_from(b).ok()) else {
+            let Some(stamp) = stamp_of(&d.body, self.xml) else {
                 bail!("message of {} bytes has no timestamp", d.body.len());
             };
             let now = now_ns();
-            latencies.push(now.saturating_sub(u64::from_be_bytes(stamp)));
+            latencies.push(now.saturating_sub(stamp));
             last = Some(Instant::now());
             unacked.add(d.id);
             unacked_count += 1;
@@ -266,8 +426,16 @@ fn render(args: &BenchArgs, queue: &str, mut r: Report) -> String {
     let ms = |ns: u64| ns as f64 / 1e6;
     let received = r.latencies.len() as u64;
     let recv_rate = rate(received, r.receive_time);
+    let via = if args.xml_bindings > 0 {
+        format!(
+            ", via an xml exchange with {} binding(s)",
+            args.xml_bindings
+        )
+    } else {
+        String::new()
+    };
     format!(
-        "bench: queue {queue}, {} producer(s), {} consumer(s), {} messages of {} bytes, {}\n\
+        "bench: queue {queue}, {} producer(s), {} consumer(s), {} messages of {} bytes, {}{via}\n\
          sent:     {} msgs in {:.3} s = {:.0} msg/s\n\
          received: {} msgs in {:.3} s = {:.0} msg/s ({:.1} MB/s)\n\
          latency:  p50 {:.3} ms  p99 {:.3} ms  max {:.3} ms\n",
@@ -301,5 +469,15 @@ mod tests {
         assert_eq!(percentile(&v, 100.0), 100);
         assert_eq!(percentile(&[7], 99.0), 7);
         assert_eq!(percentile(&[], 50.0), 0);
+    }
+
+    #[test]
+    fn xml_events_carry_their_stamp_and_size() {
+        let body = xml_body(1_234_567_890_123, 1024);
+        assert_eq!(body.len(), 1024);
+        assert_eq!(stamp_of(&body, true), Some(1_234_567_890_123));
+        assert!(body.starts_with(b"<Event xmlns=\"http://www.gonicus.de/Events\""));
+        assert!(body.ends_with(b"</Event>"));
+        assert_eq!(stamp_of(b"<Event/>", true), None);
     }
 }

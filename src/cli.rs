@@ -246,4 +246,8 @@ pub struct BenchArgs {
     /// Give up when no message arrives for this many seconds.
     #[arg(long, default_value_t = 30.0, value_name = "SECS")]
     pub idle_timeout: f64,
+    /// Publish Clacks-style XML events through a fresh xml exchange with N bindings on the
+    /// routing key, of which one matches (0: straight to the queue).
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub xml_bindings: u32,
 }

@@ -9,7 +9,7 @@ use clacks_storage::{BindingRecord, ExchangeRecord, GroupCommit, QueueRecord, St
 
 use super::consumer::{Consumer, Credit, DeliverySink};
 use super::error::Error;
-use super::exchange::Exchange;
+use super::exchange::{xml, Exchange, XmlAnswers, XmlPending};
 use super::journal::{note_ticket, OpLog};
 use super::message::Message;
 use super::queue::{Position, Queue};
@@ -22,6 +22,8 @@ pub const STANDARD_EXCHANGES: &[(&str, &str)] = &[
     ("amq.topic", "topic"),
     ("amq.fanout", "fanout"),
     ("amq.match", "headers"),
+    // qpidd declares it when its xml module is loaded; Qpid addresses name it.
+    ("xml", "xml"),
 ];
 
 /// Arguments of `queue.declare`.
@@ -251,7 +253,16 @@ impl Broker {
         for b in recovered.bindings {
             let args = decode_args(&b.args).map_err(|e| corrupt(&b.queue, &e))?;
             if let Some(ex) = st.exchanges.get_mut(&b.exchange) {
-                ex.bind(&b.queue, &b.key, &args)?;
+                // A binding this broker can no longer use (an xml query the engine now
+                // refuses) must not keep the broker from starting.
+                if let Err(e) = ex.bind(&b.queue, &b.key, &args) {
+                    tracing::warn!(
+                        "binding of queue {} to exchange {} with key {:?} not recovered: {e}",
+                        b.queue,
+                        b.exchange,
+                        b.key
+                    );
+                }
             }
         }
         for m in recovered.messages {
@@ -596,6 +607,18 @@ impl Broker {
         key: &str,
         args: &FieldTable,
     ) -> Result<(), Error> {
+        // An xml query compiles without the lock: a hard one takes the engine tens of
+        // milliseconds. Missing queues and exchanges are still reported first, below.
+        let is_xml = self
+            .lock()
+            .exchanges
+            .get(exchange)
+            .is_some_and(|e| e.kind == "xml");
+        let prepared = if is_xml && args.get("xquery").is_some() {
+            Some(xml::compile_binding_query(args))
+        } else {
+            None
+        };
         let mut st = self.lock();
         if exchange.is_empty() {
             return Err(Error::InvalidArgument(
@@ -604,7 +627,13 @@ impl Broker {
         }
         let queue_durable = st.usable_queue(session, queue, "bind")?.durable;
         let ex = st.exchange_mut(exchange)?;
-        let new = ex.bind(queue, key, args)?;
+        let prepared = match prepared {
+            // Replaced meanwhile by an exchange of another type: compile as it needs.
+            Some(_) if ex.kind != "xml" => None,
+            Some(p) => Some(p?),
+            None => None,
+        };
+        let new = ex.bind_prepared(queue, key, args, prepared)?;
         if new && ex.durable && queue_durable {
             st.record(StoreOp::PutBinding(BindingRecord {
                 exchange: exchange.to_string(),
@@ -700,9 +729,32 @@ impl Broker {
     ///
     /// # Errors
     /// 404 when the exchange does not exist.
-    pub fn route(&self, exchange: &str, msg: &Message) -> Result<Vec<String>, Error> {
-        let st = self.lock();
-        st.route(exchange, msg)
+    pub fn route(&self, exchange: &str, msg: &Arc<Message>) -> Result<Vec<String>, Error> {
+        self.route_locked(exchange, msg).map(|(_, queues)| queues)
+    }
+
+    /// Routes a message and returns the lock still held, so that enqueueing follows under
+    /// the same lock. xml exchanges on the way are evaluated with the lock released (the
+    /// evaluation threads work from a snapshot of their bindings), and routing starts over
+    /// with their answers.
+    fn route_locked(
+        &self,
+        exchange: &str,
+        msg: &Arc<Message>,
+    ) -> Result<(Locked<'_>, Vec<String>), Error> {
+        let mut answers = XmlAnswers::default();
+        loop {
+            let st = self.lock();
+            match st.route(exchange, msg, &answers)? {
+                Ok(queues) => return Ok((st, queues)),
+                Err(XmlPending { exchange, bindings }) => {
+                    drop(st);
+                    let queues = xml::evaluate(bindings, msg.clone());
+                    // Each round answers one more exchange, so this ends.
+                    answers.insert(exchange, queues);
+                }
+            }
+        }
     }
 
     /// Routes and enqueues a message in one step (no transaction).
@@ -710,8 +762,7 @@ impl Broker {
     /// # Errors
     /// 404 missing exchange; 506 when a queue is full under the reject policy.
     pub fn publish(&self, exchange: &str, msg: Arc<Message>) -> Result<usize, Error> {
-        let mut st = self.lock();
-        let queues = st.route(exchange, &msg)?;
+        let (mut st, queues) = self.route_locked(exchange, &msg)?;
         st.enqueue_all(&queues, &msg)?;
         Ok(queues.len())
     }
@@ -1034,20 +1085,29 @@ impl State {
             .ok_or_else(|| Error::NotFound(format!("exchange not found: {name}")))
     }
 
-    fn route(&self, exchange: &str, msg: &Message) -> Result<Vec<String>, Error> {
+    /// The queues a message reaches, following alternate exchanges when it is unroutable;
+    /// `Ok(Err(..))` when an xml exchange on the way has no answer in `answers` yet.
+    fn route(
+        &self,
+        exchange: &str,
+        msg: &Message,
+        answers: &XmlAnswers,
+    ) -> Result<Result<Vec<String>, XmlPending>, Error> {
         let mut out = Vec::new();
         if exchange.is_empty() {
             let key = msg.routing_key();
             if self.queues.contains_key(key) {
                 out.push(key.to_string());
             }
-            return Ok(out);
+            return Ok(Ok(out));
         }
         let ex = self
             .exchanges
             .get(exchange)
             .ok_or_else(|| Error::NotFound(format!("exchange not found: {exchange}")))?;
-        ex.route(msg, &mut out);
+        if let Err(pending) = ex.route_with(msg, &mut out, answers) {
+            return Ok(Err(pending));
+        }
         out.retain(|q| self.queues.contains_key(q));
         if out.is_empty() {
             // Unroutable: follow the alternate exchanges, guarding against cycles.
@@ -1058,7 +1118,9 @@ impl State {
                 let Some(a) = self.exchanges.get(&name) else {
                     break;
                 };
-                a.route(msg, &mut out);
+                if let Err(pending) = a.route_with(msg, &mut out, answers) {
+                    return Ok(Err(pending));
+                }
                 out.retain(|q| self.queues.contains_key(q));
                 if !out.is_empty() {
                     break;
@@ -1066,7 +1128,7 @@ impl State {
                 alt = a.alternate.clone();
             }
         }
-        Ok(out)
+        Ok(Ok(out))
     }
 
     fn enqueue_all(&mut self, queues: &[String], msg: &Arc<Message>) -> Result<(), Error> {
@@ -1086,7 +1148,20 @@ impl State {
     }
 
     fn reroute(&mut self, exchange: &str, msg: &Arc<Message>) {
-        if let Ok(queues) = self.route(exchange, msg) {
+        let mut answers = XmlAnswers::default();
+        let routed = loop {
+            match self.route(exchange, msg, &answers) {
+                Ok(Ok(queues)) => break Ok(queues),
+                Ok(Err(XmlPending { exchange, bindings })) => {
+                    // Rejected and orphaned messages reach an xml alternate exchange while
+                    // the lock is held; rare enough to evaluate here rather than defer.
+                    let queues = xml::evaluate(bindings, msg.clone());
+                    answers.insert(exchange, queues);
+                }
+                Err(e) => break Err(e),
+            }
+        };
+        if let Ok(queues) = routed {
             for name in queues {
                 if let Some(q) = self.queues.get_mut(&name) {
                     if q.enqueue(msg.clone()).is_ok() {

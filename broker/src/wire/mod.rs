@@ -9,6 +9,9 @@ pub mod prim;
 pub mod types;
 
 #[cfg(test)]
+// A strategy for every primitive type, whether the generated tests use it yet or not
+// (newer compilers report the unused ones).
+#[allow(dead_code)]
 mod arb;
 #[cfg(test)]
 mod generated_tests;

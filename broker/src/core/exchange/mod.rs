@@ -4,11 +4,15 @@ mod direct;
 mod fanout;
 mod headers;
 mod topic;
+pub mod xml;
 
 pub use direct::DirectRouter;
 pub use fanout::FanoutRouter;
 pub use headers::HeadersRouter;
 pub use topic::{topic_matches, TopicRouter};
+pub use xml::{XmlBinding, XmlRouter};
+
+use std::sync::Arc;
 
 use super::error::Error;
 use super::message::Message;
@@ -36,6 +40,35 @@ pub enum Router {
     Fanout(FanoutRouter),
     /// `headers`: application headers against binding arguments.
     Headers(HeadersRouter),
+    /// `xml`: XPath queries over the body and headers, evaluated off the broker lock.
+    Xml(XmlRouter),
+}
+
+/// Routing through an xml exchange that needs its queries evaluated first.
+#[derive(Debug)]
+pub struct XmlPending {
+    /// The exchange.
+    pub exchange: String,
+    /// Its bindings at the time.
+    pub bindings: Arc<Vec<XmlBinding>>,
+}
+
+/// The queues xml exchanges matched for one message, by exchange name.
+#[derive(Debug, Default)]
+pub struct XmlAnswers(Vec<(String, Vec<String>)>);
+
+impl XmlAnswers {
+    /// Records what `exchange` matched.
+    pub fn insert(&mut self, exchange: String, queues: Vec<String>) {
+        self.0.push((exchange, queues));
+    }
+
+    fn get(&self, exchange: &str) -> Option<&[String]> {
+        self.0
+            .iter()
+            .find(|(e, _)| e == exchange)
+            .map(|(_, q)| q.as_slice())
+    }
 }
 
 impl Router {
@@ -46,16 +79,18 @@ impl Router {
             "topic" => Router::Topic(TopicRouter::default()),
             "fanout" => Router::Fanout(FanoutRouter::default()),
             "headers" => Router::Headers(HeadersRouter::default()),
+            "xml" => Router::Xml(XmlRouter::default()),
             _ => return None,
         })
     }
 
-    fn add(&mut self, b: &Binding) -> Result<(), Error> {
+    fn add(&mut self, b: &Binding, prepared: Option<Arc<xml::XQuery>>) -> Result<(), Error> {
         match self {
             Router::Direct(r) => r.add(&b.queue, &b.key),
             Router::Topic(r) => r.add(&b.queue, &b.key),
             Router::Fanout(r) => r.add(&b.queue),
             Router::Headers(r) => r.add(&b.queue, &b.key, &b.args)?,
+            Router::Xml(r) => r.add(&b.queue, &b.key, &b.args, prepared)?,
         }
         Ok(())
     }
@@ -66,6 +101,7 @@ impl Router {
             Router::Topic(r) => r.remove(queue, key),
             Router::Fanout(r) => r.remove(queue),
             Router::Headers(r) => r.remove(queue, key),
+            Router::Xml(r) => r.remove(queue, key),
         }
     }
 
@@ -75,6 +111,8 @@ impl Router {
             Router::Topic(r) => r.route(msg.routing_key(), out),
             Router::Fanout(r) => r.route(out),
             Router::Headers(r) => r.route(msg.headers(), out),
+            // Answered by the evaluation threads; see `Exchange::route_with`.
+            Router::Xml(_) => {}
         }
     }
 }
@@ -126,6 +164,21 @@ impl Exchange {
     /// # Errors
     /// Arguments the type cannot use (headers without a valid `x-match`).
     pub fn bind(&mut self, queue: &str, key: &str, args: &FieldTable) -> Result<bool, Error> {
+        self.bind_prepared(queue, key, args, None)
+    }
+
+    /// [`Exchange::bind`] with an xml query already compiled from `args` (see
+    /// [`xml::compile_binding_query`]), so that the compile need not happen here.
+    ///
+    /// # Errors
+    /// As [`Exchange::bind`].
+    pub fn bind_prepared(
+        &mut self,
+        queue: &str,
+        key: &str,
+        args: &FieldTable,
+        prepared: Option<Arc<xml::XQuery>>,
+    ) -> Result<bool, Error> {
         if self
             .bindings
             .iter()
@@ -138,7 +191,7 @@ impl Exchange {
             key: key.to_string(),
             args: args.clone(),
         };
-        self.router.add(&b)?;
+        self.router.add(&b, prepared)?;
         self.bindings.push(b);
         self.had_bindings = true;
         Ok(true)
@@ -169,22 +222,38 @@ impl Exchange {
         }
     }
 
-    /// The queues a message goes to, each once.
+    /// The queues a message goes to, each once. An xml exchange routes nothing here: see
+    /// [`Exchange::route_with`].
     pub fn route(&self, msg: &Message, out: &mut Vec<String>) {
         let start = out.len();
         self.router.route(msg, out);
-        // A queue bound under several matching keys still gets the message once.
-        if out.len() - start > 1 {
-            let mut seen = std::collections::HashSet::new();
-            let mut i = start;
-            while i < out.len() {
-                if seen.insert(out[i].clone()) {
-                    i += 1;
-                } else {
-                    out.remove(i);
-                }
-            }
-        }
+        dedup_from(out, start);
+    }
+
+    /// Like [`Exchange::route`], taking an xml exchange's matches from `answers`.
+    ///
+    /// # Errors
+    /// The bindings to evaluate when `answers` has nothing for this xml exchange yet.
+    pub fn route_with(
+        &self,
+        msg: &Message,
+        out: &mut Vec<String>,
+        answers: &XmlAnswers,
+    ) -> Result<(), XmlPending> {
+        let Router::Xml(r) = &self.router else {
+            self.route(msg, out);
+            return Ok(());
+        };
+        let Some(queues) = answers.get(&self.name) else {
+            return Err(XmlPending {
+                exchange: self.name.clone(),
+                bindings: r.snapshot(),
+            });
+        };
+        let start = out.len();
+        out.extend_from_slice(queues);
+        dedup_from(out, start);
+        Ok(())
     }
 
     /// Whether an auto-delete exchange has lost its last binding and should go.
@@ -195,6 +264,21 @@ impl Exchange {
     /// The bindings, in the order they were made.
     pub fn bindings(&self) -> &[Binding] {
         &self.bindings
+    }
+}
+
+/// A queue bound under several matching keys still gets the message once.
+fn dedup_from(out: &mut Vec<String>, start: usize) {
+    if out.len() - start > 1 {
+        let mut seen = std::collections::HashSet::new();
+        let mut i = start;
+        while i < out.len() {
+            if seen.insert(out[i].clone()) {
+                i += 1;
+            } else {
+                out.remove(i);
+            }
+        }
     }
 }
 
