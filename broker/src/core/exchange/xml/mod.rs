@@ -483,7 +483,7 @@ mod tests {
             }],
             queues: vec![queue("good"), queue("bad")],
             bindings: vec![binding("good", "./a"), binding("bad", "./a[[")],
-            messages: Vec::new(),
+            ..Recovered::default()
         };
         let journal = Arc::new(GroupCommit::start(Arc::new(MemoryStore::new())).expect("journal"));
         let b = Broker::recover(journal, recovered).expect("a bad query is not fatal");
