@@ -75,6 +75,8 @@ struct Conn<'a> {
     identity: Option<Identity>,
     /// Counted in the server's census under this user.
     admitted: Option<String>,
+    /// The ACL this connection applies, and the reload generation it came from.
+    acl: (u64, Option<Arc<crate::auth::Acl>>),
     codec: FrameCodec,
     writer: FrameWriter,
     assembler: Assembler,
@@ -126,6 +128,7 @@ pub(crate) async fn serve<S>(
         verdict: None,
         identity: None,
         admitted: None,
+        acl: ctx.acl(),
         codec: FrameCodec::new(usize::from(ctx.config.max_frame_size)),
         writer: FrameWriter::new(usize::from(ctx.config.max_frame_size)),
         assembler: Assembler::new(MAX_ASSEMBLY),
@@ -399,6 +402,15 @@ impl Conn<'_> {
             return;
         };
         let cfg = &self.ctx.config;
+        // One atomic load per command; the rules are re-read only after a reload.
+        if self
+            .ctx
+            .acl_generation
+            .load(std::sync::atomic::Ordering::Acquire)
+            != self.acl.0
+        {
+            self.acl = self.ctx.acl();
+        }
         let mut env = SessionEnv {
             broker: &self.ctx.broker,
             writer: &self.writer,
@@ -407,7 +419,7 @@ impl Conn<'_> {
             identity: self.identity.as_ref(),
             check_user_id: cfg.auth,
             stamp_user_id: cfg.stamp_user_id,
-            acl: self.ctx.acl(),
+            acl: self.acl.1.as_deref(),
             max_queues_per_user: cfg.max_queues_per_user,
             sink: &self.sink,
             connection: self.id,

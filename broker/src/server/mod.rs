@@ -126,6 +126,8 @@ pub(crate) struct ServerContext {
     pub auth: Arc<Authenticator>,
     /// The rules in force; `None` when no rules file is configured.
     pub acl: RwLock<Option<Arc<Acl>>>,
+    /// Bumped on every reload, so connections re-read `acl` only when it changed.
+    pub acl_generation: std::sync::atomic::AtomicU64,
     pub census: Mutex<Census>,
 }
 
@@ -164,8 +166,13 @@ impl ServerContext {
     }
 
     /// The rules in force now.
-    pub(crate) fn acl(&self) -> Option<Arc<Acl>> {
-        self.acl.read().unwrap_or_else(|e| e.into_inner()).clone()
+    /// The rules in force now and their generation.
+    pub(crate) fn acl(&self) -> (u64, Option<Arc<Acl>>) {
+        let acl = self.acl.read().unwrap_or_else(|e| e.into_inner());
+        let generation = self
+            .acl_generation
+            .load(std::sync::atomic::Ordering::Acquire);
+        (generation, acl.clone())
     }
 }
 
@@ -192,6 +199,9 @@ impl AclReloader {
         let acl = load_acl(path)?;
         let n = acl.len();
         *self.0.acl.write().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(acl));
+        self.0
+            .acl_generation
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         Ok(n)
     }
 }
@@ -243,6 +253,7 @@ impl Server {
             config,
             auth: Arc::new(auth),
             acl: RwLock::new(acl),
+            acl_generation: std::sync::atomic::AtomicU64::new(0),
             census: Mutex::new(Census::default()),
         });
         Ok(Server { listener, tls, ctx })

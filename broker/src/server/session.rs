@@ -30,7 +30,7 @@ pub(crate) struct SessionEnv<'a> {
     /// Write the sender's identity into transfers without a `user-id`.
     pub stamp_user_id: bool,
     /// The ACL in force, if one is configured.
-    pub acl: Option<Arc<Acl>>,
+    pub acl: Option<&'a Acl>,
     /// Queues one user may have; 0 for no limit.
     pub max_queues_per_user: usize,
     pub sink: &'a Arc<dyn DeliverySink>,
@@ -402,7 +402,7 @@ impl Session {
     ) -> Result<Option<Struct32>, Error> {
         let broker = env.broker;
         let sid = self.id;
-        if let Some(acl) = &env.acl {
+        if let Some(acl) = env.acl {
             authorize(acl, env.identity, &command)?;
         }
         match command {
