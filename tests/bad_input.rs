@@ -210,22 +210,51 @@ async fn errors_in_commands_are_session_exceptions() {
 #[tokio::test]
 async fn bad_sasl_closes_with_320() {
     let broker = InProcess::start().await;
-    let mut p = RawPeer::connect(broker.addr).await;
-    p.send_raw(&PROTOCOL_HEADER).await;
-    let mut header = [0u8; 8];
-    p.stream.read_exact(&mut header).await.expect("header");
-    p.expect_control(|c| matches!(c, Control::ConnectionStart(_)))
+    // (mechanism, initial response, the response to a challenge if one comes)
+    let cases: &[(&str, &[u8], Option<&[u8]>)] = &[
+        ("PLAIN", b"\0guest\0wrong", None),
+        ("PLAIN", b"no separators at all", None),
+        ("PLAIN", b"\0guest\0", None),
+        ("PLAIN", b"\0\xff\xfe\0guest", None),
+        ("CRAM-MD5", b"", None),
+        ("EXTERNAL", b"", None),
+        ("SCRAM-SHA-256", b"garbage", None),
+        (
+            "SCRAM-SHA-256",
+            b"n,,n=guest,r=abc",
+            Some(b"c=biws,r=wrongnonce,p=AAAA"),
+        ),
+        ("SCRAM-SHA-256", b"n,,n=nobody,r=abc", Some(b"\xff\x00")),
+    ];
+    for (mechanism, initial, answer) in cases {
+        let mut p = RawPeer::connect(broker.addr).await;
+        p.send_raw(&PROTOCOL_HEADER).await;
+        let mut header = [0u8; 8];
+        p.stream.read_exact(&mut header).await.expect("header");
+        p.expect_control(|c| matches!(c, Control::ConnectionStart(_)))
+            .await;
+        p.control(
+            0,
+            Control::ConnectionStartOk(clacks_broker::wire::ConnectionStartOk {
+                mechanism: Some((*mechanism).into()),
+                response: Some(bytes::Bytes::copy_from_slice(initial)),
+                ..Default::default()
+            }),
+        )
         .await;
-    p.control(
-        0,
-        Control::ConnectionStartOk(clacks_broker::wire::ConnectionStartOk {
-            mechanism: Some("PLAIN".into()),
-            response: Some(bytes::Bytes::from_static(b"\0guest\0wrong")),
-            ..Default::default()
-        }),
-    )
-    .await;
-    assert_eq!(p.expect_close().await, 320);
+        if let Some(answer) = answer {
+            p.expect_control(|c| matches!(c, Control::ConnectionSecure(_)))
+                .await;
+            p.control(
+                0,
+                Control::ConnectionSecureOk(clacks_broker::wire::ConnectionSecureOk {
+                    response: Some(bytes::Bytes::copy_from_slice(answer)),
+                }),
+            )
+            .await;
+        }
+        assert_eq!(p.expect_close().await, 320, "{mechanism} {initial:?}");
+    }
     still_serves(&broker).await;
 }
 
