@@ -207,11 +207,13 @@ async fn errors_in_commands_are_session_exceptions() {
     still_serves(&broker).await;
 }
 
+/// A mechanism, its initial response, and the response to a challenge if one comes.
+type SaslCase = (&'static str, &'static [u8], Option<&'static [u8]>);
+
 #[tokio::test]
 async fn bad_sasl_closes_with_320() {
     let broker = InProcess::start().await;
-    // (mechanism, initial response, the response to a challenge if one comes)
-    let cases: &[(&str, &[u8], Option<&[u8]>)] = &[
+    let cases: &[SaslCase] = &[
         ("PLAIN", b"\0guest\0wrong", None),
         ("PLAIN", b"no separators at all", None),
         ("PLAIN", b"\0guest\0", None),
