@@ -242,8 +242,8 @@ impl Settings {
             config.realm = realm;
         }
         if let Some(n) = self.max_connections {
-            if n == 0 {
-                bail!("max_connections must be at least 1");
+            if n == 0 || n > 1_000_000 {
+                bail!("max_connections must be between 1 and 1000000");
             }
             config.max_connections = n;
         }
@@ -293,15 +293,18 @@ impl Settings {
             Some(l) => l
                 .parse::<SocketAddr>()
                 .map_err(|_| anyhow!("tls listen address {l:?} is not IP:PORT"))?,
-            // Beside the plain listener; a free port when that one takes a free port.
-            None => SocketAddr::new(
-                main.ip(),
-                if main.port() == 0 {
-                    0
-                } else {
-                    clacks_broker::server::tls::TLS_PORT
-                },
-            ),
+            // Beside the plain listener: 5671 beside 5672, a free port beside a free port;
+            // beside any other port, only where the config says.
+            None => match main.port() {
+                0 => SocketAddr::new(main.ip(), 0),
+                5672 => SocketAddr::new(main.ip(), clacks_broker::server::tls::TLS_PORT),
+                other => {
+                    tracing::info!(
+                        "no TLS listener: the plain one is on port {other}; set [tls] listen"
+                    );
+                    return Ok(None);
+                }
+            },
         };
         let files = match (t.cert, t.key) {
             (Some(c), Some(k)) => Some((PathBuf::from(c), PathBuf::from(k))),

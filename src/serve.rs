@@ -28,6 +28,14 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     };
     let serve = config::serve_config(file.as_deref(), |k| std::env::var(k).ok(), &args)?;
     let mut config = serve.server;
+    // Before anyone can learn our pid from the address line: SIGHUP must not kill us.
+    #[cfg(unix)]
+    let hangup_signal = {
+        use tokio::signal::unix::{signal, SignalKind};
+        signal(SignalKind::hangup()).context("cannot watch SIGHUP")?
+    };
+    #[cfg(not(unix))]
+    let hangup_signal = ();
     let mut out = std::io::stdout().lock();
     if let Some(plan) = &serve.tls {
         let (cert, key) = match &plan.files {
@@ -59,10 +67,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         });
     }
     let broker = open_broker(&serve.data_dir, &mut config, &mut out)?;
-    let listen = config.listen;
-    let server = Server::bind_with(config, broker)
-        .await
-        .with_context(|| format!("cannot listen on {listen}"))?;
+    let server = Server::bind_with(config, broker).await?;
     let addr = server.local_addr()?;
     // Tests and scripts read these lines to learn the ports.
     if let Some(tls_addr) = server.local_tls_addr()? {
@@ -73,8 +78,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     drop(out);
     tracing::info!(%addr, "broker started");
     let broker = server.broker();
-    let reloader = server.acl_reloader();
-    let hangup = tokio::spawn(reload_on_hangup(reloader));
+    let hangup = tokio::spawn(reload_on_hangup(server.acl_reloader(), hangup_signal));
     server.run(shutdown_signal()).await?;
     hangup.abort();
     if let Some(journal) = broker.journal() {
@@ -150,14 +154,12 @@ fn take_users(
 }
 
 /// Reloads the ACL file whenever the process gets SIGHUP.
-async fn reload_on_hangup(reloader: clacks_broker::server::AclReloader) {
-    #[cfg(unix)]
+#[cfg(unix)]
+async fn reload_on_hangup(
+    reloader: clacks_broker::server::AclReloader,
+    mut hup: tokio::signal::unix::Signal,
+) {
     {
-        use tokio::signal::unix::{signal, SignalKind};
-        let Ok(mut hup) = signal(SignalKind::hangup()) else {
-            tracing::warn!("cannot watch SIGHUP: the ACL is not reloadable");
-            return;
-        };
         while hup.recv().await.is_some() {
             match reloader.reload() {
                 Ok(rules) => tracing::info!(rules, "ACL reloaded"),
@@ -165,12 +167,11 @@ async fn reload_on_hangup(reloader: clacks_broker::server::AclReloader) {
             }
         }
     }
-    #[cfg(not(unix))]
-    {
-        let _ = reloader;
-        std::future::pending::<()>().await;
-    }
 }
+
+/// Without SIGHUP there is nothing to reload on.
+#[cfg(not(unix))]
+async fn reload_on_hangup(_reloader: clacks_broker::server::AclReloader, _hup: ()) {}
 
 /// Completes on SIGINT (Ctrl-C) or SIGTERM.
 async fn shutdown_signal() {

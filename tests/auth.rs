@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use clacks_broker::client::{ClientError, ConnectOptions, Connection, Message, SubscribeOptions};
 use clacks_broker::wire::{Command as AmqpCommand, Control};
-use clacks_broker::wire::{QueueDeclare, QueueDelete};
+use clacks_broker::wire::{ExchangeBind, QueueDeclare, QueueDelete};
 use common::raw::RawPeer;
 use common::{qpidpy, Binary};
 
@@ -290,7 +290,10 @@ async fn acl_denies_one_user_and_reloads_on_sighup() {
     let acl = dir.path().join("broker.acl");
     std::fs::write(
         &acl,
-        "acl deny bob consume queue name=secret*\nacl allow all all\n",
+        "acl deny bob consume queue name=secret*\n\
+         acl deny bob bind exchange queuename=secret*\n\
+         acl deny bob publish exchange name=amq.fanout\n\
+         acl allow all all\n",
     )
     .expect("acl");
     let broker = Binary::start_in(
@@ -326,6 +329,27 @@ async fn acl_denies_one_user_and_reloads_on_sighup() {
         Ok(_) => panic!("bob was let consume secret.plans"),
     }
     // Bob's other work goes on; alice consumes normally.
+    // Nor can he bind the queue elsewhere, or reach a denied exchange as an alternate.
+    let sb = bob.session_unique().await.expect("session");
+    let bind = ExchangeBind {
+        queue: Some("secret.plans".into()),
+        exchange: Some("amq.direct".into()),
+        binding_key: Some("leak".into()),
+        arguments: None,
+    };
+    match sb.bind(bind).await {
+        Err(ClientError::Session { code: 403, .. }) => {}
+        other => panic!("bob bound secret.plans: {other:?}"),
+    }
+    let sb = bob.session_unique().await.expect("session");
+    let with_alternate = QueueDeclare {
+        alternate_exchange: Some("amq.fanout".into()),
+        ..queue("sneaky")
+    };
+    match sb.declare_queue(with_alternate).await {
+        Err(ClientError::Session { code: 403, .. }) => {}
+        other => panic!("bob used a denied alternate exchange: {other:?}"),
+    }
     let sb = bob.session_unique().await.expect("session");
     sb.declare_queue(queue("public"))
         .await

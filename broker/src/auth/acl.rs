@@ -8,10 +8,11 @@
 //! acl allow all publish exchange name=amq.*
 //! acl deny all all
 //! ```
-//! `acl allow|deny SUBJECT ACTION [OBJECT] [name=PATTERN]` where SUBJECT is a user, a group
-//! or `all`; ACTION one of access, create, delete, bind, publish, consume, purge or `all`;
-//! OBJECT `queue`, `exchange` or `all`; PATTERN a name where `*` matches any run of
-//! characters. A line ending in `\` continues on the next.
+//! `acl allow|deny SUBJECT ACTION [OBJECT] [name=PATTERN] [queuename=PATTERN]` where SUBJECT
+//! is a user, a group or `all`; ACTION one of access, create, delete, bind, publish, consume,
+//! purge or `all`; OBJECT `queue`, `exchange` or `all`; PATTERN a name where `*` matches any
+//! run of characters. `queuename` (bind only) names the queue being bound or unbound. A line
+//! ending in `\` continues on the next.
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
@@ -93,6 +94,7 @@ struct Rule {
     action: Option<Action>,
     object: Option<ObjectKind>,
     name: Option<String>,
+    queue: Option<String>,
     line: usize,
 }
 
@@ -134,7 +136,11 @@ impl FromStr for Acl {
             if pending.is_empty() {
                 start = line_no;
             }
-            let raw = raw.split('#').next().unwrap_or("").trim_end();
+            // `#` starts a comment at the start of a line or after a space; names may hold it.
+            let raw = match raw.trim_start().starts_with('#') {
+                true => "",
+                false => raw.split(" #").next().unwrap_or("").trim_end(),
+            };
             if let Some(head) = raw.strip_suffix('\\') {
                 pending.push_str(head);
                 pending.push(' ');
@@ -194,9 +200,12 @@ impl Acl {
                 };
                 let mut object = None;
                 let mut name = None;
+                let mut queue = None;
                 for word in rest {
                     if let Some(pattern) = word.strip_prefix("name=") {
                         name = Some(pattern.to_string());
+                    } else if let Some(pattern) = word.strip_prefix("queuename=") {
+                        queue = Some(pattern.to_string());
                     } else if word.contains('=') {
                         return Err(err(format!("unknown property in {word}")));
                     } else {
@@ -214,10 +223,12 @@ impl Acl {
                     action,
                     object,
                     name,
+                    queue,
                     line: line_no,
                 });
                 Ok(())
             }
+            ["acl", ..] => Err(err("expected acl allow|deny SUBJECT ACTION ...".into())),
             [word, ..] => Err(err(format!("{word}: expected acl or group"))),
         }
     }
@@ -225,6 +236,19 @@ impl Acl {
     /// Whether `user` (any of its names: the stamped form and `user@REALM`) may do `action`
     /// on the object `kind`/`name`.
     pub fn check(&self, users: &[&str], action: Action, kind: ObjectKind, name: &str) -> Decision {
+        self.check_bind(users, action, kind, name, None)
+    }
+
+    /// [`Acl::check`] for an action that also involves a queue (bind, unbind): rules with
+    /// `queuename=` match only when that queue matches.
+    pub fn check_bind(
+        &self,
+        users: &[&str],
+        action: Action,
+        kind: ObjectKind,
+        name: &str,
+        queue: Option<&str>,
+    ) -> Decision {
         for rule in &self.rules {
             let subject_matches = match &rule.subject {
                 Subject::All => true,
@@ -240,6 +264,10 @@ impl Acl {
                 && rule.action.is_none_or(|a| a == action)
                 && rule.object.is_none_or(|o| o == kind)
                 && rule.name.as_deref().is_none_or(|p| glob_matches(p, name))
+                && rule
+                    .queue
+                    .as_deref()
+                    .is_none_or(|p| queue.is_some_and(|q| glob_matches(p, q)))
             {
                 return Decision {
                     allowed: rule.allow,
@@ -353,7 +381,24 @@ acl deny-log all all
             .parse::<Acl>()
             .is_err());
         assert!("group lonely".parse::<Acl>().is_err());
+        let e = "acl allow".parse::<Acl>().expect_err("no subject");
+        assert!(e.reason.contains("SUBJECT"), "{e}");
         assert!("permit all".parse::<Acl>().is_err());
+    }
+
+    #[test]
+    fn queuename_guards_binds_and_hash_in_names_is_no_comment() {
+        let acl: Acl = "acl deny all bind exchange queuename=secret*\n\
+                        acl allow all all name=q#1 # a comment\n"
+            .parse()
+            .expect("parse");
+        let bind = |q| acl.check_bind(&["bob"], Action::Bind, ObjectKind::Exchange, "q#1", q);
+        assert!(!bind(Some("secret.plans")).allowed);
+        assert!(bind(Some("public")).allowed);
+        assert!(
+            acl.check(&["bob"], Action::Consume, ObjectKind::Queue, "q#1")
+                .allowed
+        );
     }
 
     #[test]

@@ -117,3 +117,35 @@ impl LdapConfig {
         verdict
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn unreachable() -> LdapConfig {
+        LdapConfig {
+            // Nothing listens on port 1 of the loopback.
+            url: "ldap://127.0.0.1:1".into(),
+            base: "dc=example,dc=test".into(),
+            filter: default_filter(),
+            bind_dn: None,
+            bind_password: None,
+            starttls: false,
+            timeout_ms: 2000,
+        }
+    }
+
+    #[tokio::test]
+    async fn empty_passwords_never_reach_the_directory() {
+        let ldap = unreachable();
+        assert!(matches!(
+            ldap.verify("alice", "").await,
+            LdapVerdict::Rejected(_)
+        ));
+        // The directory is asked for anything else, and its absence is an outage.
+        assert!(matches!(
+            ldap.verify("alice", "pw").await,
+            LdapVerdict::Unavailable(_)
+        ));
+    }
+}

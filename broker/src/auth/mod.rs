@@ -116,7 +116,15 @@ pub struct Authenticator {
     users: sasl::UserTable,
     sasl: Arc<SASLConfig>,
     failures: Mutex<HashMap<IpAddr, u64>>,
+    /// Password hashes checked at once: each argon2 check takes ~19 MiB and tens of
+    /// milliseconds, so unauthenticated peers must not be able to run many together.
+    hashing: tokio::sync::Semaphore,
+    /// Checked for unknown users, so that a refusal takes as long as for known ones.
+    decoy: Credentials,
 }
+
+/// Peers whose failures are remembered; beyond this the counts start over.
+const MAX_FAILURE_PEERS: usize = 10_000;
 
 impl std::fmt::Debug for Authenticator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -137,11 +145,17 @@ impl Authenticator {
     ) -> Result<Authenticator, String> {
         let users = Arc::new(RwLock::new(users));
         let sasl = sasl::config(users.clone(), &config.realm)?;
+        let decoy = credentials::random_password(20)
+            .and_then(|p| Credentials::from_password(&p))
+            .map_err(|e| e.to_string())?;
+        let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
         Ok(Authenticator {
             config,
             users,
             sasl,
             failures: Mutex::new(HashMap::new()),
+            hashing: tokio::sync::Semaphore::new(cpus),
+            decoy,
         })
     }
 
@@ -235,21 +249,24 @@ impl Authenticator {
         for source in &self.config.sources {
             match source {
                 Source::Local => {
-                    let c = self
+                    let known = self
                         .users
                         .read()
                         .unwrap_or_else(|e| e.into_inner())
                         .get(&id.stamp)
                         .cloned();
-                    if let Some(c) = c {
-                        let pw = password.to_string();
-                        // Argon2 takes tens of milliseconds of CPU: keep it off the reactor.
-                        let ok = tokio::task::spawn_blocking(move || c.verify(pw.as_bytes()))
-                            .await
-                            .unwrap_or(false);
-                        if ok {
-                            return Ok(());
-                        }
+                    let found = known.is_some();
+                    let c = known.unwrap_or_else(|| self.decoy.clone());
+                    let pw = password.to_string();
+                    let Ok(_permit) = self.hashing.acquire().await else {
+                        continue;
+                    };
+                    // Argon2 takes tens of milliseconds of CPU: keep it off the reactor.
+                    let ok = tokio::task::spawn_blocking(move || c.verify(pw.as_bytes()))
+                        .await
+                        .unwrap_or(false);
+                    if ok && found {
+                        return Ok(());
                     }
                 }
                 Source::Ldap => {
@@ -284,6 +301,9 @@ impl Authenticator {
             return 0;
         };
         let mut f = self.failures.lock().unwrap_or_else(|e| e.into_inner());
+        if f.len() >= MAX_FAILURE_PEERS && !f.contains_key(&ip) {
+            f.clear();
+        }
         let n = f.entry(ip).or_insert(0);
         *n += 1;
         *n

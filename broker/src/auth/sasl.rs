@@ -107,10 +107,13 @@ impl SessionCallback for Callback {
             // The trace token (qpid clients send user@host) is informational only.
             "ANONYMOUS" => Claim::Anonymous,
             "EXTERNAL" => Claim::External { authzid },
-            _ => Claim::Scram {
+            // SCRAM validates only once the client's proof matched the stored verifier.
+            "SCRAM-SHA-256" => Claim::Scram {
                 authzid,
                 authcid: text(context.get_ref::<AuthId>()),
             },
+            // Anything else proves nothing: no claim, so the exchange fails.
+            _ => return Ok(()),
         };
         validate.with::<ClaimValidation, _>(|| Ok(claim))?;
         Ok(())

@@ -195,6 +195,8 @@ pub(crate) struct Machine<W> {
     mechanism: Option<Mechanism>,
     /// The SCRAM exchange in progress.
     scram: Option<rsasl::prelude::Session>,
+    /// SCRAM checked the broker's signature: only then may negotiation go on.
+    scram_verified: bool,
     negotiated: Option<Negotiated>,
     heartbeat: Option<Duration>,
     last_in: Instant,
@@ -219,6 +221,7 @@ impl<W> Machine<W> {
             sessions: HashMap::new(),
             mechanism: None,
             scram: None,
+            scram_verified: false,
             negotiated: None,
             heartbeat: None,
             last_in: now,
@@ -727,7 +730,10 @@ impl<W> Machine<W> {
             (Some(Mechanism::ScramSha256), Some(session)) => {
                 let mut out = Vec::new();
                 match session.step(challenge, &mut out) {
-                    Ok(_) => Bytes::from(out),
+                    Ok(state) => {
+                        self.scram_verified = state.is_finished();
+                        Bytes::from(out)
+                    }
                     // A bad server signature: the broker does not know our password.
                     Err(e) => return Err(ClientError::Auth(format!("SCRAM: {e}"))),
                 }
@@ -749,6 +755,13 @@ impl<W> Machine<W> {
 
     fn on_tune(&mut self, tune: &ConnectionTune) -> Result<(), ClientError> {
         self.expect(State::AwaitTune, "connection.tune")?;
+        if self.mechanism == Some(Mechanism::ScramSha256) && !self.scram_verified {
+            // A broker that does not know our password cannot prove it; it must not be
+            // able to skip the proof either.
+            return Err(ClientError::Auth(
+                "the broker did not prove it knows the SCRAM password".into(),
+            ));
+        }
         let channel_max = tune
             .channel_max
             .unwrap_or(u16::MAX)

@@ -33,7 +33,8 @@ pub struct ConnectOptions {
     pub host: String,
     /// TCP port of the broker.
     pub port: u16,
-    /// SASL user; with it PLAIN is used when offered, without it ANONYMOUS.
+    /// SASL user; with it PLAIN (or SCRAM-SHA-256) is used when offered, without it
+    /// EXTERNAL when a client certificate is configured, else ANONYMOUS.
     pub username: Option<String>,
     /// SASL password for PLAIN and SCRAM.
     pub password: Option<String>,

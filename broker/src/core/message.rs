@@ -45,7 +45,16 @@ impl Message {
         };
         msg.body = content.body.clone();
         msg.has_body = content.has_body;
+        let mut seen_delivery = false;
         for s in content.header_structs()? {
+            let duplicate = match s.code {
+                DeliveryProperties::CODE => std::mem::replace(&mut seen_delivery, true),
+                MessageProperties::CODE => msg.properties.is_some(),
+                _ => false,
+            };
+            if duplicate {
+                return Err(DecodeError::DuplicateStruct(s.code));
+            }
             match s.code {
                 DeliveryProperties::CODE => msg.delivery = DeliveryProperties::from_struct32(&s)?,
                 MessageProperties::CODE => {
@@ -228,5 +237,25 @@ mod tests {
         assert_eq!(back.routing_key(), "k");
         let user = back.properties.and_then(|p| p.user_id);
         assert_eq!(user.as_deref(), Some(&b"alice"[..]));
+    }
+
+    #[test]
+    fn a_header_with_two_message_properties_is_refused() {
+        let forged = MessageProperties {
+            user_id: Some(Bytes::from_static(b"mallory")),
+            ..MessageProperties::default()
+        };
+        let mut header = BytesMut::new();
+        put_struct32(&mut header, &forged.to_struct32());
+        put_struct32(&mut header, &MessageProperties::default().to_struct32());
+        let content = Content {
+            header: header.freeze(),
+            body: Bytes::new(),
+            has_body: false,
+        };
+        assert!(matches!(
+            Message::from_content(Some(&content)),
+            Err(DecodeError::DuplicateStruct(MessageProperties::CODE))
+        ));
     }
 }

@@ -685,6 +685,8 @@ impl Conn<'_> {
                     ));
                     self.with_session(channel, |s, env| s.exception(env, &e, None, (0, 0)));
                     self.detach_failed(channel);
+                    // Gone now, whether or not the peer answers the detach.
+                    self.end_session(channel);
                 }
             }
             Control::SessionDetach(d) => {

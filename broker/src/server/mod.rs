@@ -165,7 +165,6 @@ impl ServerContext {
         }
     }
 
-    /// The rules in force now.
     /// The rules in force now and their generation.
     pub(crate) fn acl(&self) -> (u64, Option<Arc<Acl>>) {
         let acl = self.acl.read().unwrap_or_else(|e| e.into_inner());
@@ -231,6 +230,12 @@ impl Server {
         let invalid = |e: String| io::Error::new(io::ErrorKind::InvalidData, e);
         let mut users = config.stored_users.clone();
         for (name, password) in &config.users {
+            if users.contains_key(name) {
+                tracing::warn!(
+                    user = %name,
+                    "the config's password for this user replaces the stored one for this run"
+                );
+            }
             let c = Credentials::from_password(password).map_err(|e| invalid(e.to_string()))?;
             users.insert(name.clone(), c);
         }
@@ -239,10 +244,15 @@ impl Server {
             Some(path) => Some(Arc::new(load_acl(path).map_err(invalid)?)),
             None => None,
         };
-        let listener = TcpListener::bind(config.listen).await?;
+        let bind = |addr: SocketAddr| async move {
+            TcpListener::bind(addr)
+                .await
+                .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))
+        };
+        let listener = bind(config.listen).await?;
         let tls = match &config.tls {
             Some(t) => Some((
-                TcpListener::bind(t.listen).await?,
+                bind(t.listen).await?,
                 tokio_rustls::TlsAcceptor::from(t.config.clone()),
             )),
             None => None,
@@ -299,7 +309,11 @@ impl Server {
         let (stop_tx, stop_rx) = watch::channel(false);
         // Room beyond the limit so that refused connections can be told why.
         let limit = Arc::new(Semaphore::new(
-            self.ctx.config.max_connections.saturating_add(64),
+            self.ctx
+                .config
+                .max_connections
+                .saturating_add(64)
+                .min(Semaphore::MAX_PERMITS),
         ));
         let mut tasks = tokio::task::JoinSet::new();
         let broker = self.ctx.broker.clone();

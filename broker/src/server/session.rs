@@ -776,42 +776,84 @@ fn name(n: &Option<String>) -> &str {
     n.as_deref().unwrap_or("")
 }
 
-/// What a command does to which object, in the ACL's terms; `None` for commands the ACL
-/// does not govern (flow control, acknowledgements, session commands).
-fn acl_target(command: &Command) -> Option<(Action, ObjectKind, &str)> {
-    let declare = |passive: bool| {
-        if passive {
-            Action::Access
-        } else {
-            Action::Create
-        }
-    };
-    Some(match command {
-        Command::QueueDeclare(d) => (declare(d.passive), ObjectKind::Queue, name(&d.queue)),
-        Command::QueueDelete(d) => (Action::Delete, ObjectKind::Queue, name(&d.queue)),
-        Command::QueuePurge(d) => (Action::Purge, ObjectKind::Queue, name(&d.queue)),
-        Command::QueueQuery(d) => (Action::Access, ObjectKind::Queue, name(&d.queue)),
-        Command::ExchangeDeclare(d) => {
-            (declare(d.passive), ObjectKind::Exchange, name(&d.exchange))
-        }
-        Command::ExchangeDelete(d) => (Action::Delete, ObjectKind::Exchange, name(&d.exchange)),
-        Command::ExchangeQuery(d) => (Action::Access, ObjectKind::Exchange, name(&d.name)),
-        Command::ExchangeBound(d) => (Action::Access, ObjectKind::Exchange, name(&d.exchange)),
-        Command::ExchangeBind(d) => (Action::Bind, ObjectKind::Exchange, name(&d.exchange)),
-        Command::ExchangeUnbind(d) => (Action::Bind, ObjectKind::Exchange, name(&d.exchange)),
-        Command::MessageSubscribe(s) => (Action::Consume, ObjectKind::Queue, name(&s.queue)),
-        Command::MessageTransfer(t) => {
-            (Action::Publish, ObjectKind::Exchange, name(&t.destination))
-        }
-        _ => return None,
+/// One thing a command does, in the ACL's terms.
+struct AclCheck<'c> {
+    action: Action,
+    kind: ObjectKind,
+    object: &'c str,
+    /// The queue of a bind or unbind.
+    queue: Option<&'c str>,
+}
+
+fn check(action: Action, kind: ObjectKind, object: &Option<String>) -> Option<AclCheck<'_>> {
+    Some(AclCheck {
+        action,
+        kind,
+        object: name(object),
+        queue: None,
     })
+}
+
+fn declare_action(passive: bool) -> Action {
+    if passive {
+        Action::Access
+    } else {
+        Action::Create
+    }
+}
+
+/// Publishing to the alternate exchange a declare names (rejected and unroutable messages
+/// go there).
+fn alternate(alt: &Option<String>, passive: bool) -> Option<AclCheck<'_>> {
+    if passive || name(alt).is_empty() {
+        return None;
+    }
+    check(Action::Publish, ObjectKind::Exchange, alt)
+}
+
+/// What a command does to which objects, at most two; none for commands the ACL does not
+/// govern (flow control, acknowledgements, session commands).
+fn acl_checks(command: &Command) -> [Option<AclCheck<'_>>; 2] {
+    let bind = |d_exchange, d_queue| {
+        check(Action::Bind, ObjectKind::Exchange, d_exchange).map(|c| AclCheck {
+            queue: Some(name(d_queue)),
+            ..c
+        })
+    };
+    match command {
+        Command::QueueDeclare(d) => [
+            check(declare_action(d.passive), ObjectKind::Queue, &d.queue),
+            alternate(&d.alternate_exchange, d.passive),
+        ],
+        Command::ExchangeDeclare(d) => [
+            check(declare_action(d.passive), ObjectKind::Exchange, &d.exchange),
+            alternate(&d.alternate_exchange, d.passive),
+        ],
+        Command::QueueDelete(d) => [check(Action::Delete, ObjectKind::Queue, &d.queue), None],
+        Command::QueuePurge(d) => [check(Action::Purge, ObjectKind::Queue, &d.queue), None],
+        Command::QueueQuery(d) => [check(Action::Access, ObjectKind::Queue, &d.queue), None],
+        Command::ExchangeDelete(d) => [
+            check(Action::Delete, ObjectKind::Exchange, &d.exchange),
+            None,
+        ],
+        Command::ExchangeQuery(d) => [check(Action::Access, ObjectKind::Exchange, &d.name), None],
+        Command::ExchangeBound(d) => [
+            check(Action::Access, ObjectKind::Exchange, &d.exchange),
+            None,
+        ],
+        Command::ExchangeBind(d) => [bind(&d.exchange, &d.queue), None],
+        Command::ExchangeUnbind(d) => [bind(&d.exchange, &d.queue), None],
+        Command::MessageSubscribe(s) => [check(Action::Consume, ObjectKind::Queue, &s.queue), None],
+        Command::MessageTransfer(t) => [
+            check(Action::Publish, ObjectKind::Exchange, &t.destination),
+            None,
+        ],
+        _ => [None, None],
+    }
 }
 
 /// Checks a command against the ACL; a denial is logged and answered with 403.
 fn authorize(acl: &Acl, identity: Option<&Identity>, command: &Command) -> Result<(), Error> {
-    let Some((action, kind, object)) = acl_target(command) else {
-        return Ok(());
-    };
     let both;
     let names: &[&str] = match identity {
         Some(i) => {
@@ -820,13 +862,17 @@ fn authorize(acl: &Acl, identity: Option<&Identity>, command: &Command) -> Resul
         }
         None => &[],
     };
-    let decision = acl.check(names, action, kind, object);
-    if decision.allowed {
-        return Ok(());
+    for c in acl_checks(command).into_iter().flatten() {
+        let decision = acl.check_bind(names, c.action, c.kind, c.object, c.queue);
+        if decision.allowed {
+            continue;
+        }
+        let user = names.first().copied().unwrap_or("(nobody)");
+        let (action, kind, object) = (c.action, c.kind, c.object);
+        tracing::warn!(user, %action, object = %format!("{kind} {object}"), rule = decision.line, "ACL denied");
+        return Err(Error::Unauthorized(format!(
+            "ACL denied {user} {action} on {kind} {object}"
+        )));
     }
-    let user = names.first().copied().unwrap_or("(nobody)");
-    tracing::warn!(user, %action, object = %format!("{kind} {object}"), rule = decision.line, "ACL denied");
-    Err(Error::Unauthorized(format!(
-        "ACL denied {user} {action} on {kind} {object}"
-    )))
+    Ok(())
 }

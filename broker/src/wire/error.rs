@@ -9,6 +9,10 @@ pub enum DecodeError {
     /// The input ended inside a value.
     #[error("truncated input")]
     Truncated,
+    /// A message header held the same struct twice (two `message-properties` would let
+    /// a sender show one user-id to the broker and another to receivers).
+    #[error("struct 0x{0:04x} appears twice in the message header")]
+    DuplicateStruct(u16),
     /// A string type held bytes that are not UTF-8.
     #[error("string is not valid utf-8")]
     InvalidUtf8,
