@@ -1,3 +1,8 @@
 //! The Clacks agent: domain naming, command registry, JSON-RPC dispatch, events and presence.
 //!
-//! Nothing is implemented yet; the agent arrives with its own issue.
+//! In progress: the wire formats (names, JSON-RPC messages, error records) and the
+//! capability map are here; the running agent (queues, dispatch, presence) comes next.
+
+pub mod jsonrpc;
+pub mod names;
+pub mod registry;
