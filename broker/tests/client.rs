@@ -432,3 +432,60 @@ async fn server_shutdown_ends_the_connection() {
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn in_process_connections_log_in_as_their_identity() {
+    let config = ServerConfig {
+        listen: "127.0.0.1:0".parse().expect("addr"),
+        ..ServerConfig::default()
+    };
+    config_users_none(&config);
+    let server = Server::bind(config).await.expect("bind");
+    let connector = server.internal_connector();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(server.run(async {
+        let _ = stopped.await;
+    }));
+    let mut opts = ConnectOptions::new("in-process", 0);
+    opts.mechanism = Some("EXTERNAL".into());
+    let conn = Connection::open_on(connector.connect("clacks-agent"), opts)
+        .await
+        .expect("internal login");
+    assert_eq!(conn.negotiated().mechanism, "EXTERNAL");
+    let s = conn.session_unique().await.expect("session");
+    s.declare_queue(QueueDeclare {
+        queue: Some("internal".into()),
+        ..QueueDeclare::default()
+    })
+    .await
+    .expect("declare");
+    s.send("", Message::new("hi").with_routing_key("internal"))
+        .await
+        .expect("send");
+    let mut sub = s
+        .subscribe("internal", SubscribeOptions::default())
+        .await
+        .expect("subscribe");
+    let d = tokio::time::timeout(Duration::from_secs(30), sub.next())
+        .await
+        .expect("in time")
+        .expect("no error")
+        .expect("delivery");
+    assert_eq!(
+        d.message_properties.user_id.as_deref(),
+        Some(&b"clacks-agent"[..]),
+        "stamped with the internal identity"
+    );
+    // The server's stop reaches in-process connections too.
+    let _ = stop.send(());
+    tokio::time::timeout(Duration::from_secs(30), task)
+        .await
+        .expect("server stops")
+        .expect("join")
+        .expect("run");
+}
+
+/// The internal identity needs no configured user.
+fn config_users_none(config: &ServerConfig) {
+    assert!(config.users.is_empty() && config.stored_users.is_empty());
+}

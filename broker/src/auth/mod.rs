@@ -106,8 +106,9 @@ pub struct PeerInfo {
     pub addr: Option<std::net::SocketAddr>,
     /// Whether the connection is TLS.
     pub tls: bool,
-    /// The user named by a verified TLS client certificate (its common name).
-    pub certificate_user: Option<String>,
+    /// The user the transport vouches for, who may log in with EXTERNAL: the common name
+    /// of a verified TLS client certificate, or the broker's own in-process agent.
+    pub transport_user: Option<String>,
 }
 
 /// Checks logins for every connection.
@@ -197,7 +198,7 @@ impl Authenticator {
             m.push("SCRAM-SHA-256");
         }
         m.push("PLAIN");
-        if peer.certificate_user.is_some() {
+        if peer.transport_user.is_some() {
             m.push("EXTERNAL");
         }
         if self.config.allow_anonymous || !self.config.auth {
@@ -220,7 +221,7 @@ impl Authenticator {
         match claim {
             Claim::Anonymous => Ok(Identity::anonymous()),
             Claim::External { authzid } => {
-                let Some(user) = &peer.certificate_user else {
+                let Some(user) = &peer.transport_user else {
                     return Err("EXTERNAL without a client certificate".into());
                 };
                 let id = Identity::user(user, realm);
@@ -339,7 +340,7 @@ mod tests {
         PeerInfo {
             addr: None,
             tls: false,
-            certificate_user: None,
+            transport_user: None,
         }
     }
 

@@ -210,6 +210,32 @@ pub struct Server {
     listener: TcpListener,
     tls: Option<(TcpListener, tokio_rustls::TlsAcceptor)>,
     ctx: Arc<ServerContext>,
+    /// Tells every connection, in-process ones included, that the server stops.
+    stop: (watch::Sender<bool>, watch::Receiver<bool>),
+}
+
+/// Opens in-process connections to a server: no socket, no password; the peer logs in with
+/// EXTERNAL as the identity it was made for (the broker's own agent).
+#[derive(Clone)]
+pub struct InternalConnector {
+    ctx: Arc<ServerContext>,
+    stop: watch::Receiver<bool>,
+}
+
+impl InternalConnector {
+    /// A byte stream to a new connection served as any other, whose EXTERNAL login is `user`.
+    pub fn connect(&self, user: &str) -> tokio::io::DuplexStream {
+        let (ours, theirs) = tokio::io::duplex(256 * 1024);
+        let info = PeerInfo {
+            addr: None,
+            tls: false,
+            transport_user: Some(user.to_string()),
+        };
+        let ctx = self.ctx.clone();
+        let stop = self.stop.clone();
+        tokio::spawn(connection::serve(theirs, ctx, stop, info));
+        ours
+    }
 }
 
 impl Server {
@@ -266,7 +292,12 @@ impl Server {
             acl_generation: std::sync::atomic::AtomicU64::new(0),
             census: Mutex::new(Census::default()),
         });
-        Ok(Server { listener, tls, ctx })
+        Ok(Server {
+            listener,
+            tls,
+            ctx,
+            stop: watch::channel(false),
+        })
     }
 
     /// The address of the amqps listener, if there is one.
@@ -275,6 +306,14 @@ impl Server {
     /// When the socket has no local address.
     pub fn local_tls_addr(&self) -> io::Result<Option<SocketAddr>> {
         self.tls.as_ref().map(|(l, _)| l.local_addr()).transpose()
+    }
+
+    /// A handle that opens in-process connections (for the agent in `clacks serve`).
+    pub fn internal_connector(&self) -> InternalConnector {
+        InternalConnector {
+            ctx: self.ctx.clone(),
+            stop: self.stop.1.clone(),
+        }
     }
 
     /// A handle that reloads the ACL file while the server runs.
@@ -306,7 +345,7 @@ impl Server {
     /// # Errors
     /// Fatal listener errors.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> io::Result<()> {
-        let (stop_tx, stop_rx) = watch::channel(false);
+        let (stop_tx, stop_rx) = self.stop;
         // Room beyond the limit so that refused connections can be told why.
         let limit = Arc::new(Semaphore::new(
             self.ctx
@@ -348,7 +387,7 @@ impl Server {
                         let mut info = PeerInfo {
                             addr: Some(peer),
                             tls: tls.is_some(),
-                            certificate_user: None,
+                            transport_user: None,
                         };
                         match tls {
                             None => connection::serve(stream, ctx, stop, info).await,
@@ -359,7 +398,7 @@ impl Server {
                                 );
                                 match handshake.await {
                                     Ok(Ok(stream)) => {
-                                        info.certificate_user = stream
+                                        info.transport_user = stream
                                             .get_ref()
                                             .1
                                             .peer_certificates()
