@@ -1,3 +1,5 @@
 //! The Clacks agent: domain naming, command registry, JSON-RPC dispatch, events and presence.
 //!
-//! Nothing is implemented yet; the agent arrives with its own issue.
+//! Implemented so far: [`events`] (event XML, its XSD schemas and validation).
+
+pub mod events;
