@@ -5,7 +5,7 @@
 //! recursion can run away on hostile input.
 
 use std::collections::BTreeMap;
-use std::rc::Rc;
+use std::sync::Arc;
 
 use quick_xml::events::{BytesStart, Event};
 use quick_xml::Reader;
@@ -14,7 +14,7 @@ use quick_xml::Reader;
 const XML_NS: &str = "http://www.w3.org/XML/1998/namespace";
 
 /// Prefix bindings in scope at an element; the empty prefix is the default namespace.
-pub(crate) type Scope = Rc<BTreeMap<String, String>>;
+pub(crate) type Scope = Arc<BTreeMap<String, String>>;
 
 /// An element of a parsed document.
 #[derive(Debug, Clone)]
@@ -151,7 +151,7 @@ pub(crate) fn parse(text: &str, max_bytes: usize, max_depth: usize) -> Result<El
                     None => {
                         let mut m = BTreeMap::new();
                         m.insert("xml".to_string(), XML_NS.to_string());
-                        Rc::new(m)
+                        Arc::new(m)
                     }
                 };
                 stack.push(open_element(&start, parent_scope)?);
@@ -248,7 +248,7 @@ fn open_element(start: &BytesStart<'_>, parent_scope: Scope) -> Result<Element, 
                 m.insert(p, uri);
             }
         }
-        Rc::new(m)
+        Arc::new(m)
     };
     let (ns, local) = resolve(&scope, qname, true)?;
     let mut attrs = Vec::with_capacity(raw_attrs.len());

@@ -11,7 +11,7 @@ mod build;
 mod dom;
 mod simple;
 mod validate;
-pub mod xsd;
+mod xsd;
 
 use std::path::PathBuf;
 

@@ -638,3 +638,81 @@ fn all_group_and_empty_types_from_a_schema() {
         refused(&set, &ev("<Pair><C>t</C><A>1</A></Pair>")).contains("Pair/C: unexpected text 't'")
     );
 }
+
+#[test]
+fn derived_simple_types_check_facets_along_the_chain() {
+    let xsd = r#"<xs:schema xmlns:xs="http://www.w3.org/2001/XMLSchema" xmlns="http://www.gonicus.de/Events"
+        targetNamespace="http://www.gonicus.de/Events" elementFormDefault="qualified">
+      <xs:element name="Level">
+        <xs:complexType><xs:sequence><xs:element name="V" type="Small"/></xs:sequence></xs:complexType>
+      </xs:element>
+      <xs:simpleType name="Small"><xs:restriction base="Percent"><xs:maxExclusive value="10"/></xs:restriction></xs:simpleType>
+      <xs:simpleType name="Percent">
+        <xs:restriction base="xs:decimal"><xs:minInclusive value="0"/><xs:maxInclusive value="100"/></xs:restriction>
+      </xs:simpleType>
+    </xs:schema>"#;
+    let mut set = SchemaSet::default();
+    set.add("Level", "Level.xsd", xsd).unwrap();
+    assert!(set.validate(&ev("<Level><V>9.5</V></Level>")).is_ok());
+    assert!(
+        refused(&set, &ev("<Level><V>10</V></Level>")).contains("out of the range of type Small")
+    );
+    assert!(
+        refused(&set, &ev("<Level><V>-1</V></Level>")).contains("out of the range of type Percent")
+    );
+    // Facets that do not fit the final builtin, and derivation cycles, are load errors.
+    let bad = xsd.replace(
+        "<xs:maxExclusive value=\"10\"/>",
+        "<xs:maxLength value=\"3\"/>",
+    );
+    assert!(
+        load_error(&bad.replace("Level", "Alarm")).contains("length facet on a non-string type")
+    );
+    let cycle = xsd.replace("base=\"xs:decimal\"", "base=\"Small\"");
+    assert!(load_error(&cycle.replace("Level", "Alarm")).contains("derives from itself"));
+}
+
+#[test]
+fn mangled_input_never_panics() {
+    let set = core();
+    let xml = node_capabilities(
+        "n\u{e9}1",
+        &[method("getMethods")],
+        &[NodeObject {
+            oid: "User".into(),
+            signature: Some("s".into()),
+        }],
+    );
+    let mut cuts = 0;
+    for (i, _) in xml.char_indices() {
+        // Every prefix is either refused or (only the full text) accepted, without panicking.
+        assert!(set.validate(&xml[..i]).is_err());
+        cuts += 1;
+        for junk in [
+            "<",
+            "&",
+            "\"",
+            "\u{0}",
+            "]]>",
+            "<?xml version='1.0'?>",
+            "\u{feff}",
+            "é",
+        ] {
+            let mut s = xml.clone();
+            s.insert_str(i, junk);
+            let _ = set.validate(&s);
+        }
+    }
+    assert!(cuts > 100);
+    assert!(set.validate(&xml).is_ok());
+}
+
+#[test]
+fn types_can_cross_threads() {
+    // The agent shares one SchemaSet between tasks and moves events into them.
+    fn check<T: Send + Sync + 'static>() {}
+    check::<SchemaSet>();
+    check::<ValidatedEvent>();
+    check::<EventError>();
+    check::<SchemaError>();
+}

@@ -27,7 +27,8 @@ struct EventDef {
     ty: TypeRef,
 }
 
-/// Every known event type with its schema.
+/// Every known event type with its schema. `SchemaSet::default()` is empty (not even the
+/// core events); [`SchemaSet::load`] is the usual way to get one.
 #[derive(Debug, Clone, Default)]
 pub struct SchemaSet {
     schemas: Vec<Schema>,

@@ -282,15 +282,18 @@ pub(crate) fn parse_schema(text: &str, required_ns: &str) -> Result<Schema, Stri
                 let name = el.attr("name").unwrap_or_default();
                 let ctx = format!("xs:complexType '{name}'");
                 let ct = p.complex_type(el, &ctx, true)?;
-                let idx = p.schema.complex_names[name];
-                p.schema.complex[idx] = ct;
+                // Reserved in the first pass under this name.
+                if let Some(&idx) = p.schema.complex_names.get(name) {
+                    p.schema.complex[idx] = ct;
+                }
             }
             "simpleType" => {
                 let name = el.attr("name").unwrap_or_default();
                 let ctx = format!("xs:simpleType '{name}'");
                 let st = p.simple_type(el, &ctx, name, true)?;
-                let idx = p.schema.simple_names[name];
-                p.schema.simple[idx] = st;
+                if let Some(&idx) = p.schema.simple_names.get(name) {
+                    p.schema.simple[idx] = st;
+                }
             }
             "element" => {
                 let Term::Element(decl) = p.element(el, true, "xs:schema")?.term else {
@@ -577,6 +580,44 @@ impl Parser {
                     }
                     SimpleBase::Named(i) => idx = i,
                 }
+            }
+        }
+        // Facets on types derived from named types could not be checked while parsing,
+        // because the builtin at the bottom of the chain was not known yet.
+        for st in s
+            .simple
+            .iter()
+            .filter(|t| matches!(t.base, SimpleBase::Named(_)))
+        {
+            let SimpleBase::Named(base) = st.base else {
+                continue;
+            };
+            let b = s.builtin_of(base);
+            let f = &st.facets;
+            let ranged = f.min_inclusive.is_some()
+                || f.max_inclusive.is_some()
+                || f.min_exclusive.is_some()
+                || f.max_exclusive.is_some();
+            if ranged && !b.is_numeric() {
+                return Err(format!(
+                    "simple type '{}': range facet on a non-numeric type",
+                    st.name
+                ));
+            }
+            let sized = f.length.is_some() || f.min_length.is_some() || f.max_length.is_some();
+            if sized && !b.is_stringy() {
+                return Err(format!(
+                    "simple type '{}': length facet on a non-string type",
+                    st.name
+                ));
+            }
+            if let Some(e) = f.enumeration.iter().find(|e| !b.check(&b.normalize(e))) {
+                return Err(format!(
+                    "simple type '{}': enumeration {} is not a valid {}",
+                    st.name,
+                    quote(e),
+                    b.name()
+                ));
             }
         }
         Ok(())
