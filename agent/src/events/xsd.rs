@@ -12,7 +12,7 @@ use super::dom::{self, Element, Node};
 use super::simple::Builtin;
 
 /// The XML Schema namespace.
-pub const XSD_NS: &str = "http://www.w3.org/2001/XMLSchema";
+pub(crate) const XSD_NS: &str = "http://www.w3.org/2001/XMLSchema";
 
 /// Largest schema file accepted.
 pub(crate) const MAX_XSD_BYTES: usize = 1024 * 1024;
