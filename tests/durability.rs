@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use clacks_broker::client::{ConnectOptions, Connection, Message, SubscribeOptions};
 use clacks_broker::wire::QueueDeclare;
-use common::Binary;
+use common::{bodies, Binary};
 
 const QUEUE: &str = "crash-q";
 
@@ -256,36 +256,6 @@ fn rich_message() -> Message {
         .with_header("map", Value::Map(inner));
     m.message_properties.correlation_id = Some(bytes::Bytes::from_static(b"corr-1"));
     m
-}
-
-/// Bodies left on `queue`, accepted as they are read.
-async fn bodies(s: &clacks_broker::client::Session, queue: &str) -> Vec<String> {
-    let depth = s
-        .query_queue(queue)
-        .await
-        .expect("query")
-        .message_count
-        .unwrap_or(0);
-    let mut sub = s
-        .subscribe(queue, SubscribeOptions::default())
-        .await
-        .expect("subscribe");
-    let mut out = Vec::new();
-    for _ in 0..depth {
-        let d = tokio::time::timeout(Duration::from_secs(10), sub.next())
-            .await
-            .expect("message in time")
-            .expect("session")
-            .expect("message");
-        sub.accept(&d)
-            .await
-            .expect("accept")
-            .await
-            .expect("accepted");
-        out.push(String::from_utf8_lossy(&d.body).into_owned());
-    }
-    sub.cancel().await.expect("cancel");
-    out
 }
 
 #[test]

@@ -5,13 +5,12 @@
 mod common;
 
 use std::process::Command;
-use std::time::Duration;
 
-use clacks_broker::client::{ConnectOptions, Connection, Message, Session, SubscribeOptions};
+use clacks_broker::client::{ConnectOptions, Connection, Message, Session};
 use clacks_broker::wire::{
     ExchangeBind, ExchangeBound, ExchangeDeclare, ExchangeUnbind, FieldTable, QueueDeclare,
 };
-use common::{qpidpy, Binary};
+use common::{bodies, qpidpy, Binary};
 
 const EVENTS_NS: &str = "http://www.gonicus.de/Events";
 
@@ -65,36 +64,6 @@ fn bind(queue: &str, exchange: &str, key: &str, args: Option<FieldTable>) -> Exc
         binding_key: Some(key.into()),
         arguments: args,
     }
-}
-
-/// Bodies on `queue`, accepted as read.
-async fn bodies(s: &Session, queue: &str) -> Vec<String> {
-    let depth = s
-        .query_queue(queue)
-        .await
-        .expect("query")
-        .message_count
-        .unwrap_or(0);
-    let mut sub = s
-        .subscribe(queue, SubscribeOptions::default())
-        .await
-        .expect("subscribe");
-    let mut out = Vec::new();
-    for _ in 0..depth {
-        let d = tokio::time::timeout(Duration::from_secs(10), sub.next())
-            .await
-            .expect("message in time")
-            .expect("session")
-            .expect("message");
-        sub.accept(&d)
-            .await
-            .expect("accept")
-            .await
-            .expect("accepted");
-        out.push(String::from_utf8_lossy(&d.body).into_owned());
-    }
-    sub.cancel().await.expect("cancel");
-    out
 }
 
 #[test]

@@ -198,6 +198,37 @@ fn children_of(pid: u32) -> Vec<u32> {
         .collect()
 }
 
+/// The bodies on `queue`, each accepted as it is read, until the queue's depth at the
+/// start is drained.
+pub async fn bodies(s: &clacks_broker::client::Session, queue: &str) -> Vec<String> {
+    let depth = s
+        .query_queue(queue)
+        .await
+        .expect("query")
+        .message_count
+        .unwrap_or(0);
+    let mut sub = s
+        .subscribe(queue, clacks_broker::client::SubscribeOptions::default())
+        .await
+        .expect("subscribe");
+    let mut out = Vec::new();
+    for _ in 0..depth {
+        let d = tokio::time::timeout(Duration::from_secs(10), sub.next())
+            .await
+            .expect("message in time")
+            .expect("session")
+            .expect("message");
+        sub.accept(&d)
+            .await
+            .expect("accept")
+            .await
+            .expect("accepted");
+        out.push(String::from_utf8_lossy(&d.body).into_owned());
+    }
+    sub.cancel().await.expect("cancel");
+    out
+}
+
 /// Where tests/qpid-setup.sh put Qpid's Python client; the test command runs it first.
 pub fn qpidpy() -> PathBuf {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/qpidpy");
