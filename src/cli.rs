@@ -30,6 +30,31 @@ pub enum Command {
     /// Manage the local users in a stopped broker's data directory.
     #[command(subcommand)]
     User(UserCommand),
+    /// Call a Clacks command (JSON-RPC over the domain's command queue).
+    Call(CallArgs),
+}
+
+/// `clacks call`.
+#[derive(Debug, Args)]
+pub struct CallArgs {
+    /// Broker URL: [amqp[s]://][user:password@]host[:port].
+    #[arg(short = 'b', long, env = "CLACKS_BROKER", default_value = DEFAULT_BROKER)]
+    pub broker: String,
+    #[command(flatten)]
+    pub conn: ConnArgs,
+    /// The Clacks domain.
+    #[arg(long, env = "CLACKS_DOMAIN", default_value = "org.clacks")]
+    pub domain: String,
+    /// Give up after this many seconds without a reply.
+    #[arg(long, default_value_t = 30.0, value_name = "SECS")]
+    pub timeout: f64,
+    /// Print the result as one line of JSON (for scripts).
+    #[arg(long)]
+    pub json: bool,
+    /// The command.
+    pub method: String,
+    /// Its arguments: each one JSON, or else taken as a string.
+    pub args: Vec<String>,
 }
 
 /// `clacks user ...`.

@@ -56,6 +56,24 @@ pub struct Settings {
     pub tls: Option<TlsSettings>,
     /// `[ldap]` table.
     pub ldap: Option<LdapConfig>,
+    /// `[agent]` table.
+    pub agent: Option<AgentSettings>,
+}
+
+/// The `[agent]` table: the Clacks agent inside `clacks serve`.
+#[derive(Debug, Default, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentSettings {
+    /// `enabled = true`.
+    pub enabled: Option<bool>,
+    /// `domain = "org.clacks"`.
+    pub domain: Option<String>,
+    /// `node = "host1"` (default: the host name).
+    pub node: Option<String>,
+    /// `admins = ["admin"]`: users who may call every command (default: `admin`).
+    pub admins: Option<Vec<String>>,
+    /// `acl_file = "agent.acl"`: the agent ACL (JSON); without it only admins may call.
+    pub acl_file: Option<String>,
 }
 
 /// The `[tls]` table.
@@ -206,6 +224,7 @@ impl Settings {
                 (base, o) => o.or(base),
             },
             ldap: over.ldap.or(self.ldap),
+            agent: over.agent.or(self.agent),
         }
     }
 
@@ -342,6 +361,8 @@ pub struct ServeConfig {
     pub data_dir: std::path::PathBuf,
     /// The amqps listener, if on.
     pub tls: Option<TlsPlan>,
+    /// The in-process agent's settings.
+    pub agent: AgentSettings,
 }
 
 /// Merges file, environment and flags, in that order of precedence (last wins).
@@ -372,6 +393,7 @@ pub fn serve_config(
         server,
         data_dir,
         tls,
+        agent: merged.agent.unwrap_or_default(),
     })
 }
 

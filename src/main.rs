@@ -1,5 +1,6 @@
 //! `clacks`: the broker (`serve`) and its client tools (`send`, `receive`, `bench`).
 
+mod agent_cmds;
 mod bench;
 mod cli;
 mod client_cmds;
@@ -29,6 +30,7 @@ async fn main() -> ExitCode {
         Command::Receive(args) => client_cmds::receive(args).await,
         Command::Bench(args) => bench::run(args).await,
         Command::User(cmd) => users::run(cmd),
+        Command::Call(args) => agent_cmds::call(args).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -79,7 +79,16 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     tracing::info!(%addr, "broker started");
     let broker = server.broker();
     let hangup = tokio::spawn(reload_on_hangup(server.acl_reloader(), hangup_signal));
-    server.run(shutdown_signal()).await?;
+    let agent = start_agent(&server, &serve.agent)?;
+    // The agent goes first, so that it can still remove its queues.
+    let shutdown = async move {
+        shutdown_signal().await;
+        if let Some((stop, task)) = agent {
+            let _ = stop.send(());
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(5), task).await;
+        }
+    };
+    server.run(shutdown).await?;
     hangup.abort();
     if let Some(journal) = broker.journal() {
         let s = journal.stats();
@@ -151,6 +160,84 @@ fn take_users(
         )?;
     }
     Ok(())
+}
+
+/// The identity the in-process agent logs in as (EXTERNAL over the internal connector).
+const AGENT_IDENTITY: &str = "clacks-agent";
+
+/// A stop switch and the task of the running agent.
+type AgentHandle = (
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<()>,
+);
+
+/// Starts the Clacks agent inside the broker, unless the config turns it off.
+fn start_agent(
+    server: &Server,
+    settings: &config::AgentSettings,
+) -> anyhow::Result<Option<AgentHandle>> {
+    use clacks_agent::acl::AgentAcl;
+    use clacks_agent::state::{AgentConfig, AgentState};
+    use clacks_broker::client::{ConnectOptions, Connection};
+
+    if settings.enabled == Some(false) {
+        return Ok(None);
+    }
+    let domain = settings
+        .domain
+        .clone()
+        .unwrap_or_else(|| clacks_agent::names::DEFAULT_DOMAIN.to_string());
+    if !clacks_agent::names::valid_domain(&domain) {
+        anyhow::bail!("agent domain {domain:?} is not a dotted ASCII name");
+    }
+    let node = settings.node.clone().unwrap_or_else(host_name);
+    let admins = settings
+        .admins
+        .clone()
+        .unwrap_or_else(|| vec!["admin".to_string()]);
+    let acl = match &settings.acl_file {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read the agent ACL {path}"))?;
+            AgentAcl::parse(&text, &domain, &admins)?
+        }
+        None => AgentAcl::admins_only(&admins),
+    };
+    let state = Arc::new(AgentState::new(
+        AgentConfig {
+            domain: domain.clone(),
+            node,
+        },
+        vec![Arc::new(clacks_agent::core_commands::Core)],
+        acl,
+    ));
+    let stream = server.internal_connector().connect(AGENT_IDENTITY);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        let mut opts = ConnectOptions::new("in-process", 0);
+        opts.mechanism = Some("EXTERNAL".into());
+        let conn = match Connection::open_on(stream, opts).await {
+            Ok(c) => c,
+            Err(e) => return tracing::error!("the agent cannot log in: {e}"),
+        };
+        let stop = async {
+            let _ = stopped.await;
+        };
+        if let Err(e) = clacks_agent::service::serve(conn, state, stop).await {
+            tracing::error!("the agent stopped: {e}");
+        }
+    });
+    tracing::info!(%domain, "agent started");
+    Ok(Some((stop, task)))
+}
+
+/// This machine's host name (the default node id).
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".to_string())
 }
 
 /// Reloads the ACL file whenever the process gets SIGHUP.

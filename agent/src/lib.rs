@@ -5,8 +5,12 @@
 //! running agent (queues, presence, the command plugins) comes next.
 
 pub mod acl;
+pub mod core_commands;
 pub mod dispatch;
 pub mod events;
 pub mod jsonrpc;
 pub mod names;
+pub mod plugin;
 pub mod registry;
+pub mod service;
+pub mod state;

@@ -663,7 +663,9 @@ impl Conn<'_> {
                         return;
                     }
                 }
-                let over_limit = self.sessions.len() >= self.ctx.config.max_sessions;
+                // Limits are for network peers; the broker's own agent (no address) is exempt.
+                let over_limit =
+                    self.peer.addr.is_some() && self.sessions.len() >= self.ctx.config.max_sessions;
                 let id = self.ctx.broker.new_session(self.id);
                 self.sessions
                     .insert(channel, Session::new(id, name.clone()));
