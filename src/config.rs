@@ -74,6 +74,10 @@ pub struct AgentSettings {
     pub admins: Option<Vec<String>>,
     /// `acl_file = "agent.acl"`: the agent ACL (JSON); without it only admins may call.
     pub acl_file: Option<String>,
+    /// `status_interval_ms = 10000`: between two NodeStatus events.
+    pub status_interval_ms: Option<u64>,
+    /// `node_timeout_ms = 60000`: a node silent for longer is dropped.
+    pub node_timeout_ms: Option<u64>,
 }
 
 /// The `[tls]` table.

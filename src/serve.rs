@@ -211,6 +211,14 @@ fn start_agent(
         vec![Arc::new(clacks_agent::core_commands::Core)],
         acl,
     ));
+    let defaults = clacks_agent::state::PresenceTimers::default();
+    let ms = |v: Option<u64>, d: std::time::Duration| {
+        v.map_or(d, |ms| std::time::Duration::from_millis(ms.max(1)))
+    };
+    let timers = clacks_agent::state::PresenceTimers {
+        status_interval: ms(settings.status_interval_ms, defaults.status_interval),
+        node_timeout: ms(settings.node_timeout_ms, defaults.node_timeout),
+    };
     let stream = server.internal_connector().connect(AGENT_IDENTITY);
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(async move {
@@ -223,7 +231,7 @@ fn start_agent(
         let stop = async {
             let _ = stopped.await;
         };
-        if let Err(e) = clacks_agent::service::serve(conn, state, stop).await {
+        if let Err(e) = clacks_agent::service::serve(conn, state, timers, stop).await {
             tracing::error!("the agent stopped: {e}");
         }
     });

@@ -172,3 +172,105 @@ conn.close()
     );
     assert!(text.contains("getNodes ['node-a']"), "{text}");
 }
+
+/// Publishes an event on the domain's exchange as guest.
+async fn publish_event(s: &clacks_broker::client::Session, xml: &str) {
+    s.send(
+        "org.clacks",
+        Message::new(xml.as_bytes().to_vec()).with_routing_key("event"),
+    )
+    .await
+    .expect("publish event");
+}
+
+/// Polls `getNodes` until `pred` holds for the node table.
+fn until_nodes(broker: &Binary, what: &str, pred: impl Fn(&Value) -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (ok, out, err) = call(broker, "guest:guest", &["getNodes"]);
+        assert!(ok, "{err}");
+        let nodes: Value = serde_json::from_str(&out).expect("json");
+        if pred(&nodes) {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what}: nodes are {nodes}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_announce_capabilities_leave_and_timeout() {
+    let broker = Binary::start(&format!(
+        "{AGENT}\nstatus_interval_ms = 200\nnode_timeout_ms = 1500"
+    ));
+    let conn = Connection::open(
+        ConnectOptions::parse(&format!("amqp://guest:guest@{}", broker.addr)).expect("url"),
+    )
+    .await
+    .expect("connect");
+    let s = conn.session_unique().await.expect("session");
+    // A subscriber that wants only capability events, as Clacks subscribers bind.
+    s.declare_queue(QueueDeclare {
+        queue: Some("caps".into()),
+        exclusive: true,
+        auto_delete: true,
+        ..QueueDeclare::default()
+    })
+    .await
+    .expect("declare");
+    let mut args = clacks_broker::wire::FieldTable::new();
+    args.insert(
+        "xquery",
+        "declare namespace f='http://www.gonicus.de/Events'; \
+         let $e := ./f:Event return $e/f:NodeCapabilities",
+    );
+    s.bind(clacks_broker::wire::ExchangeBind {
+        queue: Some("caps".into()),
+        exchange: Some("org.clacks".into()),
+        binding_key: Some("event".into()),
+        arguments: Some(args),
+    })
+    .await
+    .expect("bind");
+    let mut caps = s
+        .subscribe("caps", SubscribeOptions::default())
+        .await
+        .expect("subscribe");
+    // Every agent answers an announcement with its capabilities.
+    publish_event(&s, &clacks_agent::events::node_announce("node-b")).await;
+    let d = tokio::time::timeout(Duration::from_secs(30), caps.next())
+        .await
+        .expect("capabilities in time")
+        .expect("session")
+        .expect("event");
+    let text = String::from_utf8_lossy(&d.body).into_owned();
+    assert!(
+        text.contains("<Id>node-a</Id>") && text.contains("getSessionUser"),
+        "{text}"
+    );
+
+    // node-b's capabilities make it a provider; its leave removes only node-b.
+    let event = text.replace("<Id>node-a</Id>", "<Id>node-b</Id>");
+    publish_event(&s, &event).await;
+    until_nodes(&broker, "node-b joins", |n| n.get("node-b").is_some());
+    let (_, out, _) = call(&broker, "guest:guest", &["getMethods"]);
+    let methods: Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(
+        methods["getSessionUser"]["provider"],
+        json!(["node-a", "node-b"])
+    );
+    publish_event(&s, &clacks_agent::events::node_leave("node-b")).await;
+    until_nodes(&broker, "node-b leaves", |n| {
+        n.get("node-b").is_none() && n.get("node-a").is_some()
+    });
+
+    // node-c never reports its status: dropped after the node timeout.
+    publish_event(&s, &event.replace("<Id>node-b</Id>", "<Id>node-c</Id>")).await;
+    until_nodes(&broker, "node-c joins", |n| n.get("node-c").is_some());
+    until_nodes(&broker, "node-c times out", |n| {
+        n.get("node-c").is_none() && n.get("node-a").is_some()
+    });
+}

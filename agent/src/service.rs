@@ -5,12 +5,18 @@ use std::future::Future;
 use std::sync::Arc;
 
 use clacks_broker::client::{
-    ClientError, Connection, Delivery, Message, Session, SubscribeOptions, Subscription,
+    random_uuid, ClientError, Connection, Delivery, Message, Session, SubscribeOptions,
+    Subscription,
 };
 use clacks_broker::wire::{
-    ExchangeDeclare, MessageRejectCode, QueueDeclare, QueueDelete, SequenceSet,
+    ExchangeBind, ExchangeDeclare, FieldTable, MessageRejectCode, QueueDeclare, QueueDelete,
+    SequenceSet,
 };
 use serde_json::Value;
+
+use crate::events::{self, SchemaSet};
+use crate::presence::{self, Answer};
+use crate::state::PresenceTimers;
 
 use crate::dispatch::{self, Caller, Route, View};
 use crate::jsonrpc::{self, ErrorCode};
@@ -26,6 +32,7 @@ use crate::state::AgentState;
 pub async fn serve(
     conn: Connection,
     state: Arc<AgentState>,
+    timers: PresenceTimers,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ClientError> {
     let domain = state.config.domain.clone();
@@ -58,9 +65,45 @@ pub async fn serve(
         }
         private.push(own);
     }
+    let schemas =
+        Arc::new(SchemaSet::load(None).map_err(|e| ClientError::Protocol(e.to_string()))?);
+    let events_session = conn.session_unique().await?;
+    let listener = format!("event-listener-{}", random_uuid());
+    events_session
+        .declare_queue(QueueDeclare {
+            queue: Some(listener.clone()),
+            exclusive: true,
+            auto_delete: true,
+            ..QueueDeclare::default()
+        })
+        .await?;
+    let mut args = FieldTable::new();
+    args.insert("xquery", presence::PRESENCE_QUERY);
+    events_session
+        .bind(ExchangeBind {
+            queue: Some(listener.clone()),
+            exchange: Some(domain.clone()),
+            binding_key: Some(names::EVENT_KEY.into()),
+            arguments: Some(args),
+        })
+        .await?;
+    let heard = events_session
+        .subscribe(&listener, SubscribeOptions::default())
+        .await?;
+    let publisher = conn.session_unique().await?;
+    workers.spawn(presence_loop(
+        events_session,
+        heard,
+        publisher.clone(),
+        schemas.clone(),
+        state.clone(),
+        timers,
+    ));
+    publish(&publisher, &schemas, &domain, &events::node_announce(&node)).await;
     tracing::info!(%domain, %node, "agent serving");
     shutdown.await;
     workers.abort_all();
+    publish(&publisher, &schemas, &domain, &events::node_leave(&node)).await;
     for queue in private {
         let delete = QueueDelete {
             queue: Some(queue),
@@ -70,6 +113,65 @@ pub async fn serve(
         let _ = admin.delete_queue(delete).await;
     }
     Ok(())
+}
+
+/// Validates an event this node sends and publishes it on the domain's exchange.
+async fn publish(session: &Session, schemas: &SchemaSet, domain: &str, xml: &str) {
+    match schemas.validate(xml) {
+        Ok(event) => {
+            let message = Message::new(event.wire_text()).with_routing_key(names::EVENT_KEY);
+            if let Err(e) = session.send(names::events_exchange(domain), message).await {
+                tracing::warn!(event = %event.name, "event not published: {e}");
+            }
+        }
+        Err(e) => tracing::error!("refusing to send an invalid event: {e}"),
+    }
+}
+
+/// Hears presence events, answers announcements, reports this node's status and drops
+/// nodes that went silent.
+async fn presence_loop(
+    // Held so that the subscription's session lives as long as the loop.
+    _session: Session,
+    mut heard: Subscription,
+    publisher: Session,
+    schemas: Arc<SchemaSet>,
+    state: Arc<AgentState>,
+    timers: PresenceTimers,
+) {
+    let domain = state.config.domain.clone();
+    let node = state.config.node.clone();
+    let mut tick = tokio::time::interval(timers.status_interval);
+    loop {
+        tokio::select! {
+            d = heard.next() => {
+                let d = match d {
+                    Ok(Some(d)) => d,
+                    Ok(None) => return,
+                    Err(e) => return tracing::warn!("event subscription failed: {e}"),
+                };
+                let _ = heard.accept(&d).await;
+                let text = String::from_utf8_lossy(&d.body);
+                match schemas.validate(&text) {
+                    Ok(event) => {
+                        let now = std::time::Instant::now();
+                        if presence::apply(&state, &event, now) == Answer::Capabilities {
+                            let caps = presence::capabilities_event(&state);
+                            publish(&publisher, &schemas, &domain, &caps).await;
+                        }
+                    }
+                    Err(e) => tracing::debug!("ignoring an invalid event: {e}"),
+                }
+            }
+            _ = tick.tick() => {
+                let status = events::node_status(&node, presence::load_average(), 0.0, 1, None);
+                publish(&publisher, &schemas, &domain, &status).await;
+                for gone in presence::sweep(&state, std::time::Instant::now(), timers.node_timeout) {
+                    tracing::info!(node = %gone, "node timed out");
+                }
+            }
+        }
+    }
 }
 
 /// Takes the calls of one queue, one after the other.

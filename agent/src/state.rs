@@ -2,6 +2,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::time::{Duration, Instant};
 
 use crate::acl::AgentAcl;
 use crate::jsonrpc::ErrorRegistry;
@@ -15,6 +16,24 @@ pub struct AgentConfig {
     pub domain: String,
     /// This node's id.
     pub node: String,
+}
+
+/// How often this node reports its status, and when others count as gone.
+#[derive(Debug, Clone, Copy)]
+pub struct PresenceTimers {
+    /// Between two `NodeStatus` events.
+    pub status_interval: Duration,
+    /// A node not heard of for longer is dropped.
+    pub node_timeout: Duration,
+}
+
+impl Default for PresenceTimers {
+    fn default() -> Self {
+        Self {
+            status_interval: Duration::from_secs(10),
+            node_timeout: Duration::from_secs(60),
+        }
+    }
 }
 
 /// Shared state of one agent.
@@ -33,6 +52,8 @@ pub struct AgentState {
     pub errors: ErrorRegistry,
     /// The rules calls are checked against.
     pub acl: RwLock<AgentAcl>,
+    /// When each other node was last heard of.
+    last_seen: Mutex<HashMap<String, Instant>>,
 }
 
 impl AgentState {
@@ -58,7 +79,44 @@ impl AgentState {
             loads: Mutex::new(loads),
             errors: ErrorRegistry::default(),
             acl: RwLock::new(acl),
+            last_seen: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Notes that `node` is alive (its load stays as last reported).
+    pub fn seen(&self, node: &str, now: Instant) {
+        self.loads().entry(node.to_string()).or_insert(0.0);
+        if node != self.config.node {
+            self.last_seen
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(node.to_string(), now);
+        }
+    }
+
+    /// Drops `node` from the node table and the capability map (never this node).
+    pub fn forget(&self, node: &str) {
+        if node == self.config.node {
+            return;
+        }
+        self.loads().remove(node);
+        self.capabilities().remove_node(node);
+        self.last_seen
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(node);
+    }
+
+    /// Other nodes not heard of within `timeout` of `now`.
+    pub fn stale(&self, now: Instant, timeout: Duration) -> Vec<String> {
+        let seen = self.last_seen.lock().unwrap_or_else(|e| e.into_inner());
+        let mut stale: Vec<String> = seen
+            .iter()
+            .filter(|(_, at)| now.saturating_duration_since(**at) > timeout)
+            .map(|(n, _)| n.clone())
+            .collect();
+        stale.sort();
+        stale
     }
 
     /// The targets this node serves, sorted.
