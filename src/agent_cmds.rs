@@ -3,23 +3,19 @@
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use clacks_broker::client::{random_uuid, Connection, Message, SubscribeOptions};
+use clacks_broker::client::{random_uuid, Message, SubscribeOptions};
 use clacks_broker::wire::{MessageAcceptMode, QueueDeclare, ReplyTo};
 use serde_json::{json, Value};
 
 use crate::cli::CallArgs;
-use crate::client_cmds::connect_options;
+use crate::client_cmds::connect;
 
 /// Calls a command and prints its result.
 ///
 /// # Errors
 /// Connection failures, no reply in time, or the command's error.
 pub async fn call(args: CallArgs) -> anyhow::Result<()> {
-    let opts = connect_options(&args.broker, &args.conn)?;
-    let target = format!("{}:{}", opts.host, opts.port);
-    let conn = Connection::open(opts)
-        .await
-        .with_context(|| format!("cannot connect to {target}"))?;
+    let conn = connect(&args.conn).await?;
     let session = conn.session_unique().await?;
     let reply_queue = format!("reply-{}", random_uuid());
     session

@@ -49,7 +49,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     if args.producers == 0 || args.consumers == 0 || args.count == 0 {
         bail!("--producers, --consumers and --count must be at least 1");
     }
-    let opts = crate::client_cmds::connect_options(&args.broker, &args.conn)?;
+    let opts = crate::client_cmds::connect_options(&args.conn)?;
     let admin = Connection::open(opts.clone())
         .await
         .with_context(|| format!("cannot connect to {}:{}", opts.host, opts.port))?;

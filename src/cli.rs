@@ -37,9 +37,6 @@ pub enum Command {
 /// `clacks call`.
 #[derive(Debug, Args)]
 pub struct CallArgs {
-    /// Broker URL: [amqp[s]://][user:password@]host[:port].
-    #[arg(short = 'b', long, env = "CLACKS_BROKER", default_value = DEFAULT_BROKER)]
-    pub broker: String,
     #[command(flatten)]
     pub conn: ConnArgs,
     /// The Clacks domain.
@@ -104,9 +101,12 @@ pub struct UserNameArgs {
     pub dir: DataDirArgs,
 }
 
-/// How a client command logs in and secures its connection.
-#[derive(Debug, Default, Clone, Args)]
+/// How a client command reaches the broker, logs in and secures its connection.
+#[derive(Debug, Clone, Args)]
 pub struct ConnArgs {
+    /// Broker URL: [amqp[s]://][user:password@]host[:port].
+    #[arg(short = 'b', long, env = "CLACKS_BROKER", default_value = DEFAULT_BROKER)]
+    pub broker: String,
     /// SASL mechanism (PLAIN, SCRAM-SHA-256, EXTERNAL, ANONYMOUS); by default PLAIN with
     /// a user in the URL, EXTERNAL with a client certificate, else ANONYMOUS.
     #[arg(long, value_name = "MECH")]
@@ -183,9 +183,6 @@ pub struct ServeArgs {
 /// `clacks send`.
 #[derive(Debug, Args)]
 pub struct SendArgs {
-    /// Broker URL: [amqp[s]://][user:password@]host[:port].
-    #[arg(short = 'b', long, env = "CLACKS_BROKER", default_value = DEFAULT_BROKER)]
-    pub broker: String,
     #[command(flatten)]
     pub conn: ConnArgs,
     /// Where to send: QUEUE, or EXCHANGE/ROUTING-KEY.
@@ -214,9 +211,6 @@ pub struct SendArgs {
 /// `clacks receive`.
 #[derive(Debug, Args)]
 pub struct ReceiveArgs {
-    /// Broker URL: [amqp[s]://][user:password@]host[:port].
-    #[arg(short = 'b', long, env = "CLACKS_BROKER", default_value = DEFAULT_BROKER)]
-    pub broker: String,
     #[command(flatten)]
     pub conn: ConnArgs,
     /// Where from: QUEUE, or EXCHANGE/BINDING-KEY (a private queue bound for the run).
@@ -241,9 +235,6 @@ pub struct ReceiveArgs {
 /// `clacks bench`.
 #[derive(Debug, Args)]
 pub struct BenchArgs {
-    /// Broker URL: [amqp[s]://][user:password@]host[:port].
-    #[arg(short = 'b', long, env = "CLACKS_BROKER", default_value = DEFAULT_BROKER)]
-    pub broker: String,
     #[command(flatten)]
     pub conn: ConnArgs,
     /// Producer connections.

@@ -69,8 +69,8 @@ pub fn parse_properties(entries: &[String]) -> anyhow::Result<Vec<(String, Value
 ///
 /// # Errors
 /// A URL that does not parse.
-pub fn connect_options(url: &str, conn: &ConnArgs) -> anyhow::Result<ConnectOptions> {
-    let mut opts = ConnectOptions::parse(url)?;
+pub fn connect_options(conn: &ConnArgs) -> anyhow::Result<ConnectOptions> {
+    let mut opts = ConnectOptions::parse(&conn.broker)?;
     opts.mechanism.clone_from(&conn.sasl_mechanism);
     if conn.tls_ca.is_some() || conn.tls_cert.is_some() {
         let tls = opts.tls.get_or_insert_with(TlsOptions::default);
@@ -81,8 +81,8 @@ pub fn connect_options(url: &str, conn: &ConnArgs) -> anyhow::Result<ConnectOpti
     Ok(opts)
 }
 
-async fn connect(url: &str, conn: &ConnArgs) -> anyhow::Result<Connection> {
-    let opts = connect_options(url, conn)?;
+pub async fn connect(conn: &ConnArgs) -> anyhow::Result<Connection> {
+    let opts = connect_options(conn)?;
     let target = format!("{}:{}", opts.host, opts.port);
     Connection::open(opts)
         .await
@@ -118,7 +118,7 @@ async fn ensure_queue(
 pub async fn send(args: SendArgs) -> anyhow::Result<()> {
     let address = parse_address(&args.address)?;
     let properties = parse_properties(&args.properties)?;
-    let conn = connect(&args.broker, &args.conn).await?;
+    let conn = connect(&args.conn).await?;
     let session = conn.session_unique().await?;
     let (exchange, key) = match address {
         Address::Queue(queue) => {
@@ -211,7 +211,7 @@ async fn wait_oldest(
 /// Connection, address or broker errors, or a closed stdout.
 pub async fn receive(args: ReceiveArgs) -> anyhow::Result<()> {
     let address = parse_address(&args.address)?;
-    let conn = connect(&args.broker, &args.conn).await?;
+    let conn = connect(&args.conn).await?;
     let session = conn.session_unique().await?;
     let queue = match address {
         Address::Queue(queue) => {

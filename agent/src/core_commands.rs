@@ -1,7 +1,5 @@
 //! The `core` target's commands every agent serves.
 
-use std::collections::HashSet;
-
 use serde_json::{json, Value};
 
 use crate::jsonrpc::ErrorCode;
@@ -59,7 +57,9 @@ impl Plugin for Core {
             let state = &ctx.state;
             match method {
                 "getMethods" => {
-                    let alive: HashSet<String> = state.loads().keys().cloned().collect();
+                    // A copy: the dispatcher takes the capability lock first, so the
+                    // node table's lock must not be held while taking it.
+                    let alive = state.loads().clone();
                     Ok(state.capabilities().methods(&alive))
                 }
                 "getNodes" => {

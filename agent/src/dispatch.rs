@@ -1,7 +1,7 @@
 //! Where a call goes (no I/O): the checks of the original dispatcher in its order, the
 //! arguments a local command receives, and the node a call is forwarded to.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
 use serde_json::{Map, Value};
 
@@ -126,8 +126,7 @@ pub fn plan(
         }
     }
 
-    let alive: HashSet<String> = view.loads.keys().cloned().collect();
-    let mut providers = view.capabilities.live_providers(method, &alive);
+    let mut providers = view.capabilities.live_providers(method, view.loads);
     let here = view.local.contains_key(method);
     let route = match info.kind {
         CommandType::Normal if here => {

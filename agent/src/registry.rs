@@ -1,7 +1,7 @@
 //! What commands exist and who provides them: each command's description, and the
 //! capability map built from the `NodeCapabilities` events of every node.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 
 use serde::Serialize;
 use serde_json::{json, Value};
@@ -140,18 +140,19 @@ impl Capabilities {
     }
 
     /// Providers of `name` that are alive, in announcement order.
-    pub fn live_providers<'a>(&'a self, name: &str, alive: &HashSet<String>) -> Vec<&'a str> {
+    /// `alive` is the node table: live nodes and their load.
+    pub fn live_providers<'a>(&'a self, name: &str, alive: &HashMap<String, f64>) -> Vec<&'a str> {
         self.entries.get(name).map_or_else(Vec::new, |e| {
             e.providers
                 .iter()
-                .filter(|p| alive.contains(*p))
+                .filter(|p| alive.contains_key(*p))
                 .map(String::as_str)
                 .collect()
         })
     }
 
     /// The `getMethods` result: commands with at least one live provider.
-    pub fn methods(&self, alive: &HashSet<String>) -> Value {
+    pub fn methods(&self, alive: &HashMap<String, f64>) -> Value {
         let mut out = serde_json::Map::new();
         for (name, e) in &self.entries {
             let providers = self.live_providers(name, alive);
@@ -183,8 +184,8 @@ mod tests {
         CommandInfo::new(name, "core", "CommandRegistry", doc)
     }
 
-    fn alive(nodes: &[&str]) -> HashSet<String> {
-        nodes.iter().map(|n| n.to_string()).collect()
+    fn alive(nodes: &[&str]) -> HashMap<String, f64> {
+        nodes.iter().map(|n| (n.to_string(), 0.0)).collect()
     }
 
     #[test]

@@ -55,15 +55,6 @@ struct Callback {
     realm: String,
 }
 
-impl Callback {
-    fn bare<'a>(&self, name: &'a str) -> &'a str {
-        match name.rsplit_once('@') {
-            Some((user, realm)) if realm == self.realm => user,
-            _ => name,
-        }
-    }
-}
-
 impl SessionCallback for Callback {
     fn callback(
         &self,
@@ -76,7 +67,8 @@ impl SessionCallback for Callback {
                 return Ok(());
             };
             let users = self.users.read().unwrap_or_else(|e| e.into_inner());
-            if let Some(c) = users.get(self.bare(name)) {
+            // Users are kept by the name the identity stamps (bare in our realm).
+            if let Some(c) = users.get(&super::Identity::user(name, &self.realm).stamp) {
                 let v = &c.scram_sha256;
                 request.satisfy::<ScramStoredPassword>(&ScramStoredPassword::new(
                     v.iterations,

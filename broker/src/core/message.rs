@@ -95,36 +95,31 @@ impl Message {
         m
     }
 
-    /// Replaces `message-properties`, decoded and raw alike.
-    fn set_properties(&mut self, props: MessageProperties) {
+    /// Replaces `message-properties`, decoded and raw alike; returns the header bytes the
+    /// old and the new struct take (a struct32 is its size (4), code (2) and body).
+    fn set_properties(&mut self, props: MessageProperties) -> (usize, usize) {
         let encoded = props.to_struct32();
-        match self
+        let after = 6 + encoded.body.len();
+        let before = match self
             .other_headers
             .iter_mut()
             .find(|s| s.code == MessageProperties::CODE)
         {
-            Some(slot) => *slot = encoded,
-            None => self.other_headers.push(encoded),
-        }
+            Some(slot) => 6 + std::mem::replace(slot, encoded).body.len(),
+            None => {
+                self.other_headers.push(encoded);
+                0
+            }
+        };
         self.properties = Some(props);
+        (before, after)
     }
 
     /// Writes `user` into `message-properties.user-id` (before [`Message::seal`]).
     pub fn stamp_user_id(&mut self, user: &str) {
         let mut props = self.properties.take().unwrap_or_default();
         props.user_id = Some(Bytes::copy_from_slice(user.as_bytes()));
-        // A struct32 in the header segment is its size (4), code (2) and body.
-        let before = self
-            .other_headers
-            .iter()
-            .find(|s| s.code == MessageProperties::CODE)
-            .map_or(0, |s| 6 + s.body.len());
-        self.set_properties(props);
-        let after = self
-            .other_headers
-            .iter()
-            .find(|s| s.code == MessageProperties::CODE)
-            .map_or(0, |s| 6 + s.body.len());
+        let (before, after) = self.set_properties(props);
         self.stamp_bytes = after.saturating_sub(before);
     }
 
