@@ -32,6 +32,31 @@ pub enum Command {
     User(UserCommand),
     /// Call a Clacks command (JSON-RPC over the domain's command queue).
     Call(CallArgs),
+    /// Run the Clacks agent alone against a broker (ours or qpidd), reconnecting as needed.
+    Agent(AgentArgs),
+}
+
+/// `clacks agent`.
+#[derive(Debug, Args)]
+pub struct AgentArgs {
+    /// The broker: amqp[s]://user:password@host:port/DOMAIN (the path names the domain).
+    #[command(flatten)]
+    pub conn: ConnArgs,
+    /// A TOML file whose `[agent]` table holds the agent's settings (as for `serve`).
+    #[arg(short, long, env = "CLACKS_AGENT_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// The domain (overrides the URL's path and the config).
+    #[arg(long)]
+    pub domain: Option<String>,
+    /// This node's id (default: the host name).
+    #[arg(long)]
+    pub node: Option<String>,
+    /// A broker identity of another agent whose forwarded calls are trusted (repeatable).
+    #[arg(long, value_name = "IDENTITY")]
+    pub trust: Vec<String>,
+    /// A user who may call every command (repeatable; replaces the configured admins).
+    #[arg(long, value_name = "USER")]
+    pub admin: Vec<String>,
 }
 
 /// `clacks call`.
@@ -127,7 +152,7 @@ impl Command {
     /// tools keep stderr for problems.
     pub fn default_log_filter(&self) -> &'static str {
         match self {
-            Command::Serve(_) => "info",
+            Command::Serve(_) | Command::Agent(_) => "info",
             _ => "warn",
         }
     }

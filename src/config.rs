@@ -78,6 +78,21 @@ pub struct AgentSettings {
     pub status_interval_ms: Option<u64>,
     /// `node_timeout_ms = 60000`: a node silent for longer is dropped.
     pub node_timeout_ms: Option<u64>,
+    /// `trusted_agents = ["agent2"]`: broker identities of other agents whose forwarded
+    /// calls may name the original caller (the agent's own identity always is).
+    pub trusted_agents: Option<Vec<String>>,
+    /// `call_timeout_ms = 30000`: how long a call forwarded to another node may take.
+    pub call_timeout_ms: Option<u64>,
+    /// `events_dir = "events"`: more event schemas (`Name.xsd`) besides the core ones.
+    pub events_dir: Option<String>,
+    /// `scripts_dir = "scripts"`: script plugins (a TOML manifest beside each program).
+    pub scripts_dir: Option<String>,
+    /// `script_timeout_ms = 30000`: a script's time limit unless its manifest sets one.
+    pub script_timeout_ms: Option<u64>,
+    /// `reconnect_min_ms = 500`: the first pause before reconnecting to the broker.
+    pub reconnect_min_ms: Option<u64>,
+    /// `reconnect_max_ms = 30000`: the longest pause between reconnect attempts.
+    pub reconnect_max_ms: Option<u64>,
 }
 
 /// The `[tls]` table.

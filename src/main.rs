@@ -1,6 +1,7 @@
 //! `clacks`: the broker (`serve`) and its client tools (`send`, `receive`, `bench`).
 
 mod agent_cmds;
+mod agent_run;
 mod bench;
 mod cli;
 mod client_cmds;
@@ -31,6 +32,7 @@ async fn main() -> ExitCode {
         Command::Bench(args) => bench::run(args).await,
         Command::User(cmd) => users::run(cmd),
         Command::Call(args) => agent_cmds::call(args).await,
+        Command::Agent(args) => agent_run::run_standalone(args).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

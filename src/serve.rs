@@ -11,6 +11,7 @@ use clacks_broker::core::Broker;
 use clacks_broker::server::{tls, Server, ServerConfig, TlsListener};
 use clacks_storage::{GroupCommit, Recovered, SledStore, Store, StoreOp, UserRecord};
 
+use crate::agent_run::{AclReload, Agent};
 use crate::cli::ServeArgs;
 use crate::config;
 
@@ -78,13 +79,17 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     drop(out);
     tracing::info!(%addr, "broker started");
     let broker = server.broker();
-    let hangup = tokio::spawn(reload_on_hangup(server.acl_reloader(), hangup_signal));
-    let agent = start_agent(&server, &serve.agent)?;
+    let (agent, agent_acl) = start_agent(&server, &serve.agent)?.unzip();
+    let hangup = tokio::spawn(reload_on_hangup(
+        server.acl_reloader(),
+        agent_acl,
+        hangup_signal,
+    ));
     // The agent goes first, so that it can still remove its queues.
     let shutdown = async move {
         shutdown_signal().await;
         if let Some((stop, task)) = agent {
-            let _ = stop.send(());
+            let _ = stop.send(true);
             let _ = tokio::time::timeout(std::time::Duration::from_secs(5), task).await;
         }
     };
@@ -165,100 +170,60 @@ fn take_users(
 /// The identity the in-process agent logs in as (EXTERNAL over the internal connector).
 const AGENT_IDENTITY: &str = "clacks-agent";
 
-/// A stop switch and the task of the running agent.
+/// The running agent: its stop switch and its task.
 type AgentHandle = (
-    tokio::sync::oneshot::Sender<()>,
+    tokio::sync::watch::Sender<bool>,
     tokio::task::JoinHandle<()>,
 );
 
-/// Starts the Clacks agent inside the broker, unless the config turns it off.
+/// Starts the Clacks agent inside the broker, unless the config turns it off; it logs in
+/// over the in-process connector and reconnects the same way if that connection fails.
 fn start_agent(
     server: &Server,
     settings: &config::AgentSettings,
-) -> anyhow::Result<Option<AgentHandle>> {
-    use clacks_agent::acl::AgentAcl;
-    use clacks_agent::state::{AgentConfig, AgentState};
+) -> anyhow::Result<Option<(AgentHandle, AclReload)>> {
     use clacks_broker::client::{ConnectOptions, Connection};
 
     if settings.enabled == Some(false) {
         return Ok(None);
     }
-    let domain = settings
-        .domain
-        .clone()
-        .unwrap_or_else(|| clacks_agent::names::DEFAULT_DOMAIN.to_string());
-    if !clacks_agent::names::valid_domain(&domain) {
-        anyhow::bail!("agent domain {domain:?} is not a dotted ASCII name");
-    }
-    let node = settings.node.clone().unwrap_or_else(host_name);
-    let admins = settings
-        .admins
-        .clone()
-        .unwrap_or_else(|| vec!["admin".to_string()]);
-    let acl = match &settings.acl_file {
-        Some(path) => {
-            let text = std::fs::read_to_string(path)
-                .with_context(|| format!("cannot read the agent ACL {path}"))?;
-            AgentAcl::parse(&text, &domain, &admins)?
-        }
-        None => AgentAcl::admins_only(&admins),
-    };
-    let state = Arc::new(AgentState::new(
-        AgentConfig {
-            domain: domain.clone(),
-            node,
-        },
-        vec![Arc::new(clacks_agent::core_commands::Core)],
-        acl,
-    ));
-    let defaults = clacks_agent::state::PresenceTimers::default();
-    let ms = |v: Option<u64>, d: std::time::Duration| {
-        v.map_or(d, |ms| std::time::Duration::from_millis(ms.max(1)))
-    };
-    let timers = clacks_agent::state::PresenceTimers {
-        status_interval: ms(settings.status_interval_ms, defaults.status_interval),
-        node_timeout: ms(settings.node_timeout_ms, defaults.node_timeout),
-    };
-    let stream = server.internal_connector().connect(AGENT_IDENTITY);
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let agent = Agent::new(settings, Some(AGENT_IDENTITY), Vec::new())?;
+    let reload = agent.acl_reload();
+    let domain = agent.state.config.domain.clone();
+    let connector = server.internal_connector();
+    let (stop, stopped) = tokio::sync::watch::channel(false);
     let task = tokio::spawn(async move {
-        let mut opts = ConnectOptions::new("in-process", 0);
-        opts.mechanism = Some("EXTERNAL".into());
-        let conn = match Connection::open_on(stream, opts).await {
-            Ok(c) => c,
-            Err(e) => return tracing::error!("the agent cannot log in: {e}"),
+        let connect = || {
+            let stream = connector.connect(AGENT_IDENTITY);
+            async move {
+                let mut opts = ConnectOptions::new("in-process", 0);
+                opts.mechanism = Some("EXTERNAL".into());
+                Connection::open_on(stream, opts).await
+            }
         };
-        let stop = async {
-            let _ = stopped.await;
-        };
-        if let Err(e) = clacks_agent::service::serve(conn, state, timers, stop).await {
-            tracing::error!("the agent stopped: {e}");
-        }
+        let ended = agent.run(connect, stopped).await;
+        tracing::info!(?ended, "agent stopped");
     });
     tracing::info!(%domain, "agent started");
-    Ok(Some((stop, task)))
+    Ok(Some(((stop, task), reload)))
 }
 
-/// This machine's host name (the default node id).
-fn host_name() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .ok()
-        .map(|h| h.trim().to_string())
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "localhost".to_string())
-}
-
-/// Reloads the ACL file whenever the process gets SIGHUP.
+/// Reloads the ACL file, and the agent's, whenever the process gets SIGHUP.
 #[cfg(unix)]
 async fn reload_on_hangup(
     reloader: clacks_broker::server::AclReloader,
+    agent: Option<AclReload>,
     mut hup: tokio::signal::unix::Signal,
 ) {
-    {
-        while hup.recv().await.is_some() {
-            match reloader.reload() {
-                Ok(rules) => tracing::info!(rules, "ACL reloaded"),
-                Err(e) => tracing::error!("ACL not reloaded, the old rules stay: {e}"),
+    while hup.recv().await.is_some() {
+        match reloader.reload() {
+            Ok(rules) => tracing::info!(rules, "ACL reloaded"),
+            Err(e) => tracing::error!("ACL not reloaded, the old rules stay: {e}"),
+        }
+        if let Some(agent) = &agent {
+            match agent.reload() {
+                Ok(()) => tracing::info!("agent ACL reloaded"),
+                Err(e) => tracing::error!("agent ACL not reloaded, the old rules stay: {e:#}"),
             }
         }
     }
@@ -266,10 +231,15 @@ async fn reload_on_hangup(
 
 /// Without SIGHUP there is nothing to reload on.
 #[cfg(not(unix))]
-async fn reload_on_hangup(_reloader: clacks_broker::server::AclReloader, _hup: ()) {}
+async fn reload_on_hangup(
+    _reloader: clacks_broker::server::AclReloader,
+    _agent: Option<AclReload>,
+    _hup: (),
+) {
+}
 
 /// Completes on SIGINT (Ctrl-C) or SIGTERM.
-async fn shutdown_signal() {
+pub async fn shutdown_signal() {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};

@@ -166,10 +166,13 @@ conn.close()
         "python proxy call failed:\n{text}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(
-        text.contains("getMethods ['getMethods', 'getNodes', 'getSessionUser', 'get_error']"),
-        "{text}"
-    );
+    let methods = text
+        .lines()
+        .find(|l| l.starts_with("getMethods ["))
+        .unwrap_or_else(|| panic!("no getMethods line in {text}"));
+    for name in ["getMethods", "getNodes", "getSessionUser", "get_error", "sendEvent"] {
+        assert!(methods.contains(&format!("'{name}'")), "{name}: {text}");
+    }
     assert!(text.contains("getNodes ['node-a']"), "{text}");
 }
 

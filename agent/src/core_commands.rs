@@ -3,10 +3,11 @@
 use serde_json::{json, Value};
 
 use crate::jsonrpc::ErrorCode;
+use crate::names;
 use crate::plugin::{BoxFuture, CallContext, CallResult, Plugin};
 use crate::registry::CommandInfo;
 
-/// `getMethods`, `getNodes`, `getSessionUser`, `get_error`.
+/// `getMethods`, `getNodes`, `getSessionUser`, `sendEvent`, `shutdown`, `get_error`.
 pub struct Core;
 
 fn command(name: &str, sig: &[&str], doc: &str) -> CommandInfo {
@@ -27,7 +28,21 @@ impl Plugin for Core {
             "Return the user the current call runs as.",
         );
         session_user.needs_user = true;
+        let mut send_event = command(
+            "sendEvent",
+            &["user", "data"],
+            "Validate an event (XML without declaration) and publish it on the domain's exchange.",
+        );
+        send_event.needs_user = true;
+        let mut shutdown = command(
+            "shutdown",
+            &["queue", "force"],
+            "Stop the agent that takes the call; on the shared queue only with force=true.",
+        );
+        shutdown.needs_queue = true;
         vec![
+            send_event,
+            shutdown,
             command(
                 "getMethods",
                 &["queue", "locale"],
@@ -71,6 +86,18 @@ impl Plugin for Core {
                     Ok(Value::Object(nodes))
                 }
                 "getSessionUser" => Ok(args.into_iter().next().unwrap_or(Value::Null)),
+                "sendEvent" => send_event(ctx, &args).await,
+                "shutdown" => {
+                    let queue = args.first().and_then(Value::as_str).unwrap_or("");
+                    let force = args.get(1).and_then(Value::as_bool).unwrap_or(false);
+                    let shared = names::shared_queue(&state.config.domain, "core");
+                    if queue == shared && !force {
+                        return Ok(Value::Bool(false));
+                    }
+                    tracing::info!(user = ?ctx.user, %queue, "agent shutdown asked for");
+                    state.ask_stop();
+                    Ok(Value::Bool(true))
+                }
                 "get_error" => {
                     let id = args.first().and_then(Value::as_str).unwrap_or("");
                     match state.errors.take(id) {
@@ -86,4 +113,43 @@ impl Plugin for Core {
             }
         })
     }
+}
+
+/// `sendEvent(user, data)`: validated, checked as `D.event.<Name>` for the caller, then
+/// published under the agent's own identity.
+async fn send_event(ctx: &CallContext, args: &[Value]) -> CallResult {
+    let state = &ctx.state;
+    let user = ctx.user.as_deref();
+    let Some(data) = args.get(1).and_then(Value::as_str) else {
+        return Err(state.errors.report(
+            ErrorCode::COMMAND_BAD_ARGUMENTS,
+            "sendEvent: data must be the event's XML text",
+            user,
+        ));
+    };
+    let event = state.schemas.validate(data).map_err(|e| {
+        state
+            .errors
+            .report(ErrorCode::EVENT_INVALID, &e.to_string(), user)
+    })?;
+    let topic = format!("{}.event.{}", state.config.domain, event.name);
+    if let Some(user) = user {
+        let allowed = state.acl.read().unwrap_or_else(|e| e.into_inner()).check(
+            user,
+            &topic,
+            "x",
+            &serde_json::Map::new(),
+        );
+        if !allowed {
+            tracing::warn!(%user, %topic, "agent ACL denied the event");
+            return Err(state
+                .errors
+                .report(ErrorCode::PERMISSION_EVENT, &topic, Some(user)));
+        }
+    }
+    state
+        .publish_validated(&event)
+        .await
+        .map_err(|e| state.errors.report(ErrorCode::COMMAND_FAILED, &e, user))?;
+    Ok(Value::Null)
 }

@@ -16,6 +16,19 @@ pub enum Caller<'a> {
     User(&'a str),
     /// The agent itself (no ACL; `needsUser` commands get null).
     Internal,
+    /// A user whose call another agent forwarded here: checked as that user, and run
+    /// here or nowhere, so that a call never travels in circles.
+    Forwarded(&'a str),
+}
+
+impl<'a> Caller<'a> {
+    /// The user the call runs as, if any.
+    pub fn user(self) -> Option<&'a str> {
+        match self {
+            Caller::User(u) | Caller::Forwarded(u) => Some(u),
+            Caller::Internal => None,
+        }
+    }
 }
 
 /// What this node knows when it plans a call.
@@ -88,7 +101,7 @@ pub fn plan(
     request: &Request,
 ) -> Result<Plan, Refusal> {
     let method = request.method.as_str();
-    if caller == Caller::User("") {
+    if caller.user() == Some("") {
         return Err((ErrorCode::COMMAND_NO_USERNAME, method.to_string()));
     }
     let Some(cap) = view.capabilities.get(method) else {
@@ -107,7 +120,7 @@ pub fn plan(
     let params = caller_params(info, injected, &request.params)?;
     let acl = match caller {
         Caller::Internal => None,
-        Caller::User(_) => Some(AclQuestion {
+        Caller::User(_) | Caller::Forwarded(_) => Some(AclQuestion {
             topic: names::command_topic(view.domain, target, method),
             options: info
                 .sig
@@ -128,21 +141,29 @@ pub fn plan(
 
     let mut providers = view.capabilities.live_providers(method, view.loads);
     let here = view.local.contains_key(method);
-    let route = match info.kind {
-        CommandType::Normal if here => {
-            let mut args = Vec::with_capacity(params.len() + injected);
-            if info.needs_user {
-                args.push(match caller {
-                    Caller::User(u) => Value::String(u.to_string()),
-                    Caller::Internal => Value::Null,
-                });
-            }
-            if info.needs_queue {
-                args.push(Value::String(queue.to_string()));
-            }
-            args.extend(params);
-            Route::Local(args)
+    let local_args = |params: Vec<Value>| {
+        let mut args = Vec::with_capacity(params.len() + injected);
+        if info.needs_user {
+            args.push(
+                caller
+                    .user()
+                    .map_or(Value::Null, |u| Value::String(u.into())),
+            );
         }
+        if info.needs_queue {
+            args.push(Value::String(queue.to_string()));
+        }
+        args.extend(params);
+        args
+    };
+    let route = match info.kind {
+        _ if matches!(caller, Caller::Forwarded(_)) => {
+            if !here {
+                return Err((ErrorCode::COMMAND_NOT_DEFINED, method.to_string()));
+            }
+            Route::Local(local_args(params))
+        }
+        CommandType::Normal if here => Route::Local(local_args(params)),
         CommandType::Normal => {
             let load = |n: &str| view.loads.get(n).copied().unwrap_or(f64::MAX);
             let node = providers
@@ -399,6 +420,40 @@ mod tests {
                 kind: CommandType::Cumulative,
                 nodes: vec!["n1".into(), "n2".into()]
             }
+        );
+    }
+
+    #[test]
+    fn forwarded_calls_run_here_as_the_original_user_or_not_at_all() {
+        let w = world();
+        let p = plan(
+            view(&w),
+            Caller::Forwarded("alice"),
+            "org.clacks.command.core.n1",
+            &request("echo", json!(["hi"])),
+        )
+        .expect("plan");
+        assert_eq!(p.route, Route::Local(vec![json!("alice"), json!("hi")]));
+        assert_eq!(p.acl.expect("acl").topic, "org.clacks.command.core.echo");
+        // A walk's step runs locally instead of walking again.
+        let p = plan(
+            view(&w),
+            Caller::Forwarded("alice"),
+            "",
+            &request("collect", json!([])),
+        )
+        .expect("plan");
+        assert_eq!(p.route, Route::Local(vec![]));
+        // Not served here: refused rather than forwarded once more.
+        let refused = plan(
+            view(&w),
+            Caller::Forwarded("alice"),
+            "",
+            &request("render", json!(["x"])),
+        );
+        assert_eq!(
+            refused.map(|p| p.route).map_err(|e| e.0),
+            Err(ErrorCode::COMMAND_NOT_DEFINED)
         );
     }
 }

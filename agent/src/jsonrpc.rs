@@ -53,6 +53,10 @@ pub enum ErrorCode {
     COMMAND_FAILED,
     /// No such error record, or some other missing thing.
     NO_SUCH_RESOURCE,
+    /// The ACL denies sending this event.
+    PERMISSION_EVENT,
+    /// An event that breaks its schema or the envelope.
+    EVENT_INVALID,
 }
 
 impl ErrorCode {
@@ -75,6 +79,10 @@ impl ErrorCode {
             ErrorCode::COMMAND_BAD_ARGUMENTS => format!("bad arguments: {subject}"),
             ErrorCode::COMMAND_FAILED => subject.to_string(),
             ErrorCode::NO_SUCH_RESOURCE => format!("no such resource: {subject}"),
+            ErrorCode::PERMISSION_EVENT => {
+                format!("sending the event '{subject}' is not permitted")
+            }
+            ErrorCode::EVENT_INVALID => format!("invalid event: {subject}"),
         }
     }
 }

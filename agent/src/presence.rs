@@ -127,12 +127,10 @@ mod tests {
 
     fn state() -> AgentState {
         AgentState::new(
-            AgentConfig {
-                domain: "org.clacks".into(),
-                node: "a".into(),
-            },
+            AgentConfig::new("org.clacks", "a"),
             vec![Arc::new(crate::core_commands::Core)],
             AgentAcl::default(),
+            SchemaSet::load(None).expect("schemas"),
         )
     }
 

@@ -14,27 +14,37 @@ use clacks_broker::wire::{
 };
 use serde_json::Value;
 
-use crate::events::{self, SchemaSet};
-use crate::presence::{self, Answer};
-use crate::state::PresenceTimers;
-
 use crate::dispatch::{self, Caller, Route, View};
+use crate::events;
+use crate::forward::{ForwardError, Forwarder, CALLER_HEADER};
 use crate::jsonrpc::{self, ErrorCode};
 use crate::names;
 use crate::plugin::CallContext;
-use crate::state::AgentState;
+use crate::presence::{self, Answer};
+use crate::registry::CommandType;
+use crate::state::{AgentState, Link, PresenceTimers};
 
-/// Serves the agent's commands on `conn` until `shutdown` completes; then its private
-/// queues are deleted.
+/// How a service run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ended {
+    /// The caller's shutdown completed: stop for good.
+    Shutdown,
+    /// A `shutdown` command stopped this agent.
+    Commanded,
+}
+
+/// Serves the agent's commands on `conn` until `shutdown` completes or a `shutdown` call
+/// stops it; then it says `NodeLeave` and deletes its private queues.
 ///
 /// # Errors
-/// When the queues cannot be declared or the connection fails.
+/// When the queues cannot be declared or the connection fails (the caller may reconnect
+/// and serve again: the node announces itself anew).
 pub async fn serve(
     conn: Connection,
     state: Arc<AgentState>,
     timers: PresenceTimers,
     shutdown: impl Future<Output = ()>,
-) -> Result<(), ClientError> {
+) -> Result<Ended, ClientError> {
     let domain = state.config.domain.clone();
     let node = state.config.node.clone();
     let admin = conn.session_unique().await?;
@@ -45,8 +55,15 @@ pub async fn serve(
             ..ExchangeDeclare::default()
         })
         .await?;
-    let mut private = Vec::new();
     let mut workers = tokio::task::JoinSet::new();
+    let (forwarder, replies) = Forwarder::start(&conn).await?;
+    workers.spawn(replies);
+    let publisher = conn.session_unique().await?;
+    state.set_link(Some(Link {
+        publisher: publisher.clone(),
+        forwarder: Arc::new(forwarder),
+    }));
+    let mut private = Vec::new();
     for target in state.targets() {
         let shared = names::shared_queue(&domain, &target);
         let own = names::private_queue(&domain, &target, &node);
@@ -65,8 +82,6 @@ pub async fn serve(
         }
         private.push(own);
     }
-    let schemas =
-        Arc::new(SchemaSet::load(None).map_err(|e| ClientError::Protocol(e.to_string()))?);
     let events_session = conn.session_unique().await?;
     let listener = format!("event-listener-{}", random_uuid());
     events_session
@@ -90,41 +105,38 @@ pub async fn serve(
     let heard = events_session
         .subscribe(&listener, SubscribeOptions::default())
         .await?;
-    let publisher = conn.session_unique().await?;
-    workers.spawn(presence_loop(
-        events_session,
-        heard,
-        publisher.clone(),
-        schemas.clone(),
-        state.clone(),
-        timers,
-    ));
-    publish(&publisher, &schemas, &domain, &events::node_announce(&node)).await;
+    workers.spawn(presence_loop(events_session, heard, state.clone(), timers));
+    publish(&state, &events::node_announce(&node)).await;
     tracing::info!(%domain, %node, "agent serving");
-    shutdown.await;
+    let ended = tokio::select! {
+        () = shutdown => Ok(Ended::Shutdown),
+        () = state.stopped() => Ok(Ended::Commanded),
+        err = conn.closed() => Err(err),
+        // Every worker runs until its connection fails.
+        Some(_) = workers.join_next() => {
+            Err(ClientError::Protocol("a command queue's consumer ended".into()))
+        }
+    };
     workers.abort_all();
-    publish(&publisher, &schemas, &domain, &events::node_leave(&node)).await;
-    for queue in private {
-        let delete = QueueDelete {
-            queue: Some(queue),
-            ..QueueDelete::default()
-        };
-        // The broker may already be gone; the queue goes with it then.
-        let _ = admin.delete_queue(delete).await;
+    if ended.is_ok() {
+        publish(&state, &events::node_leave(&node)).await;
+        for queue in private {
+            let delete = QueueDelete {
+                queue: Some(queue),
+                ..QueueDelete::default()
+            };
+            // The broker may already be gone; the queue goes with it then.
+            let _ = admin.delete_queue(delete).await;
+        }
     }
-    Ok(())
+    state.set_link(None);
+    ended
 }
 
 /// Validates an event this node sends and publishes it on the domain's exchange.
-async fn publish(session: &Session, schemas: &SchemaSet, domain: &str, xml: &str) {
-    match schemas.validate(xml) {
-        Ok(event) => {
-            let message = Message::new(event.wire_text()).with_routing_key(names::EVENT_KEY);
-            if let Err(e) = session.send(names::events_exchange(domain), message).await {
-                tracing::warn!(event = %event.name, "event not published: {e}");
-            }
-        }
-        Err(e) => tracing::error!("refusing to send an invalid event: {e}"),
+async fn publish(state: &AgentState, xml: &str) {
+    if let Err(e) = state.publish_event(xml).await {
+        tracing::warn!("event not published: {e}");
     }
 }
 
@@ -134,12 +146,9 @@ async fn presence_loop(
     // Held so that the subscription's session lives as long as the loop.
     _session: Session,
     mut heard: Subscription,
-    publisher: Session,
-    schemas: Arc<SchemaSet>,
     state: Arc<AgentState>,
     timers: PresenceTimers,
 ) {
-    let domain = state.config.domain.clone();
     let node = state.config.node.clone();
     let mut tick = tokio::time::interval(timers.status_interval);
     loop {
@@ -152,12 +161,11 @@ async fn presence_loop(
                 };
                 let _ = heard.accept(&d).await;
                 let text = String::from_utf8_lossy(&d.body);
-                match schemas.validate(&text) {
+                match state.schemas.validate(&text) {
                     Ok(event) => {
                         let now = std::time::Instant::now();
                         if presence::apply(&state, &event, now) == Answer::Capabilities {
-                            let caps = presence::capabilities_event(&state);
-                            publish(&publisher, &schemas, &domain, &caps).await;
+                            publish(&state, &presence::capabilities_event(&state)).await;
                         }
                     }
                     Err(e) => tracing::debug!("ignoring an invalid event: {e}"),
@@ -165,7 +173,7 @@ async fn presence_loop(
             }
             _ = tick.tick() => {
                 let status = events::node_status(&node, presence::load_average(), 0.0, 1, None);
-                publish(&publisher, &schemas, &domain, &status).await;
+                publish(&state, &status).await;
                 for gone in presence::sweep(&state, std::time::Instant::now(), timers.node_timeout) {
                     tracing::info!(node = %gone, "node timed out");
                 }
@@ -196,35 +204,57 @@ async fn handle(
     state: &Arc<AgentState>,
     d: Delivery,
 ) {
-    let reply_to = d
-        .message_properties
+    let props = &d.message_properties;
+    let reply_to = props
         .reply_to
         .as_ref()
         .and_then(|r| r.routing_key.clone())
         .filter(|r| !r.is_empty());
-    let user = d
-        .message_properties
+    let stamped = props
         .user_id
         .as_ref()
         .map(|u| String::from_utf8_lossy(u).into_owned())
         .filter(|u| !u.is_empty());
-    let (id, outcome) = match user {
+    let claimed = props
+        .application_headers
+        .as_ref()
+        .and_then(|h| h.get(CALLER_HEADER))
+        .and_then(|v| v.as_str())
+        .map(str::to_string);
+    let (id, outcome) = match stamped {
         None => (
             Value::Null,
             Err(state
                 .errors
                 .report(ErrorCode::AMQP_MESSAGE_WITHOUT_UID, queue, None)),
         ),
-        Some(user) => match jsonrpc::parse_request(&d.body) {
-            Err(bad) => (
-                bad.id.clone().unwrap_or(Value::Null),
-                Err(state.errors.report(bad.code, &bad.text, Some(&user))),
-            ),
-            Ok(request) => {
-                let outcome = call(state, &user, queue, &request).await;
-                (request.id, outcome)
+        Some(stamped) => {
+            let forwarded = match claimed {
+                Some(user) if state.config.trusted_agents.contains(&stamped) => Some(user),
+                Some(user) => {
+                    tracing::warn!(
+                        %stamped, claimed = %user,
+                        "caller header from an identity that is not a trusted agent; ignored"
+                    );
+                    None
+                }
+                None => None,
+            };
+            let caller = match &forwarded {
+                Some(user) => Caller::Forwarded(user),
+                None => Caller::User(&stamped),
+            };
+            match jsonrpc::parse_request(&d.body) {
+                Err(bad) => (
+                    bad.id.clone().unwrap_or(Value::Null),
+                    Err(state.errors.report(bad.code, &bad.text, caller.user())),
+                ),
+                Ok(request) => {
+                    let outcome = call(state, caller, queue, &request).await;
+                    (request.id, outcome)
+                }
             }
-        },
+        }
     };
     let Some(reply_to) = reply_to else {
         // Nobody to tell: a failed request is rejected, a successful one just accepted.
@@ -234,10 +264,10 @@ async fn handle(
             let _ = session
                 .reject(ids, MessageRejectCode::UNROUTABLE, "bad request")
                 .await;
-            return;
+        } else {
+            let _ = sub.accept(&d).await;
         }
-        let _ = sub.accept(&d).await;
-        return;
+        return state.stop_if_asked();
     };
     // Accepted before the reply goes out, as the original agent does.
     let _ = sub.accept(&d).await;
@@ -246,29 +276,39 @@ async fn handle(
     if let Err(e) = session.send("", reply).await {
         tracing::warn!(reply_to = %reply_to, "reply not delivered: {e}");
     }
+    state.stop_if_asked();
 }
 
-/// Plans, authorises and runs a call.
+/// Plans `request` for `caller` as this node sees the domain now.
+fn plan_call(
+    state: &AgentState,
+    caller: Caller<'_>,
+    queue: &str,
+    request: &jsonrpc::Request,
+) -> Result<dispatch::Plan, dispatch::Refusal> {
+    let capabilities = state.capabilities();
+    let loads = state.loads();
+    let view = View {
+        domain: &state.config.domain,
+        node: &state.config.node,
+        local: &state.local,
+        capabilities: &capabilities,
+        loads: &loads,
+    };
+    dispatch::plan(view, caller, queue, request)
+}
+
+/// Plans, authorises and runs a call: here, on another node, or on each provider in turn.
 async fn call(
     state: &Arc<AgentState>,
-    user: &str,
+    caller: Caller<'_>,
     queue: &str,
     request: &jsonrpc::Request,
 ) -> Result<Value, String> {
-    let plan = {
-        let capabilities = state.capabilities();
-        let loads = state.loads();
-        let view = View {
-            domain: &state.config.domain,
-            node: &state.config.node,
-            local: &state.local,
-            capabilities: &capabilities,
-            loads: &loads,
-        };
-        dispatch::plan(view, Caller::User(user), queue, request)
-    };
-    let plan = plan.map_err(|(code, subject)| state.errors.report(code, &subject, Some(user)))?;
-    if let Some(q) = &plan.acl {
+    let user = caller.user();
+    let plan = plan_call(state, caller, queue, request)
+        .map_err(|(code, subject)| state.errors.report(code, &subject, user))?;
+    if let (Some(q), Some(user)) = (&plan.acl, user) {
         let allowed = state
             .acl
             .read()
@@ -282,24 +322,94 @@ async fn call(
         }
     }
     match plan.route {
-        Route::Local(args) => {
-            let Some(plugin) = state.plugins.get(&request.method) else {
-                return Err(state.errors.report(
-                    ErrorCode::COMMAND_NOT_DEFINED,
-                    &request.method,
-                    Some(user),
-                ));
-            };
-            let ctx = CallContext {
-                user: Some(user.to_string()),
-                state: state.clone(),
-            };
-            plugin.call(&ctx, &request.method, args).await
+        Route::Local(args) => run_local(state, user, &request.method, args).await,
+        Route::Forward { node, queue } => forward(state, user, &node, &queue, request).await,
+        Route::Walk { kind, nodes } => {
+            let mut gathered = serde_json::Map::new();
+            for node in nodes {
+                let outcome = if node == state.config.node {
+                    // The step this node takes is planned as a forwarded one: here only.
+                    let caller = Caller::Forwarded(user.unwrap_or_default());
+                    match plan_call(state, caller, queue, request) {
+                        Ok(dispatch::Plan {
+                            route: Route::Local(args),
+                            ..
+                        }) => run_local(state, user, &request.method, args).await,
+                        _ => continue,
+                    }
+                } else {
+                    let queue = names::private_queue(&state.config.domain, &plan.target, &node);
+                    forward(state, user, &node, &queue, request).await
+                };
+                match (kind, outcome) {
+                    (CommandType::FirstResult, Ok(v)) => return Ok(v),
+                    (_, Ok(v)) => {
+                        gathered.insert(node, v);
+                    }
+                    (_, Err(e)) => {
+                        tracing::debug!(%node, method = %request.method, "walk step failed: {e}")
+                    }
+                }
+            }
+            Ok(match kind {
+                CommandType::FirstResult => Value::Null,
+                _ => Value::Object(gathered),
+            })
         }
-        Route::Forward { .. } | Route::Walk { .. } => Err(state.errors.report(
+    }
+}
+
+/// Runs a command of this node's plugins.
+async fn run_local(
+    state: &Arc<AgentState>,
+    user: Option<&str>,
+    method: &str,
+    args: Vec<Value>,
+) -> Result<Value, String> {
+    let Some(plugin) = state.plugins.get(method) else {
+        return Err(state
+            .errors
+            .report(ErrorCode::COMMAND_NOT_DEFINED, method, user));
+    };
+    let ctx = CallContext {
+        user: user.map(str::to_string),
+        state: state.clone(),
+    };
+    plugin.call(&ctx, method, args).await
+}
+
+/// Passes a call to `node`; its own error text comes back unchanged.
+async fn forward(
+    state: &Arc<AgentState>,
+    user: Option<&str>,
+    node: &str,
+    queue: &str,
+    request: &jsonrpc::Request,
+) -> Result<Value, String> {
+    let Some(link) = state.link() else {
+        return Err(state.errors.report(
             ErrorCode::COMMAND_FAILED,
-            "calls to other nodes are not available yet",
-            Some(user),
-        )),
+            "the agent is not connected to its broker",
+            user,
+        ));
+    };
+    let caller = user.unwrap_or_default();
+    tracing::debug!(%node, method = %request.method, "forwarding a call");
+    match link
+        .forwarder
+        .call(node, queue, caller, request, state.config.call_timeout)
+        .await
+    {
+        Ok(v) => Ok(v),
+        Err(ForwardError::Remote(text)) => Err(text),
+        Err(e) => {
+            if matches!(e, ForwardError::Unreachable(_)) {
+                // Its queue is gone, so the node is: stop offering it.
+                state.forget(node);
+            }
+            Err(state
+                .errors
+                .report(ErrorCode::COMMAND_FAILED, &e.to_string(), user))
+        }
     }
 }

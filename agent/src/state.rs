@@ -1,11 +1,17 @@
 //! What the running agent knows and shares between its workers.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant};
 
+use clacks_broker::client::{Message, Session};
+
 use crate::acl::AgentAcl;
+use crate::events::{SchemaSet, ValidatedEvent};
+use crate::forward::Forwarder;
 use crate::jsonrpc::ErrorRegistry;
+use crate::names;
 use crate::plugin::Plugin;
 use crate::registry::{Capabilities, CommandInfo};
 
@@ -16,6 +22,32 @@ pub struct AgentConfig {
     pub domain: String,
     /// This node's id.
     pub node: String,
+    /// Broker identities of agents whose forwarded calls may name the original caller.
+    pub trusted_agents: Vec<String>,
+    /// How long a call forwarded to another node may take.
+    pub call_timeout: Duration,
+}
+
+impl AgentConfig {
+    /// Settings for `node` in `domain`, trusting no other agent, with a 30 s call timeout.
+    pub fn new(domain: &str, node: &str) -> AgentConfig {
+        AgentConfig {
+            domain: domain.to_string(),
+            node: node.to_string(),
+            trusted_agents: Vec::new(),
+            call_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// What the agent holds of its current broker connection: where events go out and
+/// forwarded calls leave from. Replaced after a reconnect.
+#[derive(Clone)]
+pub struct Link {
+    /// Publishes events.
+    pub publisher: Session,
+    /// Sends calls to other nodes.
+    pub forwarder: Arc<Forwarder>,
 }
 
 /// How often this node reports its status, and when others count as gone.
@@ -52,13 +84,26 @@ pub struct AgentState {
     pub errors: ErrorRegistry,
     /// The rules calls are checked against.
     pub acl: RwLock<AgentAcl>,
+    /// The event schemas outgoing events are validated against.
+    pub schemas: Arc<SchemaSet>,
     /// When each other node was last heard of.
     last_seen: Mutex<HashMap<String, Instant>>,
+    /// The current connection's publisher and forwarder, while connected.
+    link: RwLock<Option<Link>>,
+    /// A `shutdown` call asked this agent to stop once its reply is out.
+    stop_asked: AtomicBool,
+    /// Wakes the service when a stop is due.
+    stop: tokio::sync::Notify,
 }
 
 impl AgentState {
     /// State for these plugins; this node knows itself as a live provider of its commands.
-    pub fn new(config: AgentConfig, plugins: Vec<Arc<dyn Plugin>>, acl: AgentAcl) -> AgentState {
+    pub fn new(
+        config: AgentConfig,
+        plugins: Vec<Arc<dyn Plugin>>,
+        acl: AgentAcl,
+        schemas: SchemaSet,
+    ) -> AgentState {
         let mut local = HashMap::new();
         let mut by_name = HashMap::new();
         for p in plugins {
@@ -79,8 +124,64 @@ impl AgentState {
             loads: Mutex::new(loads),
             errors: ErrorRegistry::default(),
             acl: RwLock::new(acl),
+            schemas: Arc::new(schemas),
             last_seen: Mutex::new(HashMap::new()),
+            link: RwLock::new(None),
+            stop_asked: AtomicBool::new(false),
+            stop: tokio::sync::Notify::new(),
         }
+    }
+
+    /// Sets (or with `None` clears) the current connection's link.
+    pub fn set_link(&self, link: Option<Link>) {
+        *self.link.write().unwrap_or_else(|e| e.into_inner()) = link;
+    }
+
+    /// The current link, if connected.
+    pub fn link(&self) -> Option<Link> {
+        self.link.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Validates `xml` and publishes it on the domain's exchange; returns the event's name.
+    ///
+    /// # Errors
+    /// The validation error, or why it could not be sent.
+    pub async fn publish_event(&self, xml: &str) -> Result<String, String> {
+        let event = self.schemas.validate(xml).map_err(|e| e.to_string())?;
+        self.publish_validated(&event).await?;
+        Ok(event.name)
+    }
+
+    /// Publishes an event that passed validation on the domain's exchange.
+    ///
+    /// # Errors
+    /// Why it could not be sent.
+    pub async fn publish_validated(&self, event: &ValidatedEvent) -> Result<(), String> {
+        let link = self
+            .link()
+            .ok_or("the agent is not connected to its broker")?;
+        let message = Message::new(event.wire_text()).with_routing_key(names::EVENT_KEY);
+        link.publisher
+            .send(names::events_exchange(&self.config.domain), message)
+            .await
+            .map_err(|e| format!("event {} not published: {e}", event.name))
+    }
+
+    /// Marks this agent to stop after the reply of the current call.
+    pub fn ask_stop(&self) {
+        self.stop_asked.store(true, Ordering::SeqCst);
+    }
+
+    /// Starts the stop asked for, if any (called once a reply went out).
+    pub fn stop_if_asked(&self) {
+        if self.stop_asked.load(Ordering::SeqCst) {
+            self.stop.notify_one();
+        }
+    }
+
+    /// Completes when a stop asked for by a call is due.
+    pub async fn stopped(&self) {
+        self.stop.notified().await;
     }
 
     /// Notes that `node` is alive (its load stays as last reported).

@@ -1,0 +1,3 @@
+//! Plugins that ship with the agent besides `core`.
+
+pub mod script;
