@@ -170,7 +170,13 @@ conn.close()
         .lines()
         .find(|l| l.starts_with("getMethods ["))
         .unwrap_or_else(|| panic!("no getMethods line in {text}"));
-    for name in ["getMethods", "getNodes", "getSessionUser", "get_error", "sendEvent"] {
+    for name in [
+        "getMethods",
+        "getNodes",
+        "getSessionUser",
+        "get_error",
+        "sendEvent",
+    ] {
         assert!(methods.contains(&format!("'{name}'")), "{name}: {text}");
     }
     assert!(text.contains("getNodes ['node-a']"), "{text}");

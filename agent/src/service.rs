@@ -24,6 +24,9 @@ use crate::presence::{self, Answer};
 use crate::registry::CommandType;
 use crate::state::{AgentState, Link, PresenceTimers};
 
+/// The application header of a reply naming the node that answered (callers may ignore it).
+pub const NODE_HEADER: &str = "x-clacks-node";
+
 /// How a service run ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Ended {
@@ -272,7 +275,10 @@ async fn handle(
     // Accepted before the reply goes out, as the original agent does.
     let _ = sub.accept(&d).await;
     let body = jsonrpc::response(&id, outcome);
-    let reply = Message::new(body).with_routing_key(reply_to.clone());
+    let mut reply = Message::new(body).with_routing_key(reply_to.clone());
+    let mut headers = FieldTable::new();
+    headers.insert(NODE_HEADER, state.config.node.as_str());
+    reply.message_properties.application_headers = Some(headers);
     if let Err(e) = session.send("", reply).await {
         tracing::warn!(reply_to = %reply_to, "reply not delivered: {e}");
     }
