@@ -283,3 +283,61 @@ async fn presence_announce_capabilities_leave_and_timeout() {
         n.get("node-c").is_none() && n.get("node-a").is_some()
     });
 }
+
+#[test]
+fn agent_acl_grants_commands_and_events_and_reloads_on_sighup() {
+    let dir = tempfile::tempdir().expect("dir");
+    let acl = dir.path().join("agent.acl");
+    let rules = |extra: &str| {
+        format!(
+            r#"{{"acl": {{"org.clacks": [{{"acls": [
+                {{"priority": 0, "scope": "sub", "members": ["^bob$"],
+                  "actions": [{{"topic": "^org\\.clacks\\.command\\.core\\.sendEvent$", "acls": "x"}},
+                              {{"topic": "^org\\.clacks\\.event\\.NodeAnnounce$", "acls": "x"}}{extra}]}}]}}]}}}}"#
+        )
+    };
+    std::fs::write(&acl, rules("")).expect("acl");
+    let broker = Binary::start_in(
+        dir,
+        &format!(
+            "[agent]\nadmins = [\"guest\"]\nacl_file = {:?}\n[users]\nbob = \"bobpw\"",
+            acl.display().to_string()
+        ),
+    );
+    let event = |name: &str| {
+        format!(
+            r#"<Event xmlns="http://www.gonicus.de/Events"><{name}><Id>n</Id></{name}></Event>"#
+        )
+    };
+    let (ok, out, err) = call(&broker, "bob:bobpw", &["sendEvent", &event("NodeAnnounce")]);
+    assert!(ok, "{err}");
+    assert_eq!(out, "null");
+    let (ok, _, err) = call(&broker, "bob:bobpw", &["sendEvent", &event("NodeLeave")]);
+    assert!(
+        !ok && err.contains("sending the event 'org.clacks.event.NodeLeave' is not permitted"),
+        "{err}"
+    );
+    let (ok, _, err) = call(&broker, "bob:bobpw", &["getSessionUser"]);
+    assert!(!ok && err.contains("No permission"), "{err}");
+
+    std::fs::write(
+        &acl,
+        rules(r#", {"topic": "^org\\.clacks\\.command\\.core\\.getSessionUser$", "acls": "x"}"#),
+    )
+    .expect("acl");
+    let hup = Command::new("kill")
+        .args(["-HUP", &broker.child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(hup.success());
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (ok, out, err) = call(&broker, "bob:bobpw", &["getSessionUser"]);
+        if ok {
+            assert_eq!(out, r#""bob""#);
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "not reloaded: {err}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

@@ -190,6 +190,26 @@ async fn agents_share_the_domain_forward_calls_and_leave() {
     let work = tempfile::tempdir().expect("dir");
     let scripts = work.path().join("scripts");
     std::fs::create_dir(&scripts).expect("scripts dir");
+    let other_scripts = work.path().join("other-scripts");
+    std::fs::create_dir(&other_scripts).expect("scripts dir");
+    // report is CUMULATIVE and on both; first fails on node-c, so node-b's result wins.
+    for (dir, node, first) in [
+        (&scripts, "node-b", "echo '\"b\"'"),
+        (&other_scripts, "node-c", "exit 1"),
+    ] {
+        write_script(
+            dir,
+            "report",
+            "target = \"tools\"\nhelp = \"Report from each node.\"\ntype = \"CUMULATIVE\"",
+            &format!("echo '\"{node}\"'"),
+        );
+        write_script(
+            dir,
+            "first",
+            "target = \"tools\"\nhelp = \"The first node that can.\"\ntype = \"FIRSTRESULT\"",
+            first,
+        );
+    }
     write_script(
         &scripts,
         "whoami",
@@ -209,7 +229,10 @@ async fn agents_share_the_domain_forward_calls_and_leave() {
     let plain = work.path().join("c.toml");
     std::fs::write(
         &plain,
-        "[agent]\nstatus_interval_ms = 200\nnode_timeout_ms = 600000\n",
+        format!(
+            "[agent]\nscripts_dir = {:?}\nstatus_interval_ms = 200\nnode_timeout_ms = 600000\n",
+            other_scripts.display().to_string()
+        ),
     )
     .expect("config");
     let url = format!("amqp://agent2:agent2pw@{}/org.clacks", broker.addr);
@@ -229,7 +252,9 @@ async fn agents_share_the_domain_forward_calls_and_leave() {
     let deadline = Instant::now() + DEADLINE;
     loop {
         let r = guest.call(&at_a, "getMethods", json!([])).await;
-        if r.result["whoami"]["provider"] == json!(["node-b"]) {
+        if r.result["whoami"]["provider"] == json!(["node-b"])
+            && r.result["report"]["provider"].as_array().map(Vec::len) == Some(2)
+        {
             assert_eq!(r.result["whoami"]["target"], json!("tools"));
             break;
         }
@@ -265,6 +290,19 @@ async fn agents_share_the_domain_forward_calls_and_leave() {
         assert_eq!(r.error, Value::Null, "via {node}: {r:?}");
         assert_eq!((r.node.as_str(), &r.result), (node, &expected));
     }
+
+    // Walks: CUMULATIVE gathers every provider's result, FIRSTRESULT takes the first
+    // success (node-c's script fails).
+    let r = guest.call(&at_a, "report", json!([])).await;
+    assert_eq!(
+        r.result,
+        json!({"node-b": "node-b", "node-c": "node-c"}),
+        "{r:?}"
+    );
+    let r = guest
+        .call(&format!("{CORE}.node-c"), "first", json!([]))
+        .await;
+    assert_eq!(r.result, json!("b"), "{r:?}");
 
     // bob may not call whoami: refused on the forwarding node, as the tools topic.
     let mut bob = Rpc::open(broker.addr, "bob:bobpw").await;
