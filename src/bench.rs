@@ -1,7 +1,7 @@
 //! `clacks bench`: N producer and M consumer connections on one fresh queue; messages/s and
 //! latency from a send timestamp carried in the first 8 bytes of each body. With
 //! `--xml-bindings`, the messages are XML events routed by an xml exchange, the timestamp in
-//! an attribute.
+//! an attribute. With `--rpc METHOD`, it measures Clacks calls instead.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -14,8 +14,8 @@ use clacks_broker::client::{
     random_uuid, ConnectOptions, Connection, Message, Session, SubscribeOptions, Subscription,
 };
 use clacks_broker::wire::{
-    ExchangeBind, ExchangeDeclare, ExchangeDelete, FieldTable, QueueDeclare, QueueDelete,
-    SequenceSet,
+    ExchangeBind, ExchangeDeclare, ExchangeDelete, FieldTable, MessageAcceptMode, QueueDeclare,
+    QueueDelete, ReplyTo, SequenceSet,
 };
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -37,6 +37,9 @@ struct Report {
 /// # Errors
 /// Bad arguments, connection or broker errors, or messages that stop arriving.
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    if let Some(method) = &args.rpc {
+        return rpc(&args, method).await;
+    }
     if args.size < 8 {
         bail!("--size must be at least 8 (the send timestamp)");
     }
@@ -455,6 +458,97 @@ fn render(args: &BenchArgs, queue: &str, mut r: Report) -> String {
         ms(percentile(&r.latencies, 99.0)),
         ms(r.latencies.last().copied().unwrap_or(0)),
     )
+}
+
+/// Clacks calls: each caller has its own connection and reply queue and one call in
+/// flight; prints calls per second and the round-trip percentiles.
+async fn rpc(args: &BenchArgs, method: &str) -> anyhow::Result<()> {
+    if args.callers == 0 || args.count == 0 {
+        bail!("--callers and --count must be at least 1");
+    }
+    let opts = crate::client_cmds::connect_options(&args.conn)?;
+    let queue = clacks_agent::names::shared_queue(&args.domain, "core");
+    let per_caller = args.count.div_ceil(u64::from(args.callers));
+    let mut callers = tokio::task::JoinSet::new();
+    let (ready_tx, mut ready) = tokio::sync::mpsc::channel::<()>(args.callers as usize);
+    let go = Arc::new(tokio::sync::Notify::new());
+    for _ in 0..args.callers {
+        let (opts, queue, method) = (opts.clone(), queue.clone(), method.to_string());
+        let (ready_tx, go) = (ready_tx.clone(), go.clone());
+        let idle = Duration::from_secs_f64(args.idle_timeout.max(0.001));
+        callers.spawn(async move {
+            let conn = Connection::open(opts).await?;
+            let session = conn.session_unique().await?;
+            let reply_queue = format!("reply-{}", random_uuid());
+            session
+                .declare_queue(QueueDeclare {
+                    queue: Some(reply_queue.clone()),
+                    exclusive: true,
+                    auto_delete: true,
+                    ..QueueDeclare::default()
+                })
+                .await?;
+            let mut replies = session
+                .subscribe(
+                    &reply_queue,
+                    SubscribeOptions {
+                        accept_mode: MessageAcceptMode::NONE,
+                        ..SubscribeOptions::default()
+                    },
+                )
+                .await?;
+            let started = go.notified();
+            let _ = ready_tx.send(()).await;
+            started.await;
+            let mut latencies = Vec::with_capacity(per_caller as usize);
+            for n in 0..per_caller {
+                let body = serde_json::json!({"method": method, "params": [], "id": n});
+                let mut m = Message::new(body.to_string()).with_routing_key(queue.clone());
+                m.message_properties.reply_to = Some(ReplyTo {
+                    exchange: None,
+                    routing_key: Some(reply_queue.clone()),
+                });
+                let sent = Instant::now();
+                session.send("", m).await?;
+                let reply = tokio::time::timeout(idle, replies.next())
+                    .await
+                    .map_err(|_| anyhow::anyhow!("no reply in time"))??
+                    .context("reply queue closed")?;
+                latencies.push(u64::try_from(sent.elapsed().as_nanos()).unwrap_or(u64::MAX));
+                let reply: serde_json::Value = serde_json::from_slice(&reply.body)?;
+                if !reply["error"].is_null() {
+                    bail!("{method} failed: {}", reply["error"]);
+                }
+            }
+            let _ = conn.close().await;
+            Ok::<_, anyhow::Error>(latencies)
+        });
+    }
+    drop(ready_tx);
+    for _ in 0..args.callers {
+        ready.recv().await.context("a caller could not connect")?;
+    }
+    let started = Instant::now();
+    go.notify_waiters();
+    let mut latencies = Vec::new();
+    while let Some(done) = callers.join_next().await {
+        latencies.extend(done??);
+    }
+    let elapsed = started.elapsed();
+    latencies.sort_unstable();
+    let ms = |ns: u64| ns as f64 / 1e6;
+    println!(
+        "bench rpc: {method} on {queue}, {} caller(s), {} calls in {:.3} s = {:.0} calls/s\n\
+         round trip: p50 {:.3} ms  p99 {:.3} ms  max {:.3} ms",
+        args.callers,
+        latencies.len(),
+        elapsed.as_secs_f64(),
+        latencies.len() as f64 / elapsed.as_secs_f64().max(1e-9),
+        ms(percentile(&latencies, 50.0)),
+        ms(percentile(&latencies, 99.0)),
+        ms(latencies.last().copied().unwrap_or(0)),
+    );
+    Ok(())
 }
 
 #[cfg(test)]

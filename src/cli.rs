@@ -291,4 +291,14 @@ pub struct BenchArgs {
     /// routing key, of which one matches (0: straight to the queue).
     #[arg(long, default_value_t = 0, value_name = "N")]
     pub xml_bindings: u32,
+    /// Measure Clacks calls instead: `--count` calls of this command (no arguments) on the
+    /// domain's core queue, from `--callers` connections with one call in flight each.
+    #[arg(long, value_name = "METHOD")]
+    pub rpc: Option<String>,
+    /// Concurrent callers for `--rpc`.
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    pub callers: u32,
+    /// The Clacks domain for `--rpc`.
+    #[arg(long, env = "CLACKS_DOMAIN", default_value = "org.clacks")]
+    pub domain: String,
 }
