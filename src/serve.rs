@@ -216,9 +216,13 @@ async fn reload_on_hangup(
     mut hup: tokio::signal::unix::Signal,
 ) {
     while hup.recv().await.is_some() {
-        match reloader.reload() {
-            Ok(rules) => tracing::info!(rules, "ACL reloaded"),
-            Err(e) => tracing::error!("ACL not reloaded, the old rules stay: {e}"),
+        if reloader.configured() {
+            match reloader.reload() {
+                Ok(rules) => tracing::info!(rules, "ACL reloaded"),
+                Err(e) => tracing::error!("ACL not reloaded, the old rules stay: {e}"),
+            }
+        } else if agent.is_none() {
+            tracing::warn!("SIGHUP: no ACL file configured, nothing to reload");
         }
         if let Some(agent) = &agent {
             match agent.reload() {

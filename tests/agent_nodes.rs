@@ -312,6 +312,34 @@ async fn agents_share_the_domain_forward_calls_and_leave() {
         error.contains("No permission to execute method 'org.clacks.command.tools.whoami'"),
         "{r:?}"
     );
+    // The record of an error stays on the node that reported it (node-c); get_error
+    // asked on node-a finds it there, once.
+    let r = bob
+        .call(&format!("{CORE}.node-c"), "getSessionUser", json!([]))
+        .await;
+    let token = r
+        .error
+        .as_str()
+        .and_then(|e| e.strip_prefix('<')?.split_once('>'))
+        .map(|(t, _)| t.to_string())
+        .unwrap_or_else(|| panic!("no token in {r:?}"));
+    let r = guest.call(&at_a, "get_error", json!([token])).await;
+    assert_eq!(
+        (&r.node, &r.result["user"], &r.result["code"]),
+        (
+            &"node-a".to_string(),
+            &json!("bob"),
+            &json!("PERMISSION_EXEC")
+        ),
+        "{r:?}"
+    );
+    let r = guest.call(&at_a, "get_error", json!([token])).await;
+    assert!(
+        r.error
+            .as_str()
+            .is_some_and(|e| e.contains("no such resource")),
+        "{r:?}"
+    );
     // A caller header from a user (not an agent identity) counts for nothing.
     let r = bob
         .call_as(&at_a, "getSessionUser", json!([]), Some("guest"))

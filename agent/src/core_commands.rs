@@ -98,17 +98,7 @@ impl Plugin for Core {
                     state.ask_stop();
                     Ok(Value::Bool(true))
                 }
-                "get_error" => {
-                    let id = args.first().and_then(Value::as_str).unwrap_or("");
-                    match state.errors.take(id) {
-                        Some(record) => serde_json::to_value(record).map_err(|e| e.to_string()),
-                        None => Err(state.errors.report(
-                            ErrorCode::NO_SUCH_RESOURCE,
-                            id,
-                            ctx.user.as_deref(),
-                        )),
-                    }
-                }
+                "get_error" => get_error(ctx, &args).await,
                 other => Err(format!("core has no command {other}")),
             }
         })
@@ -152,4 +142,36 @@ async fn send_event(ctx: &CallContext, args: &[Value]) -> CallResult {
         .await
         .map_err(|e| state.errors.report(ErrorCode::COMMAND_FAILED, &e, user))?;
     Ok(Value::Null)
+}
+
+/// `get_error(id)`: the record is kept by the node that reported it, and the shared queue
+/// may have brought this call elsewhere, so the other live nodes are asked in turn.
+async fn get_error(ctx: &CallContext, args: &[Value]) -> CallResult {
+    let state = &ctx.state;
+    let id = args.first().and_then(Value::as_str).unwrap_or("");
+    if let Some(record) = state.errors.take(id) {
+        return serde_json::to_value(record).map_err(|e| e.to_string());
+    }
+    if let (false, Some(user)) = (ctx.forwarded, ctx.user.as_deref()) {
+        let mut others: Vec<String> = state
+            .loads()
+            .keys()
+            .filter(|n| **n != state.config.node)
+            .cloned()
+            .collect();
+        others.sort();
+        let request = crate::jsonrpc::Request {
+            method: "get_error".into(),
+            params: crate::jsonrpc::Params::Positional(args.to_vec()),
+            id: Value::Null,
+        };
+        for node in others {
+            if let Ok(record) = state.ask_node(&node, "core", user, &request).await {
+                return Ok(record);
+            }
+        }
+    }
+    Err(state
+        .errors
+        .report(ErrorCode::NO_SUCH_RESOURCE, id, ctx.user.as_deref()))
 }

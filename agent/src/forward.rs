@@ -31,6 +31,9 @@ pub struct Forwarder {
 /// Why a forwarded call produced no result.
 #[derive(Debug, thiserror::Error)]
 pub enum ForwardError {
+    /// The agent has no broker connection at the moment.
+    #[error("the agent is not connected to its broker")]
+    NotConnected,
     /// The provider's private queue does not exist on this broker.
     #[error("node {0} cannot be reached from here (its command queue is missing)")]
     Unreachable(String),

@@ -22,6 +22,8 @@ pub struct CallContext {
     pub user: Option<String>,
     /// The agent's shared state (capabilities, nodes, error records).
     pub state: Arc<AgentState>,
+    /// Another agent passed this call on: it must not travel further.
+    pub forwarded: bool,
 }
 
 /// A set of commands served on one target queue.

@@ -328,8 +328,11 @@ async fn call(
         }
     }
     match plan.route {
-        Route::Local(args) => run_local(state, user, &request.method, args).await,
-        Route::Forward { node, queue } => forward(state, user, &node, &queue, request).await,
+        Route::Local(args) => {
+            let forwarded = matches!(caller, Caller::Forwarded(_));
+            run_local(state, user, forwarded, &request.method, args).await
+        }
+        Route::Forward { node, .. } => forward(state, user, &node, &plan.target, request).await,
         Route::Walk { kind, nodes } => {
             let mut gathered = serde_json::Map::new();
             for node in nodes {
@@ -340,12 +343,11 @@ async fn call(
                         Ok(dispatch::Plan {
                             route: Route::Local(args),
                             ..
-                        }) => run_local(state, user, &request.method, args).await,
+                        }) => run_local(state, user, false, &request.method, args).await,
                         _ => continue,
                     }
                 } else {
-                    let queue = names::private_queue(&state.config.domain, &plan.target, &node);
-                    forward(state, user, &node, &queue, request).await
+                    forward(state, user, &node, &plan.target, request).await
                 };
                 match (kind, outcome) {
                     (CommandType::FirstResult, Ok(v)) => return Ok(v),
@@ -369,6 +371,7 @@ async fn call(
 async fn run_local(
     state: &Arc<AgentState>,
     user: Option<&str>,
+    forwarded: bool,
     method: &str,
     args: Vec<Value>,
 ) -> Result<Value, String> {
@@ -380,6 +383,7 @@ async fn run_local(
     let ctx = CallContext {
         user: user.map(str::to_string),
         state: state.clone(),
+        forwarded,
     };
     plugin.call(&ctx, method, args).await
 }
@@ -389,21 +393,12 @@ async fn forward(
     state: &Arc<AgentState>,
     user: Option<&str>,
     node: &str,
-    queue: &str,
+    target: &str,
     request: &jsonrpc::Request,
 ) -> Result<Value, String> {
-    let Some(link) = state.link() else {
-        return Err(state.errors.report(
-            ErrorCode::COMMAND_FAILED,
-            "the agent is not connected to its broker",
-            user,
-        ));
-    };
-    let caller = user.unwrap_or_default();
     tracing::debug!(%node, method = %request.method, "forwarding a call");
-    match link
-        .forwarder
-        .call(node, queue, caller, request, state.config.call_timeout)
+    match state
+        .ask_node(node, target, user.unwrap_or_default(), request)
         .await
     {
         Ok(v) => Ok(v),

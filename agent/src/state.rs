@@ -9,7 +9,7 @@ use clacks_broker::client::{Message, Session};
 
 use crate::acl::AgentAcl;
 use crate::events::{SchemaSet, ValidatedEvent};
-use crate::forward::Forwarder;
+use crate::forward::{ForwardError, Forwarder};
 use crate::jsonrpc::ErrorRegistry;
 use crate::names;
 use crate::plugin::Plugin;
@@ -165,6 +165,25 @@ impl AgentState {
             .send(names::events_exchange(&self.config.domain), message)
             .await
             .map_err(|e| format!("event {} not published: {e}", event.name))
+    }
+
+    /// Sends `request` to `node`'s private queue of `target` for `caller` and waits for
+    /// the result.
+    ///
+    /// # Errors
+    /// Not connected, the node unreachable or silent, or its error.
+    pub async fn ask_node(
+        &self,
+        node: &str,
+        target: &str,
+        caller: &str,
+        request: &crate::jsonrpc::Request,
+    ) -> Result<serde_json::Value, ForwardError> {
+        let link = self.link().ok_or(ForwardError::NotConnected)?;
+        let queue = names::private_queue(&self.config.domain, target, node);
+        link.forwarder
+            .call(node, &queue, caller, request, self.config.call_timeout)
+            .await
     }
 
     /// Marks this agent to stop after the reply of the current call.

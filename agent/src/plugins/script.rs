@@ -346,6 +346,7 @@ mod tests {
         CallContext {
             user: Some("alice".into()),
             state: Arc::new(state),
+            forwarded: false,
         }
     }
 

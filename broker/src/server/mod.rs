@@ -187,6 +187,11 @@ fn load_acl(path: &std::path::Path) -> Result<Acl, String> {
 pub struct AclReloader(Arc<ServerContext>);
 
 impl AclReloader {
+    /// Whether the broker has an ACL file to reload.
+    pub fn configured(&self) -> bool {
+        self.0.config.acl_file.is_some()
+    }
+
     /// Loads the file again; returns the number of rules now in force.
     ///
     /// # Errors
