@@ -390,9 +390,44 @@ async fn agents_share_the_domain_forward_calls_and_leave() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn send_event_is_validated_checked_and_reaches_only_subscribers_that_asked() {
-    let broker =
-        Binary::start("[agent]\nnode = \"node-a\"\nadmins = [\"guest\"]\n[users]\nbob = \"bobpw\"");
+    // A site's own event type, dropped into the events directory.
+    let dir = tempfile::tempdir().expect("dir");
+    let events = dir.path().join("events");
+    std::fs::create_dir(&events).expect("events dir");
+    std::fs::write(
+        events.join("DoorOpened.xsd"),
+        r#"<xs:schema xmlns:xs="http://www.w3.org/2001/XMLSchema"
+           xmlns="http://www.gonicus.de/Events" targetNamespace="http://www.gonicus.de/Events"
+           elementFormDefault="qualified">
+  <xs:complexType name="DoorOpened">
+    <xs:sequence>
+      <xs:element name="Door" type="xs:string"/>
+      <xs:element name="Floor" type="xs:integer" minOccurs="0"/>
+    </xs:sequence>
+  </xs:complexType>
+  <xs:element name="DoorOpened" type="DoorOpened"/>
+</xs:schema>"#,
+    )
+    .expect("schema");
+    let broker = Binary::start_in(
+        dir,
+        "[agent]\nnode = \"node-a\"\nadmins = [\"guest\"]\nevents_dir = \"events\"\n\
+         [users]\nbob = \"bobpw\"",
+    );
     let mut guest = Rpc::open(broker.addr, "guest:guest").await;
+    let door = |floor: &str| {
+        format!(
+            "<Event xmlns=\"http://www.gonicus.de/Events\"><DoorOpened><Door>front</Door>\
+             <Floor>{floor}</Floor></DoorOpened></Event>"
+        )
+    };
+    let r = guest.call(CORE, "sendEvent", json!([door("2")])).await;
+    assert_eq!(r.error, Value::Null, "{r:?}");
+    let r = guest.call(CORE, "sendEvent", json!([door("second")])).await;
+    assert!(
+        r.error.as_str().is_some_and(|e| e.contains("DoorOpened/Floor")),
+        "{r:?}"
+    );
     let s = &guest.session;
     s.declare_queue(QueueDeclare {
         queue: Some("ghosts".into()),
