@@ -425,7 +425,9 @@ async fn send_event_is_validated_checked_and_reaches_only_subscribers_that_asked
     assert_eq!(r.error, Value::Null, "{r:?}");
     let r = guest.call(CORE, "sendEvent", json!([door("second")])).await;
     assert!(
-        r.error.as_str().is_some_and(|e| e.contains("DoorOpened/Floor")),
+        r.error
+            .as_str()
+            .is_some_and(|e| e.contains("DoorOpened/Floor")),
         "{r:?}"
     );
     let s = &guest.session;
@@ -539,11 +541,12 @@ async fn an_agent_alone_serves_through_another_broker_and_survives_its_restart()
     let agent_config = work.path().join("agent.toml");
     std::fs::write(
         &agent_config,
-        "[agent]\nstatus_interval_ms = 200\nreconnect_min_ms = 50\nreconnect_max_ms = 500\n",
+        "[agent]\nstatus_interval_ms = 200\nnode_timeout_ms = 1000\n\
+         reconnect_min_ms = 50\nreconnect_max_ms = 500\n",
     )
     .expect("config");
     let url = format!("amqp://guest:guest@127.0.0.1:{port}/org.example");
-    let _agent = AgentProcess::start(&url, "node-x", &agent_config, &["--admin", "guest"]);
+    let mut agent = AgentProcess::start(&url, "node-x", &agent_config, &["--admin", "guest"]);
     let queue = "org.example.command.core";
 
     // The agent declares its queues when it is up: poll until a call is answered.
@@ -572,4 +575,19 @@ async fn an_agent_alone_serves_through_another_broker_and_survives_its_restart()
         n.get("node-x").is_some()
     })
     .await;
+
+    // Killed, the agent cannot delete its private queue: the broker does, once the node
+    // timeout has passed without a consumer.
+    let _ = agent.child.kill();
+    let _ = agent.child.wait();
+    let private = format!("{queue}.node-x");
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let q = rpc.session.query_queue(&private).await.expect("query");
+        if q.queue.is_none_or(|q| q.is_empty()) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{private} is still there");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }

@@ -70,10 +70,23 @@ pub async fn serve(
     for target in state.targets() {
         let shared = names::shared_queue(&domain, &target);
         let own = names::private_queue(&domain, &target, &node);
-        for queue in [shared, own.clone()] {
+        for (queue, private) in [(shared, false), (own.clone(), true)] {
+            // A private queue outlives a lost connection long enough for a reconnect, and
+            // goes with its node when that never comes (a killed agent leaves no queue).
+            let arguments = private.then(|| {
+                let mut args = FieldTable::new();
+                let secs = timers.node_timeout.as_secs().max(1);
+                args.insert(
+                    "qpid.auto_delete_timeout",
+                    i64::try_from(secs).unwrap_or(i64::MAX),
+                );
+                args
+            });
             admin
                 .declare_queue(QueueDeclare {
                     queue: Some(queue.clone()),
+                    auto_delete: private,
+                    arguments,
                     ..QueueDeclare::default()
                 })
                 .await?;
