@@ -105,6 +105,7 @@ impl Agent {
         config
             .trusted_agents
             .extend(own_identity.map(str::to_string));
+        config.identity = own_identity.map(str::to_string);
         config.call_timeout = millis(settings.call_timeout_ms, config.call_timeout);
         let schemas = SchemaSet::load(settings.events_dir.as_deref().map(std::path::Path::new))
             .context("cannot load the event schemas")?;

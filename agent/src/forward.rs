@@ -4,7 +4,6 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use clacks_broker::client::{
     random_uuid, ClientError, Connection, Message, Session, SubscribeOptions, Subscription,
@@ -14,6 +13,7 @@ use serde_json::{json, Value};
 use tokio::sync::oneshot;
 
 use crate::jsonrpc::{Params, Request};
+use crate::state::AgentConfig;
 
 /// The application header naming the user a forwarded call runs for. Only trusted when
 /// the broker stamped the message with a configured agent identity.
@@ -100,7 +100,7 @@ impl Forwarder {
     }
 
     /// Sends `request` to `queue` (the private queue of `node`) on behalf of `caller` and
-    /// waits up to `timeout` for the result.
+    /// waits up to the configured call timeout for the result.
     ///
     /// # Errors
     /// See [`ForwardError`].
@@ -110,8 +110,9 @@ impl Forwarder {
         queue: &str,
         caller: &str,
         request: &Request,
-        timeout: Duration,
+        config: &AgentConfig,
     ) -> Result<Value, ForwardError> {
+        let timeout = config.call_timeout;
         let link = |err| ForwardError::Link {
             node: node.to_string(),
             err,
@@ -136,6 +137,7 @@ impl Forwarder {
         let mut headers = FieldTable::new();
         headers.insert(CALLER_HEADER, caller);
         message.message_properties.application_headers = Some(headers);
+        let message = config.signed(message);
 
         let (tx, rx) = oneshot::channel();
         self.pending().insert(id.clone(), tx);

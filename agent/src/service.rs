@@ -288,7 +288,9 @@ async fn handle(
     // Accepted before the reply goes out, as the original agent does.
     let _ = sub.accept(&d).await;
     let body = jsonrpc::response(&id, outcome);
-    let mut reply = Message::new(body).with_routing_key(reply_to.clone());
+    let mut reply = state
+        .config
+        .signed(Message::new(body).with_routing_key(reply_to.clone()));
     let mut headers = FieldTable::new();
     headers.insert(NODE_HEADER, state.config.node.as_str());
     reply.message_properties.application_headers = Some(headers);

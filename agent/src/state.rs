@@ -26,6 +26,9 @@ pub struct AgentConfig {
     pub trusted_agents: Vec<String>,
     /// How long a call forwarded to another node may take.
     pub call_timeout: Duration,
+    /// The broker identity the agent logs in as, written into the `user-id` of what it
+    /// sends: qpidd checks but does not stamp it, and the receiver needs it.
+    pub identity: Option<String>,
 }
 
 impl AgentConfig {
@@ -36,7 +39,16 @@ impl AgentConfig {
             node: node.to_string(),
             trusted_agents: Vec::new(),
             call_timeout: Duration::from_secs(30),
+            identity: None,
         }
+    }
+
+    /// `message` from this agent: its identity in `user-id`, when known.
+    pub fn signed(&self, mut message: Message) -> Message {
+        if let Some(id) = &self.identity {
+            message.message_properties.user_id = Some(id.clone().into_bytes().into());
+        }
+        message
     }
 }
 
@@ -160,7 +172,9 @@ impl AgentState {
         let link = self
             .link()
             .ok_or("the agent is not connected to its broker")?;
-        let message = Message::new(event.wire_text()).with_routing_key(names::EVENT_KEY);
+        let message = self
+            .config
+            .signed(Message::new(event.wire_text()).with_routing_key(names::EVENT_KEY));
         link.publisher
             .send(names::events_exchange(&self.config.domain), message)
             .await
@@ -182,7 +196,7 @@ impl AgentState {
         let link = self.link().ok_or(ForwardError::NotConnected)?;
         let queue = names::private_queue(&self.config.domain, target, node);
         link.forwarder
-            .call(node, &queue, caller, request, self.config.call_timeout)
+            .call(node, &queue, caller, request, &self.config)
             .await
     }
 
