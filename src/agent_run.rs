@@ -94,7 +94,7 @@ impl Agent {
         let node = settings.node.clone().unwrap_or_else(host_name);
         let acl = AclSource {
             file: settings.acl_file.as_ref().map(PathBuf::from),
-            base: domain.clone(),
+            base: settings.acl_base.clone().unwrap_or_else(|| domain.clone()),
             admins: settings
                 .admins
                 .clone()

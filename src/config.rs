@@ -78,6 +78,8 @@ pub struct AgentSettings {
     pub status_interval_ms: Option<u64>,
     /// `node_timeout_ms = 60000`: a node silent for longer is dropped.
     pub node_timeout_ms: Option<u64>,
+    /// `acl_base = "org.clacks"`: the base whose ACL sets count (default: the domain).
+    pub acl_base: Option<String>,
     /// `trusted_agents = ["agent2"]`: broker identities of other agents whose forwarded
     /// calls may name the original caller (the agent's own identity always is).
     pub trusted_agents: Option<Vec<String>>,
