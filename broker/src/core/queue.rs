@@ -55,7 +55,17 @@ pub struct QueueSettings {
     pub auto_delete_timeout: u64,
     /// `qpid.queue_msg_sequence`: the application header that gets each message's number.
     pub sequence_key: Option<String>,
+    /// `qpid.trace.id`: the broker id added to the `x-qpid.trace` header of each message
+    /// (federation bridge queues).
+    pub trace_id: Option<String>,
+    /// `qpid.trace.exclude`: messages whose trace names one of these brokers are dropped,
+    /// so that a message never travels a federation loop twice.
+    pub trace_exclude: Vec<String>,
 }
+
+/// The application header listing the brokers a message passed through on federation
+/// links, comma-separated.
+pub const TRACE_HEADER: &str = "x-qpid.trace";
 
 impl Default for QueueSettings {
     fn default() -> Self {
@@ -69,6 +79,8 @@ impl Default for QueueSettings {
             no_local: false,
             auto_delete_timeout: 0,
             sequence_key: None,
+            trace_id: None,
+            trace_exclude: Vec::new(),
         }
     }
 }
@@ -82,6 +94,15 @@ fn arg_u64(args: &FieldTable, key: &str) -> Result<Option<u64>, Error> {
             .map(Some)
             .ok_or_else(|| Error::InvalidArgument(format!("{key} must be a non-negative integer"))),
     }
+}
+
+/// The broker ids of a comma-separated trace list.
+fn trace_ids(list: &str) -> Vec<String> {
+    list.split(',')
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .map(str::to_string)
+        .collect()
 }
 
 impl QueueSettings {
@@ -102,6 +123,16 @@ impl QueueSettings {
                 .get("qpid.queue_msg_sequence")
                 .and_then(Value::as_str)
                 .map(str::to_string),
+            trace_id: args
+                .get("qpid.trace.id")
+                .and_then(Value::as_str)
+                .filter(|s| !s.is_empty())
+                .map(str::to_string),
+            trace_exclude: args
+                .get("qpid.trace.exclude")
+                .and_then(Value::as_str)
+                .map(trace_ids)
+                .unwrap_or_default(),
             ..QueueSettings::default()
         };
         if let Some(p) = args.get("qpid.policy_type") {
@@ -278,6 +309,10 @@ impl Queue {
                 return Ok(());
             }
         }
+        let msg = match self.traced(msg) {
+            Some(msg) => msg,
+            None => return Ok(()),
+        };
         self.has_ttl |= msg.expires_at.is_some();
         let lvq_value = self.lvq_value(&msg);
         if let Some(v) = &lvq_value {
@@ -317,6 +352,36 @@ impl Queue {
             },
         );
         Ok(())
+    }
+
+    /// Applies the federation trace: `None` when the message already passed a broker this
+    /// queue excludes, else the message with this queue's trace id added.
+    fn traced(&self, msg: Arc<Message>) -> Option<Arc<Message>> {
+        if self.settings.trace_id.is_none() && self.settings.trace_exclude.is_empty() {
+            return Some(msg);
+        }
+        let trace = msg
+            .headers()
+            .and_then(|h| h.get(TRACE_HEADER))
+            .and_then(Value::as_str)
+            .map(trace_ids)
+            .unwrap_or_default();
+        if trace
+            .iter()
+            .any(|t| self.settings.trace_exclude.contains(t))
+        {
+            return None;
+        }
+        match &self.settings.trace_id {
+            Some(id) if !trace.contains(id) => {
+                let mut trace = trace;
+                trace.push(id.clone());
+                Some(Arc::new(
+                    msg.with_header(TRACE_HEADER, Value::from(trace.join(","))),
+                ))
+            }
+            _ => Some(msg),
+        }
     }
 
     fn over_limit(&self, size: u64) -> bool {
@@ -716,6 +781,33 @@ mod tests {
         assert_eq!(dests, ["a", "b", "a", "b"]);
         assert_eq!(q.message_count(), 0);
         assert_eq!(q.depth(), 4);
+    }
+
+    #[test]
+    fn federation_trace_is_stamped_and_excluded_brokers_are_refused() {
+        let mut args = FieldTable::new();
+        args.insert("qpid.trace.id", "B");
+        args.insert("qpid.trace.exclude", "A, C");
+        let mut q = Queue::new("bridge", args).expect("queue");
+        let plain = Message::new("k", "fresh");
+        let from_d = plain.with_header(TRACE_HEADER, Value::from("D".to_string()));
+        let from_a = plain.with_header(TRACE_HEADER, Value::from("D,A".to_string()));
+        for m in [plain, from_d, from_a] {
+            q.enqueue(Arc::new(m)).expect("enqueue");
+        }
+        let traces: Vec<String> = q
+            .available
+            .values()
+            .map(|e| {
+                e.msg
+                    .headers()
+                    .and_then(|h| h.get(TRACE_HEADER))
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_string()
+            })
+            .collect();
+        assert_eq!(traces, ["B", "D,B"], "the message that passed A is dropped");
     }
 
     #[test]

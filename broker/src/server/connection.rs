@@ -87,6 +87,8 @@ struct Conn<'a> {
     channel_max: u16,
     /// Set once the socket should close after flushing output.
     done: bool,
+    /// The peer said it is a federation link (`qpid.fed_link` in its client properties).
+    fed_link: bool,
 }
 
 /// Serves one connection until it closes.
@@ -138,6 +140,7 @@ pub(crate) async fn serve<S>(
         heartbeat: None,
         channel_max: ctx.config.channel_max,
         done: false,
+        fed_link: false,
     };
     conn.out.extend_from_slice(&PROTOCOL_HEADER);
     conn.send_start();
@@ -411,14 +414,22 @@ impl Conn<'_> {
         {
             self.acl = self.ctx.acl();
         }
+        // A link from a configured federation peer passes messages on as their senders
+        // made them: their user-id is neither checked nor stamped.
+        let peer_link = self.fed_link
+            && self.identity.as_ref().is_some_and(|i| {
+                cfg.federation_peers
+                    .iter()
+                    .any(|p| i.owns_user_id(p.as_bytes()))
+            });
         let mut env = SessionEnv {
             broker: &self.ctx.broker,
             writer: &self.writer,
             out: &mut self.out,
             channel,
             identity: self.identity.as_ref(),
-            check_user_id: cfg.auth,
-            stamp_user_id: cfg.stamp_user_id,
+            check_user_id: cfg.auth && !peer_link,
+            stamp_user_id: cfg.stamp_user_id && !peer_link,
             acl: self.acl.1.as_deref(),
             max_queues_per_user: cfg.max_queues_per_user,
             sink: &self.sink,
@@ -490,6 +501,11 @@ impl Conn<'_> {
     fn connection_control(&mut self, c: Control) {
         match (self.phase, c) {
             (Phase::AwaitStartOk, Control::ConnectionStartOk(s)) => {
+                self.fed_link = s
+                    .client_properties
+                    .as_ref()
+                    .and_then(|p| p.get("qpid.fed_link"))
+                    .is_some_and(|v| v.as_i64().is_some_and(|n| n != 0));
                 let mechanism = s.mechanism.unwrap_or_default();
                 let response = s.response.unwrap_or_default();
                 let (exchange, step) = self.ctx.auth.start(&self.peer, &mechanism, &response);

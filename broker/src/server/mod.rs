@@ -49,6 +49,9 @@ pub struct ServerConfig {
     pub allow_anonymous: bool,
     /// Whether a transfer without `user-id` gets the sender's identity written in.
     pub stamp_user_id: bool,
+    /// Identities whose federation links (`qpid.fed_link` in their client properties) may
+    /// pass messages on with their original `user-id`, as qpidd exempts links.
+    pub federation_peers: Vec<String>,
     /// The ACL rules file; none: everything is allowed to authenticated users.
     pub acl_file: Option<PathBuf>,
     /// The amqps listener, if any.
@@ -83,6 +86,7 @@ impl Default for ServerConfig {
             auth_failure_delay: Duration::from_secs(1),
             allow_anonymous: false,
             stamp_user_id: true,
+            federation_peers: Vec::new(),
             acl_file: None,
             tls: None,
             realm: "QPID".into(),
