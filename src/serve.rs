@@ -208,7 +208,12 @@ fn start_agent(
             domain: domain.clone(),
             node,
         },
-        vec![Arc::new(clacks_agent::core_commands::Core)],
+        vec![
+            Arc::new(clacks_agent::core_commands::Core),
+            Arc::new(clacks_agent::plugins::broker::BrokerPlugin::new(
+                server.admin(),
+            )),
+        ],
         acl,
     ));
     let defaults = clacks_agent::state::PresenceTimers::default();

@@ -11,6 +11,7 @@ pub mod events;
 pub mod jsonrpc;
 pub mod names;
 pub mod plugin;
+pub mod plugins;
 pub mod presence;
 pub mod registry;
 pub mod service;

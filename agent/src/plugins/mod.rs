@@ -1,0 +1,3 @@
+//! Command plugins beyond the core ones.
+
+pub mod broker;
