@@ -187,7 +187,11 @@ fn start_agent(
     if settings.enabled == Some(false) {
         return Ok(None);
     }
-    let agent = Agent::new(settings, Some(AGENT_IDENTITY), Vec::new())?;
+    let agent = Agent::new(
+        settings,
+        Some(AGENT_IDENTITY),
+        vec![Arc::new(clacks_agent::plugins::broker::BrokerPlugin::new(server.admin()))],
+    )?;
     let reload = agent.acl_reload();
     let domain = agent.state.config.domain.clone();
     let connector = server.internal_connector();

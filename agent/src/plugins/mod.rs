@@ -1,3 +1,5 @@
-//! Plugins that ship with the agent besides `core`.
+//! Plugins that ship with the agent besides `core`: the broker administration and the
+//! script plugins.
 
+pub mod broker;
 pub mod script;

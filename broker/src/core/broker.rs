@@ -100,6 +100,51 @@ pub struct ExchangeInfo {
     pub args: FieldTable,
 }
 
+/// One queue as an administrator lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueSummary {
+    /// Name.
+    pub name: String,
+    /// Survives a restart.
+    pub durable: bool,
+    /// Goes away when unused.
+    pub auto_delete: bool,
+    /// Owned by some session.
+    pub exclusive: bool,
+    /// Messages waiting to be acquired.
+    pub messages: usize,
+    /// Bytes of the bodies held, acquired messages included.
+    pub bytes: u64,
+    /// Consumers attached.
+    pub consumers: usize,
+}
+
+/// One exchange as an administrator lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExchangeSummary {
+    /// Name.
+    pub name: String,
+    /// Type name.
+    pub kind: String,
+    /// Survives a restart.
+    pub durable: bool,
+    /// Bindings it has.
+    pub bindings: usize,
+}
+
+/// One binding as an administrator lists it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BindingSummary {
+    /// The exchange.
+    pub exchange: String,
+    /// The bound queue.
+    pub queue: String,
+    /// The binding key.
+    pub key: String,
+    /// The binding arguments as given (an xml binding's `xquery` among them).
+    pub args: FieldTable,
+}
+
 /// What `exchange.bound` reports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct BoundInfo {
@@ -463,6 +508,83 @@ impl Broker {
             message_count: u32::try_from(q.message_count()).unwrap_or(u32::MAX),
             subscriber_count: u32::try_from(q.consumer_count()).unwrap_or(u32::MAX),
         })
+    }
+
+    /// Every queue, sorted by name (for administration; one short pass under the lock).
+    pub fn list_queues(&self) -> Vec<QueueSummary> {
+        let st = self.lock();
+        let mut out: Vec<QueueSummary> = st
+            .queues
+            .values()
+            .map(|q| QueueSummary {
+                name: q.name.clone(),
+                durable: q.durable,
+                auto_delete: q.auto_delete,
+                exclusive: q.owner.is_some(),
+                messages: q.message_count(),
+                bytes: q.byte_count(),
+                consumers: q.consumer_count(),
+            })
+            .collect();
+        drop(st);
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        out
+    }
+
+    /// Every exchange, sorted by name; the nameless default exchange is not listed.
+    pub fn list_exchanges(&self) -> Vec<ExchangeSummary> {
+        let st = self.lock();
+        let mut out: Vec<ExchangeSummary> = st
+            .exchanges
+            .values()
+            .map(|e| ExchangeSummary {
+                name: e.name.clone(),
+                kind: e.kind.clone(),
+                durable: e.durable,
+                bindings: e.bindings().len(),
+            })
+            .collect();
+        drop(st);
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        out
+    }
+
+    /// The bindings of `exchange`, or of every exchange, by exchange name and then in the
+    /// order they were made.
+    ///
+    /// # Errors
+    /// 404 when the named exchange does not exist.
+    pub fn list_bindings(&self, exchange: Option<&str>) -> Result<Vec<BindingSummary>, Error> {
+        let st = self.lock();
+        let mut exchanges: Vec<&Exchange> = match exchange {
+            Some(name) => vec![st
+                .exchanges
+                .get(name)
+                .ok_or_else(|| Error::NotFound(format!("exchange not found: {name}")))?],
+            None => st.exchanges.values().collect(),
+        };
+        exchanges.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(exchanges
+            .into_iter()
+            .flat_map(|e| {
+                e.bindings().iter().map(|b| BindingSummary {
+                    exchange: e.name.clone(),
+                    queue: b.queue.clone(),
+                    key: b.key.clone(),
+                    args: b.args.clone(),
+                })
+            })
+            .collect())
+    }
+
+    /// The number of live sessions of each connection that has any, by connection id.
+    pub fn session_counts(&self) -> HashMap<u64, usize> {
+        let st = self.lock();
+        let mut counts = HashMap::new();
+        for connection in st.sessions.values() {
+            *counts.entry(*connection).or_insert(0) += 1;
+        }
+        counts
     }
 
     /// `exchange.declare`.
@@ -1303,4 +1425,78 @@ fn decode_args(raw: &bytes::Bytes) -> Result<FieldTable, crate::wire::DecodeErro
         return Ok(FieldTable::new());
     }
     crate::wire::prim::get_map(&mut raw.clone())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn declare(b: &Broker, session: SessionId, name: &str, exclusive: bool) {
+        b.declare_queue(
+            session,
+            QueueDeclare {
+                name: name.into(),
+                exclusive,
+                ..QueueDeclare::default()
+            },
+        )
+        .expect("declare");
+    }
+
+    #[test]
+    fn listings_are_sorted_and_count_what_they_say() {
+        let b = Broker::new();
+        let conn = b.new_connection();
+        let s = b.new_session(conn);
+        declare(&b, s, "zeta", false);
+        declare(&b, s, "alpha", true);
+        b.publish("", Arc::new(Message::new("alpha", &b"hello"[..])))
+            .expect("publish");
+        let queues = b.list_queues();
+        let names: Vec<&str> = queues.iter().map(|q| q.name.as_str()).collect();
+        assert_eq!(names, ["alpha", "zeta"]);
+        assert_eq!((queues[0].messages, queues[0].bytes), (1, 5));
+        assert!(queues[0].exclusive && !queues[1].exclusive);
+
+        b.bind(s, "zeta", "amq.direct", "k2", &FieldTable::new())
+            .expect("bind");
+        b.bind(s, "alpha", "amq.direct", "k1", &FieldTable::new())
+            .expect("bind");
+        let mut args = FieldTable::new();
+        args.insert("x-match", "any");
+        b.bind(s, "zeta", "amq.match", "h", &args).expect("bind");
+        let exchanges = b.list_exchanges();
+        let direct = exchanges
+            .iter()
+            .find(|e| e.name == "amq.direct")
+            .expect("amq.direct");
+        assert_eq!((direct.kind.as_str(), direct.bindings), ("direct", 2));
+        assert!(exchanges.windows(2).all(|w| w[0].name < w[1].name));
+
+        let all = b.list_bindings(None).expect("all");
+        let seen: Vec<(&str, &str)> = all
+            .iter()
+            .map(|x| (x.exchange.as_str(), x.queue.as_str()))
+            .collect();
+        assert_eq!(
+            seen,
+            [
+                ("amq.direct", "zeta"),
+                ("amq.direct", "alpha"),
+                ("amq.match", "zeta")
+            ]
+        );
+        assert_eq!(all[2].args, args);
+        assert_eq!(b.list_bindings(Some("amq.match")).expect("one").len(), 1);
+        assert!(matches!(
+            b.list_bindings(Some("nope")),
+            Err(Error::NotFound(_))
+        ));
+
+        let other = b.new_session(conn);
+        let counts = b.session_counts();
+        assert_eq!(counts.get(&conn), Some(&2));
+        b.end_session(other, &[]);
+        assert_eq!(b.session_counts().get(&conn), Some(&1));
+    }
 }

@@ -9,7 +9,10 @@ pub mod journal;
 pub mod message;
 pub mod queue;
 
-pub use broker::{Broker, ExchangeDeclare, Held, QueueDeclare, Subscribe};
+pub use broker::{
+    BindingSummary, Broker, ExchangeDeclare, ExchangeSummary, Held, QueueDeclare, QueueSummary,
+    Subscribe,
+};
 pub use consumer::{Credit, Delivery, DeliverySink};
 pub use error::Error;
 pub use message::Message;

@@ -289,6 +289,11 @@ impl Queue {
         self.available.len() + self.acquired.len()
     }
 
+    /// Bytes of the message bodies held, acquired ones included.
+    pub fn byte_count(&self) -> u64 {
+        self.bytes
+    }
+
     /// Number of consumers.
     pub fn consumer_count(&self) -> usize {
         self.consumers.len()

@@ -73,8 +73,8 @@ struct Conn<'a> {
     /// The verdict on a login, once it is being judged.
     verdict: Option<oneshot::Receiver<Result<Identity, String>>>,
     identity: Option<Identity>,
-    /// Counted in the server's census under this user.
-    admitted: Option<String>,
+    /// Registered in the server's connection registry.
+    admitted: bool,
     /// The ACL this connection applies, and the reload generation it came from.
     acl: (u64, Option<Arc<crate::auth::Acl>>),
     codec: FrameCodec,
@@ -129,7 +129,7 @@ pub(crate) async fn serve<S>(
         sasl: None,
         verdict: None,
         identity: None,
-        admitted: None,
+        admitted: false,
         acl: ctx.acl(),
         codec: FrameCodec::new(usize::from(ctx.config.max_frame_size)),
         writer: FrameWriter::new(usize::from(ctx.config.max_frame_size)),
@@ -230,8 +230,8 @@ pub(crate) async fn serve<S>(
     }
     let _ = writer.shutdown().await;
     conn.end_all_sessions();
-    if let Some(user) = conn.admitted.take() {
-        ctx.leave(&user);
+    if conn.admitted {
+        ctx.leave(conn.id);
     }
     // Anything still in flight to this connection goes back to its queue: with every
     // session ended, `deliver` releases it.
@@ -619,12 +619,12 @@ impl Conn<'_> {
                 );
             }
         };
-        if let Err(why) = self.ctx.admit(&identity.stamp) {
+        if let Err(why) = self.ctx.admit(self.id, &identity.stamp, &self.peer) {
             tracing::warn!(%peer, user = %identity.stamp, "connection refused: {why}");
             return self.close(ConnectionCloseCode::CONNECTION_FORCED, &why);
         }
         tracing::debug!(%peer, user = %identity.full, "authenticated");
-        self.admitted = Some(identity.stamp.clone());
+        self.admitted = true;
         self.identity = Some(identity);
         let cfg = &self.ctx.config;
         self.control(

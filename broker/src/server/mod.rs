@@ -1,15 +1,18 @@
 //! The 0-10 server: listener, per-connection drivers and the adapter onto `core`.
 
+mod admin;
 mod connection;
 mod session;
 pub mod tls;
+
+pub use admin::{Admin, AdminError, ConnectionInfo, ConnectionRegistry, UserInfo, UserSource};
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use tokio::net::TcpListener;
@@ -114,13 +117,6 @@ impl ServerConfig {
     }
 }
 
-/// Open connections, in total and per user, for the connection limits.
-#[derive(Debug, Default)]
-pub(crate) struct Census {
-    total: usize,
-    per_user: HashMap<String, usize>,
-}
-
 /// What every connection shares.
 pub(crate) struct ServerContext {
     pub broker: Arc<Broker>,
@@ -132,41 +128,28 @@ pub(crate) struct ServerContext {
     pub acl: RwLock<Option<Arc<Acl>>>,
     /// Bumped on every reload, so connections re-read `acl` only when it changed.
     pub acl_generation: std::sync::atomic::AtomicU64,
-    pub census: Mutex<Census>,
+    /// The logged-in connections (limits and administration).
+    pub connections: ConnectionRegistry,
+    /// Held while an administrator changes local users, so that a check and its write are
+    /// not interleaved with another change.
+    pub user_changes: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl ServerContext {
-    /// Counts a logged-in connection of `user`, or says which limit it would break.
-    pub(crate) fn admit(&self, user: &str) -> Result<(), String> {
-        let mut c = self.census.lock().unwrap_or_else(|e| e.into_inner());
-        if c.total >= self.config.max_connections {
-            return Err(format!(
-                "connection limit of {} reached",
-                self.config.max_connections
-            ));
-        }
-        let per_user = self.config.max_connections_per_user;
-        let mine = c.per_user.get(user).copied().unwrap_or(0);
-        if per_user > 0 && mine >= per_user {
-            return Err(format!(
-                "{user} already has {mine} connections, the most allowed"
-            ));
-        }
-        c.total += 1;
-        *c.per_user.entry(user.to_string()).or_insert(0) += 1;
-        Ok(())
+    /// Registers logged-in connection `id` of `user`, or says which limit it would break.
+    pub(crate) fn admit(&self, id: u64, user: &str, peer: &PeerInfo) -> Result<(), String> {
+        self.connections.admit(
+            id,
+            user,
+            peer,
+            self.config.max_connections,
+            self.config.max_connections_per_user,
+        )
     }
 
-    /// Forgets a connection [`ServerContext::admit`] counted.
-    pub(crate) fn leave(&self, user: &str) {
-        let mut c = self.census.lock().unwrap_or_else(|e| e.into_inner());
-        c.total = c.total.saturating_sub(1);
-        if let Some(n) = c.per_user.get_mut(user) {
-            *n -= 1;
-            if *n == 0 {
-                c.per_user.remove(user);
-            }
-        }
+    /// Forgets a connection [`ServerContext::admit`] registered.
+    pub(crate) fn leave(&self, id: u64) {
+        self.connections.leave(id);
     }
 
     /// The rules in force now and their generation.
@@ -299,7 +282,8 @@ impl Server {
             auth: Arc::new(auth),
             acl: RwLock::new(acl),
             acl_generation: std::sync::atomic::AtomicU64::new(0),
-            census: Mutex::new(Census::default()),
+            connections: ConnectionRegistry::default(),
+            user_changes: Arc::new(tokio::sync::Mutex::new(())),
         });
         Ok(Server {
             listener,
@@ -333,6 +317,11 @@ impl Server {
     /// The authenticator (its local users can change while the server runs).
     pub fn authenticator(&self) -> Arc<Authenticator> {
         self.ctx.auth.clone()
+    }
+
+    /// A handle for administering the running server (queues, connections, local users).
+    pub fn admin(&self) -> Admin {
+        Admin::new(&self.ctx)
     }
 
     /// The broker behind this server.
