@@ -34,6 +34,16 @@ pub enum Command {
     Call(CallArgs),
     /// Run the Clacks agent alone against a broker (ours or qpidd), reconnecting as needed.
     Agent(AgentArgs),
+    /// List the Clacks commands on the bus, grouped by target.
+    Methods(MethodsArgs),
+    /// Show the Clacks nodes of the domain and their load.
+    Nodes(NodesArgs),
+    /// Print the domain's events as they arrive.
+    Events(EventsArgs),
+    /// Send an event (XML) through the agent's sendEvent.
+    SendEvent(SendEventArgs),
+    /// Interactive Clacks shell: call commands with line editing, history and completion.
+    Shell(ShellArgs),
 }
 
 /// `clacks agent`.
@@ -59,24 +69,119 @@ pub struct AgentArgs {
     pub admin: Vec<String>,
 }
 
+/// How an agent client command reaches the broker and the Clacks domain.
+///
+/// The URL comes from `--url`, else `CLACKS_URL` (or the older `CLACKS_BROKER`), else
+/// `url` under `[client]` in the config file, else `amqp://127.0.0.1:5672`.
+#[derive(Debug, Clone, Args)]
+pub struct AgentConnArgs {
+    /// Broker URL: amqp[s]://[user[:password]@]host[:port][/domain] (env CLACKS_URL or
+    /// CLACKS_BROKER); without a password in it, a terminal is asked for one.
+    #[arg(
+        short = 'b',
+        long = "url",
+        visible_alias = "broker",
+        value_name = "URL"
+    )]
+    pub url: Option<String>,
+    /// TOML file whose [client] table gives `url` (and `domain`) when no URL is given.
+    #[arg(long, env = "CLACKS_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// The Clacks domain (default: the URL's path, else org.clacks).
+    #[arg(long, env = "CLACKS_DOMAIN")]
+    pub domain: Option<String>,
+    /// SASL mechanism (PLAIN, SCRAM-SHA-256, EXTERNAL, ANONYMOUS); by default PLAIN with
+    /// a user in the URL, EXTERNAL with a client certificate, else ANONYMOUS.
+    #[arg(long, value_name = "MECH")]
+    pub sasl_mechanism: Option<String>,
+    /// CA certificates (PEM) to trust for amqps:// (default: the system's).
+    #[arg(long, value_name = "PEM")]
+    pub tls_ca: Option<PathBuf>,
+    /// Client certificate (PEM) for amqps://, for SASL EXTERNAL.
+    #[arg(long, value_name = "PEM", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// Private key (PEM) of the client certificate.
+    #[arg(long, value_name = "PEM", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Give up on a command after this many seconds without a reply.
+    #[arg(long, default_value_t = 30.0, value_name = "SECS")]
+    pub timeout: f64,
+}
+
 /// `clacks call`.
 #[derive(Debug, Args)]
 pub struct CallArgs {
     #[command(flatten)]
-    pub conn: ConnArgs,
-    /// The Clacks domain.
-    #[arg(long, env = "CLACKS_DOMAIN", default_value = "org.clacks")]
-    pub domain: String,
-    /// Give up after this many seconds without a reply.
-    #[arg(long, default_value_t = 30.0, value_name = "SECS")]
-    pub timeout: f64,
-    /// Print the result as one line of JSON (for scripts).
+    pub conn: AgentConnArgs,
+    /// Print the result as one line of JSON, and an error as the agent sent it (its record
+    /// is left for get_error).
     #[arg(long)]
     pub json: bool,
     /// The command.
     pub method: String,
-    /// Its arguments: each one JSON, or else taken as a string.
+    /// Its arguments: each one JSON, or else taken as a string; KEY=VALUE arguments are
+    /// named parameters (not to be mixed with positional ones; quote "a=b" as JSON to
+    /// pass it as a string).
+    #[arg(allow_hyphen_values = true)]
     pub args: Vec<String>,
+}
+
+/// `clacks methods`.
+#[derive(Debug, Args)]
+pub struct MethodsArgs {
+    #[command(flatten)]
+    pub conn: AgentConnArgs,
+    /// Only the commands of this target (core, goto, ...).
+    #[arg(long, value_name = "T")]
+    pub target: Option<String>,
+    /// Print getMethods' map (of the --target's commands) as one line of JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `clacks nodes`.
+#[derive(Debug, Args)]
+pub struct NodesArgs {
+    #[command(flatten)]
+    pub conn: AgentConnArgs,
+    /// Print getNodes' map as one line of JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `clacks events`.
+#[derive(Debug, Args)]
+pub struct EventsArgs {
+    #[command(flatten)]
+    pub conn: AgentConnArgs,
+    /// Only events this XQuery selects (a whole query, as Clacks subscribers bind).
+    #[arg(long, value_name = "XQUERY", conflicts_with = "types")]
+    pub filter: Option<String>,
+    /// Only events of this type, e.g. NodeStatus (repeatable: any of them).
+    #[arg(long = "type", value_name = "NAME")]
+    pub types: Vec<String>,
+    /// Exit after this many events (default: until Ctrl-C).
+    #[arg(short = 'm', long, value_name = "N")]
+    pub count: Option<u64>,
+    /// One line of JSON per event: {"type": ..., "xml": ...}.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `clacks send-event`.
+#[derive(Debug, Args)]
+pub struct SendEventArgs {
+    #[command(flatten)]
+    pub conn: AgentConnArgs,
+    /// File with the event's XML, or - for stdin.
+    pub file: PathBuf,
+}
+
+/// `clacks shell`.
+#[derive(Debug, Args)]
+pub struct ShellArgs {
+    #[command(flatten)]
+    pub conn: AgentConnArgs,
 }
 
 /// `clacks user ...`.

@@ -58,6 +58,19 @@ pub struct Settings {
     pub ldap: Option<LdapConfig>,
     /// `[agent]` table.
     pub agent: Option<AgentSettings>,
+    /// `[client]` table: for the agent client commands (`clacks call`, ...), so that one
+    /// file can serve both; `serve` does not use it.
+    pub client: Option<ClientSettings>,
+}
+
+/// The `[client]` table, read by the agent client commands.
+#[derive(Debug, Default, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientSettings {
+    /// `url = "amqp://user@host:5672/org.clacks"`.
+    pub url: Option<String>,
+    /// `domain = "org.clacks"`.
+    pub domain: Option<String>,
 }
 
 /// The `[agent]` table: the Clacks agent inside `clacks serve`.
@@ -246,6 +259,7 @@ impl Settings {
             },
             ldap: over.ldap.or(self.ldap),
             agent: over.agent.or(self.agent),
+            client: over.client.or(self.client),
         }
     }
 

@@ -1,6 +1,6 @@
 //! `clacks`: the broker (`serve`) and its client tools (`send`, `receive`, `bench`).
 
-mod agent_cmds;
+mod agent_client;
 mod agent_run;
 mod bench;
 mod cli;
@@ -31,7 +31,12 @@ async fn main() -> ExitCode {
         Command::Receive(args) => client_cmds::receive(args).await,
         Command::Bench(args) => bench::run(args).await,
         Command::User(cmd) => users::run(cmd),
-        Command::Call(args) => agent_cmds::call(args).await,
+        Command::Call(args) => agent_client::call(args).await,
+        Command::Methods(args) => agent_client::methods(args).await,
+        Command::Nodes(args) => agent_client::nodes(args).await,
+        Command::Events(args) => agent_client::events(args).await,
+        Command::SendEvent(args) => agent_client::send_event(args).await,
+        Command::Shell(args) => agent_client::shell(args).await,
         Command::Agent(args) => agent_run::run_standalone(args).await,
     };
     match result {

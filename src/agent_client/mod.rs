@@ -1,0 +1,110 @@
+//! The client side of the Clacks agent: `clacks call`, `methods`, `nodes`, `events`,
+//! `send-event` and `shell`.
+//!
+//! * [`conn`]: the URL, domain and password from flags, environment and config file.
+//! * [`rpc`]: the JSON-RPC client over the domain's command queue.
+//! * [`params`]: arguments as typed on the command line and in the shell.
+//! * [`listing`]: readable `getMethods` and `getNodes` output.
+//! * [`events`]: subscribing to events and sending them.
+//! * [`shell`]: the interactive and script shell.
+
+pub mod conn;
+pub mod events;
+pub mod listing;
+pub mod params;
+pub mod rpc;
+pub mod shell;
+
+use serde_json::{json, Value};
+
+use crate::cli::{AgentConnArgs, CallArgs, MethodsArgs, NodesArgs};
+use rpc::{RpcClient, RpcError};
+
+pub use events::{events, send_event};
+pub use shell::shell;
+
+/// Connects, calls one command and closes.
+async fn call_once(
+    conn_args: &AgentConnArgs,
+    method: &str,
+    params: Value,
+    raw_errors: bool,
+) -> anyhow::Result<Value> {
+    let target = conn::resolve(conn_args)?;
+    let mut client = RpcClient::connect(&target, conn_args.timeout).await?;
+    let outcome = if raw_errors {
+        client.call_raw(method, params).await
+    } else {
+        client.call(method, params).await
+    };
+    client.close().await;
+    match outcome {
+        Ok(v) => Ok(v),
+        Err(RpcError::Failed { message, .. }) => Err(anyhow::anyhow!(message)),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Writes `text` to stdout. A reader that went away (`clacks methods | head`) is no
+/// error: there is just nobody left to tell.
+pub fn write_stdout(text: &str) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let mut stdout = std::io::stdout().lock();
+    match stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush())
+    {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            Err(anyhow::Error::new(e).context("cannot write to stdout"))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Prints a result: one line of JSON, or indented.
+fn print_json(value: &Value, one_line: bool) -> anyhow::Result<()> {
+    let text = if one_line {
+        value.to_string()
+    } else {
+        serde_json::to_string_pretty(value)?
+    };
+    write_stdout(&format!("{text}\n"))
+}
+
+/// `clacks call`: calls a command and prints its result.
+///
+/// # Errors
+/// Bad arguments, connection failures, no reply in time, or the command's error (with
+/// `--json` as the agent sent it, else with its error record's text).
+pub async fn call(args: CallArgs) -> anyhow::Result<()> {
+    let params = params::cli_params(&args.args)?;
+    let result = call_once(&args.conn, &args.method, params, args.json).await?;
+    print_json(&result, args.json)
+}
+
+/// `clacks methods`: the commands on the bus, grouped by target.
+///
+/// # Errors
+/// As [`call`], or a target without commands.
+pub async fn methods(args: MethodsArgs) -> anyhow::Result<()> {
+    let mut methods = call_once(&args.conn, "getMethods", json!([]), false).await?;
+    if args.json {
+        if let (Some(target), Value::Object(map)) = (&args.target, &mut methods) {
+            map.retain(|_, info| info.get("target").and_then(Value::as_str) == Some(target));
+        }
+        return print_json(&methods, true);
+    }
+    write_stdout(&listing::format_methods(&methods, args.target.as_deref())?)
+}
+
+/// `clacks nodes`: the node table.
+///
+/// # Errors
+/// As [`call`].
+pub async fn nodes(args: NodesArgs) -> anyhow::Result<()> {
+    let nodes = call_once(&args.conn, "getNodes", json!([]), false).await?;
+    if args.json {
+        return print_json(&nodes, true);
+    }
+    write_stdout(&listing::format_nodes(&nodes)?)
+}
