@@ -190,7 +190,9 @@ fn start_agent(
     let agent = Agent::new(
         settings,
         Some(AGENT_IDENTITY),
-        vec![Arc::new(clacks_agent::plugins::broker::BrokerPlugin::new(server.admin()))],
+        vec![Arc::new(clacks_agent::plugins::broker::BrokerPlugin::new(
+            server.admin(),
+        ))],
     )?;
     let reload = agent.acl_reload();
     let domain = agent.state.config.domain.clone();

@@ -202,7 +202,9 @@ fn methods_are_listed_by_target_like_the_original_help() {
     let broker = Binary::start(AGENT);
     let r = run(&["methods", "-b", &url(&broker)], &[], "");
     assert!(r.ok, "{}", r.err);
-    assert!(r.out.starts_with("CORE\n====\n"), "{}", r.out);
+    // Groups come sorted by target, each heading underlined to its length.
+    assert!(r.out.starts_with("BROKER\n======\n"), "{}", r.out);
+    assert!(r.out.contains("\n\nCORE\n====\n"), "{}", r.out);
     for line in [
         "  getSessionUser(user)\n    Return the user the current call runs as.\n",
         "  getMethods(queue, locale)\n",
@@ -211,14 +213,16 @@ fn methods_are_listed_by_target_like_the_original_help() {
     ] {
         assert!(r.out.contains(line), "{line:?} in\n{}", r.out);
     }
-    let names: Vec<&str> = r
-        .out
-        .lines()
-        .filter(|l| l.starts_with("  ") && !l.starts_with("    "))
-        .collect();
-    let mut sorted = names.clone();
-    sorted.sort();
-    assert_eq!(names, sorted, "sorted by name");
+    // Within each group, sorted by name.
+    for group in r.out.split("\n\n") {
+        let names: Vec<&str> = group
+            .lines()
+            .filter(|l| l.starts_with("  ") && !l.starts_with("    "))
+            .collect();
+        let mut sorted = names.clone();
+        sorted.sort();
+        assert_eq!(names, sorted, "sorted by name");
+    }
     assert!(r.out.lines().all(|l| l.len() <= 72), "{}", r.out);
 
     let r = run(
@@ -237,7 +241,7 @@ fn methods_are_listed_by_target_like_the_original_help() {
     assert!(!r.ok);
     assert!(
         r.err
-            .contains("no methods with target \"nosuch\" (targets: core)"),
+            .contains("no methods with target \"nosuch\" (targets: broker, core)"),
         "{}",
         r.err
     );

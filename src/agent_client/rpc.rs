@@ -44,6 +44,9 @@ pub struct RpcClient {
     reply_queue: String,
     command_queue: String,
     timeout: Duration,
+    /// Written into each request's `user-id`: qpidd checks it but does not stamp it, and
+    /// the agent needs it.
+    user: Option<String>,
 }
 
 impl RpcClient {
@@ -80,6 +83,7 @@ impl RpcClient {
             reply_queue,
             command_queue: clacks_agent::names::shared_queue(&target.domain, "core"),
             timeout: Duration::from_secs_f64(timeout_secs.clamp(0.0, 1e9)),
+            user: target.opts.username.clone().filter(|u| !u.is_empty()),
         })
     }
 
@@ -120,6 +124,7 @@ impl RpcClient {
             exchange: None,
             routing_key: Some(self.reply_queue.clone()),
         });
+        message.message_properties.user_id = self.user.clone().map(|u| u.into_bytes().into());
         self.session
             .send("", message)
             .await
