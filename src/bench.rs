@@ -14,8 +14,8 @@ use clacks_broker::client::{
     random_uuid, ConnectOptions, Connection, Message, Session, SubscribeOptions, Subscription,
 };
 use clacks_broker::wire::{
-    ExchangeBind, ExchangeDeclare, ExchangeDelete, FieldTable, MessageAcceptMode, QueueDeclare,
-    QueueDelete, ReplyTo, SequenceSet,
+    ExchangeBind, ExchangeDeclare, ExchangeDelete, FieldTable, QueueDeclare, QueueDelete, ReplyTo,
+    SequenceSet,
 };
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -480,22 +480,9 @@ async fn rpc(args: &BenchArgs, method: &str) -> anyhow::Result<()> {
             let conn = Connection::open(opts).await?;
             let session = conn.session_unique().await?;
             let reply_queue = format!("reply-{}", random_uuid());
-            session
-                .declare_queue(QueueDeclare {
-                    queue: Some(reply_queue.clone()),
-                    exclusive: true,
-                    auto_delete: true,
-                    ..QueueDeclare::default()
-                })
-                .await?;
+            session.declare_private_queue(&reply_queue).await?;
             let mut replies = session
-                .subscribe(
-                    &reply_queue,
-                    SubscribeOptions {
-                        accept_mode: MessageAcceptMode::NONE,
-                        ..SubscribeOptions::default()
-                    },
-                )
+                .subscribe(&reply_queue, SubscribeOptions::unacknowledged())
                 .await?;
             let started = go.notified();
             let _ = ready_tx.send(()).await;

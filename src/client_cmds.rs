@@ -222,14 +222,7 @@ pub async fn receive(args: ReceiveArgs) -> anyhow::Result<()> {
             // A private queue that lives as long as this session, as qpid receivers make
             // for topic addresses.
             let queue = format!("clacks-receive-{}", random_uuid());
-            session
-                .declare_queue(QueueDeclare {
-                    queue: Some(queue.clone()),
-                    exclusive: true,
-                    auto_delete: true,
-                    ..QueueDeclare::default()
-                })
-                .await?;
+            session.declare_private_queue(&queue).await?;
             session
                 .bind(ExchangeBind {
                     queue: Some(queue.clone()),

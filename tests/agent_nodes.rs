@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use clacks_broker::client::{
     random_uuid, ConnectOptions, Connection, Message, Session, SubscribeOptions, Subscription,
 };
-use clacks_broker::wire::{ExchangeBind, FieldTable, MessageAcceptMode, QueueDeclare, ReplyTo};
+use clacks_broker::wire::{ExchangeBind, FieldTable, QueueDeclare, ReplyTo};
 use common::Binary;
 use serde_json::{json, Value};
 
@@ -82,22 +82,11 @@ impl Rpc {
         let session = conn.session_unique().await.expect("session");
         let reply_queue = format!("reply-{}", random_uuid());
         session
-            .declare_queue(QueueDeclare {
-                queue: Some(reply_queue.clone()),
-                exclusive: true,
-                auto_delete: true,
-                ..QueueDeclare::default()
-            })
+            .declare_private_queue(&reply_queue)
             .await
             .expect("reply queue");
         let replies = session
-            .subscribe(
-                &reply_queue,
-                SubscribeOptions {
-                    accept_mode: MessageAcceptMode::NONE,
-                    ..SubscribeOptions::default()
-                },
-            )
+            .subscribe(&reply_queue, SubscribeOptions::unacknowledged())
             .await
             .expect("subscribe");
         Rpc {

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use clacks_broker::client::{
     random_uuid, ClientError, Connection, Message, Session, SubscribeOptions, Subscription,
 };
-use clacks_broker::wire::{FieldTable, MessageAcceptMode, QueueDeclare, ReplyTo};
+use clacks_broker::wire::{FieldTable, ReplyTo};
 use serde_json::{json, Value};
 use tokio::sync::oneshot;
 
@@ -70,22 +70,9 @@ impl Forwarder {
     ) -> Result<(Forwarder, impl std::future::Future<Output = ()>), ClientError> {
         let session = conn.session_unique().await?;
         let reply_queue = format!("reply-{}", random_uuid());
-        session
-            .declare_queue(QueueDeclare {
-                queue: Some(reply_queue.clone()),
-                exclusive: true,
-                auto_delete: true,
-                ..QueueDeclare::default()
-            })
-            .await?;
+        session.declare_private_queue(&reply_queue).await?;
         let replies = session
-            .subscribe(
-                &reply_queue,
-                SubscribeOptions {
-                    accept_mode: MessageAcceptMode::NONE,
-                    ..SubscribeOptions::default()
-                },
-            )
+            .subscribe(&reply_queue, SubscribeOptions::unacknowledged())
             .await?;
         let pending = Pending::default();
         let reader = read_replies(replies, pending.clone());

@@ -100,14 +100,7 @@ pub async fn serve(
     }
     let events_session = conn.session_unique().await?;
     let listener = format!("event-listener-{}", random_uuid());
-    events_session
-        .declare_queue(QueueDeclare {
-            queue: Some(listener.clone()),
-            exclusive: true,
-            auto_delete: true,
-            ..QueueDeclare::default()
-        })
-        .await?;
+    events_session.declare_private_queue(&listener).await?;
     let mut args = FieldTable::new();
     args.insert("xquery", presence::PRESENCE_QUERY);
     events_session

@@ -5,7 +5,7 @@ use std::io::{Read as _, Write as _};
 
 use anyhow::{bail, Context};
 use clacks_broker::client::{random_uuid, SubscribeOptions};
-use clacks_broker::wire::{ExchangeBind, FieldTable, QueueDeclare};
+use clacks_broker::wire::{ExchangeBind, FieldTable};
 use quick_xml::events::Event as XmlEvent;
 use serde_json::{json, Value};
 
@@ -98,12 +98,7 @@ pub async fn events(args: EventsArgs) -> anyhow::Result<()> {
     let session = connection.session_unique().await?;
     let queue = format!("event-listener-{}", random_uuid());
     session
-        .declare_queue(QueueDeclare {
-            queue: Some(queue.clone()),
-            exclusive: true,
-            auto_delete: true,
-            ..QueueDeclare::default()
-        })
+        .declare_private_queue(&queue)
         .await
         .context("cannot declare the event queue")?;
     let exchange = clacks_agent::names::events_exchange(&target.domain).to_string();

@@ -6,7 +6,7 @@ use std::time::Duration;
 use clacks_broker::client::{
     random_uuid, Connection, Message, Session, SubscribeOptions, Subscription,
 };
-use clacks_broker::wire::{MessageAcceptMode, QueueDeclare, ReplyTo};
+use clacks_broker::wire::ReplyTo;
 use serde_json::{json, Value};
 
 use super::conn::{self, Target};
@@ -58,23 +58,9 @@ impl RpcClient {
         let conn = conn::open(target).await?;
         let session = conn.session_unique().await?;
         let reply_queue = format!("reply-{}", random_uuid());
-        session
-            .declare_queue(QueueDeclare {
-                queue: Some(reply_queue.clone()),
-                exclusive: true,
-                auto_delete: true,
-                ..QueueDeclare::default()
-            })
-            .await?;
+        session.declare_private_queue(&reply_queue).await?;
         let replies = session
-            .subscribe(
-                &reply_queue,
-                SubscribeOptions {
-                    // Replies need no accept: nothing is gained by the broker keeping them.
-                    accept_mode: MessageAcceptMode::NONE,
-                    ..SubscribeOptions::default()
-                },
-            )
+            .subscribe(&reply_queue, SubscribeOptions::unacknowledged())
             .await?;
         Ok(RpcClient {
             conn,

@@ -409,6 +409,21 @@ impl Session {
         .await
     }
 
+    /// Declares `queue` exclusive to this session and deleted with it: a private queue for
+    /// replies, events or a topic subscription.
+    ///
+    /// # Errors
+    /// When the broker refuses the declare (a name in use, the ACL).
+    pub async fn declare_private_queue(&self, queue: &str) -> Result<(), ClientError> {
+        self.declare_queue(QueueDeclare {
+            queue: Some(queue.to_string()),
+            exclusive: true,
+            auto_delete: true,
+            ..QueueDeclare::default()
+        })
+        .await
+    }
+
     /// Subscribes to `queue`: `message.subscribe`, `message.set-flow-mode` credit, and
     /// byte and message credit, then waits until the broker completed them.
     ///

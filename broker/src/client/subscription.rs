@@ -49,6 +49,16 @@ impl Default for SubscribeOptions {
     }
 }
 
+impl SubscribeOptions {
+    /// Deliveries that count as accepted when sent (replies, events a reader only watches).
+    pub fn unacknowledged() -> Self {
+        Self {
+            accept_mode: MessageAcceptMode::NONE,
+            ..Self::default()
+        }
+    }
+}
+
 /// Deliveries of one `message.subscribe`.
 ///
 /// Dropping it without [`Subscription::cancel`] leaves the consumer on the broker until the
