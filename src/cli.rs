@@ -90,19 +90,8 @@ pub struct AgentConnArgs {
     /// The Clacks domain (default: the URL's path, else org.clacks).
     #[arg(long, env = "CLACKS_DOMAIN")]
     pub domain: Option<String>,
-    /// SASL mechanism (PLAIN, SCRAM-SHA-256, EXTERNAL, ANONYMOUS); by default PLAIN with
-    /// a user in the URL, EXTERNAL with a client certificate, else ANONYMOUS.
-    #[arg(long, value_name = "MECH")]
-    pub sasl_mechanism: Option<String>,
-    /// CA certificates (PEM) to trust for amqps:// (default: the system's).
-    #[arg(long, value_name = "PEM")]
-    pub tls_ca: Option<PathBuf>,
-    /// Client certificate (PEM) for amqps://, for SASL EXTERNAL.
-    #[arg(long, value_name = "PEM", requires = "tls_key")]
-    pub tls_cert: Option<PathBuf>,
-    /// Private key (PEM) of the client certificate.
-    #[arg(long, value_name = "PEM", requires = "tls_cert")]
-    pub tls_key: Option<PathBuf>,
+    #[command(flatten)]
+    pub login: LoginArgs,
     /// Give up on a command after this many seconds without a reply.
     #[arg(long, default_value_t = 30.0, value_name = "SECS")]
     pub timeout: f64,
@@ -237,6 +226,13 @@ pub struct ConnArgs {
     /// Broker URL: [amqp[s]://][user:password@]host[:port].
     #[arg(short = 'b', long, env = "CLACKS_BROKER", default_value = DEFAULT_BROKER)]
     pub broker: String,
+    #[command(flatten)]
+    pub login: LoginArgs,
+}
+
+/// How a client logs in and what it trusts: the SASL mechanism and the TLS files.
+#[derive(Debug, Clone, Args)]
+pub struct LoginArgs {
     /// SASL mechanism (PLAIN, SCRAM-SHA-256, EXTERNAL, ANONYMOUS); by default PLAIN with
     /// a user in the URL, EXTERNAL with a client certificate, else ANONYMOUS.
     #[arg(long, value_name = "MECH")]

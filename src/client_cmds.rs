@@ -16,7 +16,7 @@ use clacks_broker::wire::{
 };
 use tokio::io::AsyncBufReadExt;
 
-use crate::cli::{ConnArgs, ReceiveArgs, SendArgs};
+use crate::cli::{ConnArgs, LoginArgs, ReceiveArgs, SendArgs};
 
 /// Transfers in flight before `send` waits for the oldest to complete.
 const SEND_WINDOW: usize = 1000;
@@ -71,14 +71,19 @@ pub fn parse_properties(entries: &[String]) -> anyhow::Result<Vec<(String, Value
 /// A URL that does not parse.
 pub fn connect_options(conn: &ConnArgs) -> anyhow::Result<ConnectOptions> {
     let mut opts = ConnectOptions::parse(&conn.broker)?;
-    opts.mechanism.clone_from(&conn.sasl_mechanism);
-    if conn.tls_ca.is_some() || conn.tls_cert.is_some() {
-        let tls = opts.tls.get_or_insert_with(TlsOptions::default);
-        tls.ca.clone_from(&conn.tls_ca);
-        tls.cert.clone_from(&conn.tls_cert);
-        tls.key.clone_from(&conn.tls_key);
-    }
+    apply_login(&mut opts, &conn.login);
     Ok(opts)
+}
+
+/// Applies the mechanism and TLS flags to options parsed from a URL.
+pub fn apply_login(opts: &mut ConnectOptions, login: &LoginArgs) {
+    opts.mechanism.clone_from(&login.sasl_mechanism);
+    if login.tls_ca.is_some() || login.tls_cert.is_some() {
+        let tls = opts.tls.get_or_insert_with(TlsOptions::default);
+        tls.ca.clone_from(&login.tls_ca);
+        tls.cert.clone_from(&login.tls_cert);
+        tls.key.clone_from(&login.tls_key);
+    }
 }
 
 pub async fn connect(conn: &ConnArgs) -> anyhow::Result<Connection> {

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 use clacks_agent::names::{valid_domain, DEFAULT_DOMAIN};
-use clacks_broker::client::{ConnectOptions, Connection, TlsOptions};
+use clacks_broker::client::{ConnectOptions, Connection};
 
 use crate::cli::AgentConnArgs;
 use crate::config::ClientSettings;
@@ -85,13 +85,7 @@ pub fn resolve_in(args: &AgentConnArgs, env: &Environment<'_>) -> anyhow::Result
     if !valid_domain(&domain) {
         bail!("{domain:?} is not a Clacks domain (dot-separated ASCII names, like org.clacks)");
     }
-    opts.mechanism.clone_from(&args.sasl_mechanism);
-    if args.tls_ca.is_some() || args.tls_cert.is_some() {
-        let tls = opts.tls.get_or_insert_with(TlsOptions::default);
-        tls.ca.clone_from(&args.tls_ca);
-        tls.cert.clone_from(&args.tls_cert);
-        tls.key.clone_from(&args.tls_key);
-    }
+    crate::client_cmds::apply_login(&mut opts, &args.login);
     let mut missing_password = false;
     let password_mechanism = !matches!(
         opts.mechanism
@@ -186,10 +180,12 @@ mod tests {
             url: url.map(str::to_string),
             config: None,
             domain: None,
-            sasl_mechanism: None,
-            tls_ca: None,
-            tls_cert: None,
-            tls_key: None,
+            login: crate::cli::LoginArgs {
+                sasl_mechanism: None,
+                tls_ca: None,
+                tls_cert: None,
+                tls_key: None,
+            },
             timeout: 30.0,
         }
     }
