@@ -58,6 +58,8 @@ pub struct Settings {
     pub ldap: Option<LdapConfig>,
     /// `[agent]` table.
     pub agent: Option<AgentSettings>,
+    /// `[federation]`: links to other brokers.
+    pub federation: Option<FederationSettings>,
     /// `[client]` table: for the agent client commands (`clacks call`, ...), so that one
     /// file can serve both; `serve` does not use it.
     pub client: Option<ClientSettings>,
@@ -108,6 +110,20 @@ pub struct AgentSettings {
     pub reconnect_min_ms: Option<u64>,
     /// `reconnect_max_ms = 30000`: the longest pause between reconnect attempts.
     pub reconnect_max_ms: Option<u64>,
+}
+
+/// The `[federation]` table.
+#[derive(Debug, Default, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FederationSettings {
+    /// `peers = ["hub"]`: identities whose federation links keep their messages' user-id.
+    pub peers: Option<Vec<String>>,
+    /// `retry_min_ms = 500`: the first pause before a link connects again (doubling).
+    pub retry_min_ms: Option<u64>,
+    /// `retry_max_ms = 30000`: the longest pause between a link's attempts.
+    pub retry_max_ms: Option<u64>,
+    /// `window = 100`: messages a route has in flight before it waits for completions.
+    pub window: Option<u32>,
 }
 
 /// The `[tls]` table.
@@ -259,6 +275,7 @@ impl Settings {
             },
             ldap: over.ldap.or(self.ldap),
             agent: over.agent.or(self.agent),
+            federation: over.federation.or(self.federation),
             client: over.client.or(self.client),
         }
     }
@@ -294,6 +311,9 @@ impl Settings {
         }
         if let Some(realm) = self.realm {
             config.realm = realm;
+        }
+        if let Some(peers) = self.federation.as_ref().and_then(|f| f.peers.clone()) {
+            config.federation_peers = peers;
         }
         if let Some(n) = self.max_connections {
             if n == 0 || n > 1_000_000 {
@@ -398,6 +418,8 @@ pub struct ServeConfig {
     pub tls: Option<TlsPlan>,
     /// The in-process agent's settings.
     pub agent: AgentSettings,
+    /// Federation link timings.
+    pub federation: FederationSettings,
 }
 
 /// Merges file, environment and flags, in that order of precedence (last wins).
@@ -429,6 +451,7 @@ pub fn serve_config(
         data_dir,
         tls,
         agent: merged.agent.unwrap_or_default(),
+        federation: merged.federation.unwrap_or_default(),
     })
 }
 

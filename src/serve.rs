@@ -8,6 +8,7 @@ use std::sync::Arc;
 use clacks_broker::auth::credentials::{random_password, Credentials};
 use clacks_broker::auth::Source;
 use clacks_broker::core::Broker;
+use clacks_broker::federation::{Federation, FederationSettings as FederationTimings};
 use clacks_broker::server::{tls, Server, ServerConfig, TlsListener};
 use clacks_storage::{GroupCommit, Recovered, SledStore, Store, StoreOp, UserRecord};
 
@@ -79,7 +80,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     drop(out);
     tracing::info!(%addr, "broker started");
     let broker = server.broker();
-    let (agent, agent_acl) = start_agent(&server, &serve.agent)?.unzip();
+    let federation = start_federation(&server, &serve.federation);
+    let (agent, agent_acl) = start_agent(&server, &serve.agent, &federation)?.unzip();
     let hangup = tokio::spawn(reload_on_hangup(
         server.acl_reloader(),
         agent_acl,
@@ -88,6 +90,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     // The agent goes first, so that it can still remove its queues.
     let shutdown = async move {
         shutdown_signal().await;
+        federation.stop_all();
         if let Some((stop, task)) = agent {
             let _ = stop.send(true);
             let _ = tokio::time::timeout(std::time::Duration::from_secs(5), task).await;
@@ -170,6 +173,23 @@ fn take_users(
 /// The identity the in-process agent logs in as (EXTERNAL over the internal connector).
 const AGENT_IDENTITY: &str = "clacks-agent";
 
+/// The broker's federation links, empty at start (they are added over the bus).
+fn start_federation(server: &Server, settings: &config::FederationSettings) -> Federation {
+    let defaults = FederationTimings::default();
+    let ms = |v: Option<u64>, d: std::time::Duration| {
+        v.map_or(d, |ms| std::time::Duration::from_millis(ms.max(1)))
+    };
+    Federation::new(
+        server.internal_connector(),
+        server.federation_tag(),
+        FederationTimings {
+            retry_min: ms(settings.retry_min_ms, defaults.retry_min),
+            retry_max: ms(settings.retry_max_ms, defaults.retry_max),
+            window: settings.window.unwrap_or(defaults.window).max(1),
+        },
+    )
+}
+
 /// The running agent: its stop switch and its task.
 type AgentHandle = (
     tokio::sync::watch::Sender<bool>,
@@ -181,6 +201,7 @@ type AgentHandle = (
 fn start_agent(
     server: &Server,
     settings: &config::AgentSettings,
+    federation: &Federation,
 ) -> anyhow::Result<Option<(AgentHandle, AclReload)>> {
     use clacks_broker::client::{ConnectOptions, Connection};
 
@@ -190,9 +211,14 @@ fn start_agent(
     let agent = Agent::new(
         settings,
         Some(AGENT_IDENTITY),
-        vec![Arc::new(clacks_agent::plugins::broker::BrokerPlugin::new(
-            server.admin(),
-        ))],
+        vec![
+            Arc::new(clacks_agent::plugins::broker::BrokerPlugin::new(
+                server.admin(),
+            )),
+            Arc::new(clacks_agent::plugins::federation::FederationPlugin::new(
+                federation.clone(),
+            )),
+        ],
     )?;
     let reload = agent.acl_reload();
     let domain = agent.state.config.domain.clone();

@@ -13,5 +13,6 @@
 pub mod auth;
 pub mod client;
 pub mod core;
+pub mod federation;
 pub mod server;
 pub mod wire;

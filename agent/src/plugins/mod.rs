@@ -2,4 +2,5 @@
 //! script plugins.
 
 pub mod broker;
+pub mod federation;
 pub mod script;

@@ -421,6 +421,9 @@ impl Conn<'_> {
                 cfg.federation_peers
                     .iter()
                     .any(|p| i.owns_user_id(p.as_bytes()))
+                    // The broker's own routes, over its in-process connector.
+                    || (self.peer.addr.is_none()
+                        && i.stamp == crate::federation::FEDERATION_IDENTITY)
             });
         let mut env = SessionEnv {
             broker: &self.ctx.broker,

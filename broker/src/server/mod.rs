@@ -301,6 +301,11 @@ impl Server {
         self.tls.as_ref().map(|(l, _)| l.local_addr()).transpose()
     }
 
+    /// This broker's federation tag (`qpid.federation_tag`), fresh at each start.
+    pub fn federation_tag(&self) -> String {
+        self.ctx.federation_tag.clone()
+    }
+
     /// A handle that opens in-process connections (for the agent in `clacks serve`).
     pub fn internal_connector(&self) -> InternalConnector {
         InternalConnector {

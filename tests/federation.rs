@@ -1,0 +1,309 @@
+//! Federation between `clacks serve` processes: links and routes set up over the bus with
+//! `clacks call`, exchange, queue and push routes, the trace that stops loops, the
+//! original user-id kept, and a link that reports its failure and recovers.
+
+mod common;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use clacks_broker::client::{ConnectOptions, Connection, Message, Session, Subscription};
+use clacks_broker::wire::{ExchangeBind, QueueDeclare};
+use common::Binary;
+use serde_json::Value;
+
+const DEADLINE: Duration = Duration::from_secs(30);
+
+/// A broker that federates: agent admins guest, users for links and senders, quick retries.
+fn broker(listen: &str) -> Binary {
+    let config = format!(
+        "listen = \"{listen}\"\nallow_anonymous = true\nauth_failure_delay_ms = 50\n\
+         [tls]\nenabled = false\n[agent]\nadmins = [\"guest\"]\n\
+         [federation]\npeers = [\"fed\"]\nretry_min_ms = 100\nretry_max_ms = 500\n\
+         [users]\nguest = \"guest\"\nfed = \"fedpw\"\nalice = \"alicepw\"\n"
+    );
+    Binary::start_with_config(tempfile::tempdir().expect("dir"), &config, &[])
+}
+
+/// `clacks call` on `b` as guest; the JSON result.
+fn call(b: &Binary, args: &[&str]) -> Value {
+    let out = Command::new(env!("CARGO_BIN_EXE_clacks"))
+        .args([
+            "call",
+            "--json",
+            "-b",
+            &format!("amqp://guest:guest@{}", b.addr),
+        ])
+        .args(args)
+        .output()
+        .expect("clacks call");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_str(stdout.trim()).expect("json")
+}
+
+/// Polls `listLinks` on `b` until the link `name` is in `state`.
+fn until_link(b: &Binary, name: &str, state: &str) -> Value {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let links = call(b, &["listLinks"]);
+        if let Some(link) = links
+            .as_array()
+            .and_then(|l| l.iter().find(|l| l["name"] == name))
+        {
+            if link["state"] == state {
+                return link.clone();
+            }
+        }
+        assert!(Instant::now() < deadline, "{name} never {state}: {links}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+async fn session(b: &Binary, credentials: &str) -> (Connection, Session) {
+    let url = format!("amqp://{credentials}@{}", b.addr);
+    let conn = Connection::open(ConnectOptions::parse(&url).expect("url"))
+        .await
+        .expect("connect");
+    let s = conn.session_unique().await.expect("session");
+    (conn, s)
+}
+
+/// A private queue bound to `exchange` with `key`, subscribed.
+async fn listen(s: &Session, queue: &str, exchange: &str, key: &str) -> Subscription {
+    s.declare_private_queue(queue).await.expect("declare");
+    s.bind(ExchangeBind {
+        queue: Some(queue.into()),
+        exchange: Some(exchange.into()),
+        binding_key: Some(key.into()),
+        arguments: None,
+    })
+    .await
+    .expect("bind");
+    s.subscribe(queue, Default::default())
+        .await
+        .expect("subscribe")
+}
+
+/// The next message's body and user-id.
+async fn next(sub: &mut Subscription) -> (String, String) {
+    let d = tokio::time::timeout(DEADLINE, sub.next())
+        .await
+        .expect("a message in time")
+        .expect("session")
+        .expect("message");
+    sub.accept(&d).await.expect("accept");
+    let user = d
+        .message_properties
+        .user_id
+        .as_deref()
+        .map(|u| String::from_utf8_lossy(u).into_owned())
+        .unwrap_or_default();
+    (String::from_utf8_lossy(&d.body).into_owned(), user)
+}
+
+/// Nothing more arrives: a marker sent after the rest comes next.
+async fn marker_next(sub: &mut Subscription, marker: &str) {
+    let (body, _) = next(sub).await;
+    assert_eq!(body, marker, "an unexpected message came before the marker");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routes_move_messages_between_brokers_once_with_their_user_ids() {
+    let a = broker("127.0.0.1:0");
+    let b = broker("127.0.0.1:0");
+    // B owns the link to A: it pulls A's news and pushes its own back.
+    let url = format!("amqp://fed:fedpw@{}", a.addr);
+    assert_eq!(call(&b, &["addLink", "toA", &url]), Value::Bool(true));
+    let link = until_link(&b, "toA", "operational");
+    assert!(
+        link["remote_tag"].as_str().is_some_and(|t| !t.is_empty()),
+        "{link}"
+    );
+    call(
+        &b,
+        &[
+            "addRoute",
+            "name=news-in",
+            "link=toA",
+            "type=exchange",
+            "source=amq.topic",
+            "key=news.#",
+            "dest=amq.topic",
+        ],
+    );
+    call(
+        &b,
+        &[
+            "addRoute",
+            "name=news-out",
+            "link=toA",
+            "type=exchange",
+            "source=amq.topic",
+            "key=news.#",
+            "dest=amq.topic",
+            "push=true",
+        ],
+    );
+
+    let (_ca, sa) = session(&a, "alice:alicepw").await;
+    let (_cb, sb) = session(&b, "guest:guest").await;
+    let mut on_a = listen(&sa, "news-a", "amq.topic", "news.#").await;
+    let mut on_b = listen(&sb, "news-b", "amq.topic", "news.#").await;
+    // The routes bind when the link is up; wait until a first message crosses each way.
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        sa.send(
+            "amq.topic",
+            Message::new("probe").with_routing_key("news.probe"),
+        )
+        .await
+        .expect("send");
+        let crossed = tokio::time::timeout(Duration::from_millis(300), on_b.next()).await;
+        if let Ok(Ok(Some(d))) = crossed {
+            on_b.accept(&d).await.expect("accept");
+            break;
+        }
+        assert!(Instant::now() < deadline, "nothing crossed from A to B");
+    }
+    // Drain A's own copies of the probes.
+    while let Ok(Ok(Some(d))) = tokio::time::timeout(Duration::from_millis(300), on_a.next()).await
+    {
+        on_a.accept(&d).await.expect("accept");
+    }
+    while let Ok(Ok(Some(d))) = tokio::time::timeout(Duration::from_millis(300), on_b.next()).await
+    {
+        on_b.accept(&d).await.expect("accept");
+    }
+
+    // A message published on A reaches B once, as alice, and is not pushed back to A.
+    sa.send(
+        "amq.topic",
+        Message::new("from-a")
+            .with_routing_key("news.a")
+            .with_durable(true),
+    )
+    .await
+    .expect("send");
+    assert_eq!(next(&mut on_b).await, ("from-a".into(), "alice".into()));
+    assert_eq!(next(&mut on_a).await, ("from-a".into(), "alice".into()));
+    // And one published on B (as guest) reaches A once, not echoed back to B.
+    sb.send(
+        "amq.topic",
+        Message::new("from-b").with_routing_key("news.b"),
+    )
+    .await
+    .expect("send");
+    assert_eq!(next(&mut on_a).await, ("from-b".into(), "guest".into()));
+    assert_eq!(next(&mut on_b).await, ("from-b".into(), "guest".into()));
+    sa.send(
+        "amq.topic",
+        Message::new("end-a").with_routing_key("news.end"),
+    )
+    .await
+    .expect("send");
+    marker_next(&mut on_b, "end-a").await;
+    marker_next(&mut on_a, "end-a").await;
+
+    // A queue route drains a queue of A into B.
+    sa.declare_queue(QueueDeclare {
+        queue: Some("work".into()),
+        durable: true,
+        ..QueueDeclare::default()
+    })
+    .await
+    .expect("declare");
+    for i in 0..5 {
+        sa.send(
+            "",
+            Message::new(format!("job-{i}"))
+                .with_routing_key("work")
+                .with_durable(true),
+        )
+        .await
+        .expect("send");
+    }
+    let mut jobs = listen(&sb, "jobs-b", "amq.direct", "jobs").await;
+    call(
+        &b,
+        &[
+            "addRoute",
+            "name=drain",
+            "link=toA",
+            "type=queue",
+            "source=work",
+            "dest=amq.direct",
+            "destKey=jobs",
+        ],
+    );
+    for i in 0..5 {
+        assert_eq!(next(&mut jobs).await.0, format!("job-{i}"));
+    }
+    let deadline = Instant::now() + DEADLINE;
+    while sa.query_queue("work").await.expect("query").message_count != Some(0) {
+        assert!(Instant::now() < deadline, "work was not drained");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let routes = call(&b, &["listRoutes"]);
+    let drain = routes
+        .as_array()
+        .and_then(|r| r.iter().find(|r| r["name"] == "drain"))
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(drain["forwarded"], 5, "{routes}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_link_reports_the_remote_gone_and_recovers_when_it_returns() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("port")
+        .port();
+    let addr_a = format!("127.0.0.1:{port}");
+    let a = broker(&addr_a);
+    let b = broker("127.0.0.1:0");
+    call(
+        &b,
+        &["addLink", "toA", &format!("amqp://fed:fedpw@{addr_a}")],
+    );
+    call(
+        &b,
+        &[
+            "addRoute",
+            "name=in",
+            "link=toA",
+            "type=exchange",
+            "source=amq.fanout",
+            "dest=amq.fanout",
+        ],
+    );
+    until_link(&b, "toA", "operational");
+    drop(a.kill());
+    let failed = until_link(&b, "toA", "failed");
+    assert!(
+        failed["error"].as_str().is_some_and(|e| !e.is_empty()),
+        "{failed}"
+    );
+
+    let a = broker(&addr_a);
+    until_link(&b, "toA", "operational");
+    let (_ca, sa) = session(&a, "alice:alicepw").await;
+    let (_cb, sb) = session(&b, "guest:guest").await;
+    let mut on_b = listen(&sb, "fan-b", "amq.fanout", "").await;
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        sa.send("amq.fanout", Message::new("again"))
+            .await
+            .expect("send");
+        if let Ok(Ok(Some(d))) = tokio::time::timeout(Duration::from_millis(300), on_b.next()).await
+        {
+            assert_eq!(&d.body[..], b"again");
+            break;
+        }
+        assert!(Instant::now() < deadline, "the route did not come back");
+    }
+}
