@@ -44,6 +44,104 @@ pub enum Command {
     SendEvent(SendEventArgs),
     /// Interactive Clacks shell: call commands with line editing, history and completion.
     Shell(ShellArgs),
+    /// Federation links of the broker the agent runs in (over the bus).
+    #[command(subcommand)]
+    Link(LinkCommand),
+    /// Federation routes over the links (over the bus).
+    #[command(subcommand)]
+    Route(RouteCommand),
+}
+
+/// `clacks link ...`.
+#[derive(Debug, Subcommand)]
+pub enum LinkCommand {
+    /// Add a link to another broker (ours or qpidd).
+    Add {
+        #[command(flatten)]
+        conn: AgentConnArgs,
+        /// The link's name.
+        name: String,
+        /// The remote broker: amqp[s]://user:password@host:port.
+        #[arg(value_name = "URL")]
+        remote: String,
+        /// Keep the link in the store across restarts.
+        #[arg(long)]
+        durable: bool,
+    },
+    /// Remove a link and its routes.
+    Del {
+        #[command(flatten)]
+        conn: AgentConnArgs,
+        /// The link's name.
+        name: String,
+    },
+    /// List the links and their state.
+    List {
+        #[command(flatten)]
+        conn: AgentConnArgs,
+        /// One line of JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// `clacks route ...`.
+#[derive(Debug, Subcommand)]
+pub enum RouteCommand {
+    /// Add a route: from a remote exchange or queue into a local exchange (or, with
+    /// --push, from a local one to the remote broker).
+    Add(RouteAddArgs),
+    /// Remove a route.
+    Del {
+        #[command(flatten)]
+        conn: AgentConnArgs,
+        /// The route's name.
+        name: String,
+    },
+    /// List the routes and the messages each moved.
+    List {
+        #[command(flatten)]
+        conn: AgentConnArgs,
+        /// One line of JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// `clacks route add`.
+#[derive(Debug, Args)]
+pub struct RouteAddArgs {
+    #[command(flatten)]
+    pub conn: AgentConnArgs,
+    /// The route's name.
+    pub name: String,
+    /// The link it travels.
+    #[arg(long)]
+    pub link: String,
+    /// Take what this exchange routes (with --key; --query for an xml exchange).
+    #[arg(long, conflicts_with = "queue", required_unless_present = "queue")]
+    pub exchange: Option<String>,
+    /// The binding key on the source exchange.
+    #[arg(long, default_value = "")]
+    pub key: String,
+    /// The XQuery of the binding on an xml source exchange.
+    #[arg(long)]
+    pub query: Option<String>,
+    /// Take every message of this queue.
+    #[arg(long)]
+    pub queue: Option<String>,
+    /// The exchange on the receiving broker.
+    #[arg(long)]
+    pub dest: String,
+    /// Replace the routing key on the way.
+    #[arg(long)]
+    pub dest_key: Option<String>,
+    /// From this broker to the remote one.
+    #[arg(long)]
+    pub push: bool,
+    /// Keep the route in the store across restarts.
+    #[arg(long)]
+    pub durable: bool,
 }
 
 /// `clacks agent`.
@@ -402,4 +500,15 @@ pub struct BenchArgs {
     /// The Clacks domain for `--rpc`.
     #[arg(long, env = "CLACKS_DOMAIN", default_value = "org.clacks")]
     pub domain: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// Clap checks names, flags and groups of every subcommand only when asked.
+    #[test]
+    fn every_subcommand_is_well_formed() {
+        super::Cli::command().debug_assert();
+    }
 }

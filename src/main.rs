@@ -34,6 +34,8 @@ async fn main() -> ExitCode {
         Command::Call(args) => agent_client::call(args).await,
         Command::Methods(args) => agent_client::methods(args).await,
         Command::Nodes(args) => agent_client::nodes(args).await,
+        Command::Link(cmd) => agent_client::link(cmd).await,
+        Command::Route(cmd) => agent_client::route(cmd).await,
         Command::Events(args) => agent_client::events(args).await,
         Command::SendEvent(args) => agent_client::send_event(args).await,
         Command::Shell(args) => agent_client::shell(args).await,

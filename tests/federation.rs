@@ -46,6 +46,21 @@ fn call(b: &Binary, args: &[&str]) -> Value {
     serde_json::from_str(stdout.trim()).expect("json")
 }
 
+/// A `clacks` client command against `b` as guest; its stdout.
+fn cli(b: &Binary, args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_clacks"))
+        .args(args)
+        .args(["-b", &format!("amqp://guest:guest@{}", b.addr)])
+        .output()
+        .expect("clacks");
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// Polls `listLinks` on `b` until the link `name` is in `state`.
 fn until_link(b: &Binary, name: &str, state: &str) -> Value {
     let deadline = Instant::now() + DEADLINE;
@@ -118,11 +133,16 @@ async fn routes_move_messages_between_brokers_once_with_their_user_ids() {
     let b = broker("127.0.0.1:0");
     // B owns the link to A: it pulls A's news and pushes its own back.
     let url = format!("amqp://fed:fedpw@{}", a.addr);
-    assert_eq!(call(&b, &["addLink", "toA", &url]), Value::Bool(true));
+    assert_eq!(cli(&b, &["link", "add", "toA", &url]), "link toA added\n");
     let link = until_link(&b, "toA", "operational");
     assert!(
         link["remote_tag"].as_str().is_some_and(|t| !t.is_empty()),
         "{link}"
+    );
+    let listed = cli(&b, &["link", "list"]);
+    assert!(
+        listed.contains(&format!("toA\toperational\tamqp://fed@{}", a.addr)),
+        "the password is not shown: {listed}"
     );
     call(
         &b,
@@ -228,16 +248,20 @@ async fn routes_move_messages_between_brokers_once_with_their_user_ids() {
         .expect("send");
     }
     let mut jobs = listen(&sb, "jobs-b", "amq.direct", "jobs").await;
-    call(
+    cli(
         &b,
         &[
-            "addRoute",
-            "name=drain",
-            "link=toA",
-            "type=queue",
-            "source=work",
-            "dest=amq.direct",
-            "destKey=jobs",
+            "route",
+            "add",
+            "drain",
+            "--link",
+            "toA",
+            "--queue",
+            "work",
+            "--dest",
+            "amq.direct",
+            "--dest-key",
+            "jobs",
         ],
     );
     for i in 0..5 {
@@ -255,6 +279,17 @@ async fn routes_move_messages_between_brokers_once_with_their_user_ids() {
         .cloned()
         .unwrap_or_default();
     assert_eq!(drain["forwarded"], 5, "{routes}");
+    let listed = cli(&b, &["route", "list"]);
+    assert!(
+        listed.contains("drain\ttoA\tpull\tqueue work\tamq.direct\t5\t-"),
+        "{listed}"
+    );
+    // Removing the link takes its routes along.
+    assert_eq!(
+        cli(&b, &["link", "del", "toA"]),
+        "link toA removed with 3 route(s)\n"
+    );
+    assert_eq!(call(&b, &["listRoutes"]), serde_json::json!([]));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -201,3 +201,61 @@ mod tests {
         assert_eq!(format_nodes(&json!({})).expect("empty"), "NODE\n");
     }
 }
+
+/// The URL without its password, for display.
+fn without_password(url: &str) -> String {
+    match url.split_once("://") {
+        Some((scheme, rest)) => match rest.split_once('@') {
+            Some((login, host)) => {
+                let user = login.split_once(':').map_or(login, |(u, _)| u);
+                format!("{scheme}://{user}@{host}")
+            }
+            None => url.to_string(),
+        },
+        None => url.to_string(),
+    }
+}
+
+/// `clacks link list`: one line per link with its state and last error.
+pub fn format_links(links: &Value) -> String {
+    let mut out = String::from("NAME\tSTATE\tURL\tERROR\n");
+    for l in links.as_array().into_iter().flatten() {
+        let text = |k: &str| l[k].as_str().unwrap_or("-").to_string();
+        out.push_str(&format!(
+            "{}\t{}\t{}\t{}\n",
+            text("name"),
+            text("state"),
+            without_password(&text("url")),
+            text("error"),
+        ));
+    }
+    out
+}
+
+/// `clacks route list`: one line per route with its source, destination and count.
+pub fn format_routes(routes: &Value) -> String {
+    let mut out = String::from("NAME\tLINK\tDIRECTION\tSOURCE\tDEST\tFORWARDED\tERROR\n");
+    for r in routes.as_array().into_iter().flatten() {
+        let text = |k: &str| r[k].as_str().unwrap_or("-").to_string();
+        let src = &r["source"];
+        let field = |k: &str| src[k].as_str().unwrap_or("-").to_string();
+        let source = match src["type"].as_str() {
+            Some("queue") => format!("queue {}", field("queue")),
+            _ => format!("exchange {} key {:?}", field("exchange"), field("key")),
+        };
+        let direction = if r["push"].as_bool() == Some(true) {
+            "push"
+        } else {
+            "pull"
+        };
+        out.push_str(&format!(
+            "{}\t{}\t{direction}\t{source}\t{}\t{}\t{}\n",
+            text("name"),
+            text("link"),
+            text("dest"),
+            r["forwarded"].as_u64().unwrap_or(0),
+            text("last_error"),
+        ));
+    }
+    out
+}

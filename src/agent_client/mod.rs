@@ -17,7 +17,7 @@ pub mod shell;
 
 use serde_json::{json, Value};
 
-use crate::cli::{AgentConnArgs, CallArgs, MethodsArgs, NodesArgs};
+use crate::cli::{AgentConnArgs, CallArgs, LinkCommand, MethodsArgs, NodesArgs, RouteCommand};
 use rpc::{RpcClient, RpcError};
 
 pub use events::{events, send_event};
@@ -107,4 +107,68 @@ pub async fn nodes(args: NodesArgs) -> anyhow::Result<()> {
         return print_json(&nodes, true);
     }
     write_stdout(&listing::format_nodes(&nodes)?)
+}
+
+/// `clacks link ...`: federation links through the agent's `broker` commands.
+///
+/// # Errors
+/// Connection failures or the command's error.
+pub async fn link(cmd: LinkCommand) -> anyhow::Result<()> {
+    match cmd {
+        LinkCommand::Add {
+            conn,
+            name,
+            remote,
+            durable,
+        } => {
+            call_once(&conn, "addLink", json!([name, remote, durable]), false).await?;
+            write_stdout(&format!("link {name} added\n"))
+        }
+        LinkCommand::Del { conn, name } => {
+            let removed = call_once(&conn, "removeLink", json!([name]), false).await?;
+            let routes = removed["removedRoutes"].as_u64().unwrap_or(0);
+            write_stdout(&format!("link {name} removed with {routes} route(s)\n"))
+        }
+        LinkCommand::List { conn, json } => {
+            let links = call_once(&conn, "listLinks", json!([]), false).await?;
+            if json {
+                return print_json(&links, true);
+            }
+            write_stdout(&listing::format_links(&links))
+        }
+    }
+}
+
+/// `clacks route ...`: federation routes through the agent's `broker` commands.
+///
+/// # Errors
+/// Connection failures or the command's error.
+pub async fn route(cmd: RouteCommand) -> anyhow::Result<()> {
+    match cmd {
+        RouteCommand::Add(a) => {
+            let (kind, source) = match (&a.exchange, &a.queue) {
+                (Some(exchange), _) => ("exchange", exchange.clone()),
+                (None, Some(queue)) => ("queue", queue.clone()),
+                (None, None) => anyhow::bail!("give --exchange or --queue"),
+            };
+            let params = json!({
+                "name": a.name, "link": a.link, "type": kind, "source": source,
+                "key": a.key, "dest": a.dest, "destKey": a.dest_key, "push": a.push,
+                "query": a.query, "durable": a.durable,
+            });
+            call_once(&a.conn, "addRoute", params, false).await?;
+            write_stdout(&format!("route {} added\n", a.name))
+        }
+        RouteCommand::Del { conn, name } => {
+            call_once(&conn, "removeRoute", json!([name]), false).await?;
+            write_stdout(&format!("route {name} removed\n"))
+        }
+        RouteCommand::List { conn, json } => {
+            let routes = call_once(&conn, "listRoutes", json!([]), false).await?;
+            if json {
+                return print_json(&routes, true);
+            }
+            write_stdout(&listing::format_routes(&routes))
+        }
+    }
 }
