@@ -148,60 +148,6 @@ pub fn format_nodes(nodes: &Value) -> anyhow::Result<String> {
     Ok(out)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use serde_json::json;
-
-    #[test]
-    fn methods_grouped_by_target_like_the_original_help() {
-        let methods = json!({
-            "getNodes": {"target": "core", "sig": [], "doc": "List the nodes."},
-            "getMethods": {"target": "core", "sig": ["queue", "locale"],
-                           "doc": "List available methods that are registered on the bus, \
-                                   with a description long enough to need a second line."},
-            "hello": {"target": "sample", "sig": ["name"], "doc": "Say hello."}
-        });
-        let text = format_methods(&methods, None).expect("listing");
-        assert_eq!(
-            text,
-            "CORE\n====\n  getMethods(queue, locale)\n    List available methods that are \
-             registered on the bus, with a\n    description long enough to need a second \
-             line.\n  getNodes()\n    List the nodes.\n\nSAMPLE\n======\n  hello(name)\n    \
-             Say hello.\n"
-        );
-        for line in text.lines() {
-            assert!(line.len() <= 72, "{line}");
-        }
-        let sample = format_methods(&methods, Some("sample")).expect("one target");
-        assert!(sample.starts_with("SAMPLE\n") && !sample.contains("CORE"));
-        let err = format_methods(&methods, Some("goto")).expect_err("unknown");
-        assert!(err.to_string().contains("targets: core, sample"), "{err}");
-    }
-
-    #[test]
-    fn wrapping_keeps_long_words_whole() {
-        assert_eq!(wrap("a bb ccc", 4), ["a bb", "ccc"]);
-        assert_eq!(wrap("abcdefgh x", 4), ["abcdefgh", "x"]);
-        assert!(wrap("  ", 10).is_empty());
-    }
-
-    #[test]
-    fn nodes_as_a_table() {
-        let nodes = json!({
-            "node-b": {"load": 0.5, "workers": 6},
-            "node-a": {"load": 0.07, "indexed": true},
-        });
-        assert_eq!(
-            format_nodes(&nodes).expect("table"),
-            "NODE    LOAD  INDEXED  WORKERS\n\
-             node-a  0.07  true     -\n\
-             node-b  0.5   -        6\n"
-        );
-        assert_eq!(format_nodes(&json!({})).expect("empty"), "NODE\n");
-    }
-}
-
 /// The URL without its password, for display.
 fn without_password(url: &str) -> String {
     match url.split_once("://") {
@@ -258,4 +204,58 @@ pub fn format_routes(routes: &Value) -> String {
         ));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn methods_grouped_by_target_like_the_original_help() {
+        let methods = json!({
+            "getNodes": {"target": "core", "sig": [], "doc": "List the nodes."},
+            "getMethods": {"target": "core", "sig": ["queue", "locale"],
+                           "doc": "List available methods that are registered on the bus, \
+                                   with a description long enough to need a second line."},
+            "hello": {"target": "sample", "sig": ["name"], "doc": "Say hello."}
+        });
+        let text = format_methods(&methods, None).expect("listing");
+        assert_eq!(
+            text,
+            "CORE\n====\n  getMethods(queue, locale)\n    List available methods that are \
+             registered on the bus, with a\n    description long enough to need a second \
+             line.\n  getNodes()\n    List the nodes.\n\nSAMPLE\n======\n  hello(name)\n    \
+             Say hello.\n"
+        );
+        for line in text.lines() {
+            assert!(line.len() <= 72, "{line}");
+        }
+        let sample = format_methods(&methods, Some("sample")).expect("one target");
+        assert!(sample.starts_with("SAMPLE\n") && !sample.contains("CORE"));
+        let err = format_methods(&methods, Some("goto")).expect_err("unknown");
+        assert!(err.to_string().contains("targets: core, sample"), "{err}");
+    }
+
+    #[test]
+    fn wrapping_keeps_long_words_whole() {
+        assert_eq!(wrap("a bb ccc", 4), ["a bb", "ccc"]);
+        assert_eq!(wrap("abcdefgh x", 4), ["abcdefgh", "x"]);
+        assert!(wrap("  ", 10).is_empty());
+    }
+
+    #[test]
+    fn nodes_as_a_table() {
+        let nodes = json!({
+            "node-b": {"load": 0.5, "workers": 6},
+            "node-a": {"load": 0.07, "indexed": true},
+        });
+        assert_eq!(
+            format_nodes(&nodes).expect("table"),
+            "NODE    LOAD  INDEXED  WORKERS\n\
+             node-a  0.07  true     -\n\
+             node-b  0.5   -        6\n"
+        );
+        assert_eq!(format_nodes(&json!({})).expect("empty"), "NODE\n");
+    }
 }
