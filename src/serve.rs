@@ -10,7 +10,9 @@ use clacks_broker::auth::Source;
 use clacks_broker::core::Broker;
 use clacks_broker::federation::{Federation, FederationSettings as FederationTimings};
 use clacks_broker::server::{tls, Server, ServerConfig, TlsListener};
-use clacks_storage::{GroupCommit, Recovered, SledStore, Store, StoreOp, UserRecord};
+use clacks_storage::{
+    FederationRecord, GroupCommit, Recovered, SledStore, Store, StoreOp, UserRecord,
+};
 
 use crate::agent_run::{AclReload, Agent};
 use crate::cli::ServeArgs;
@@ -68,7 +70,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
                 .map_err(anyhow::Error::msg)?,
         });
     }
-    let broker = open_broker(&serve.data_dir, &mut config, &mut out)?;
+    let (broker, stored_links) = open_broker(&serve.data_dir, &mut config, &mut out)?;
     let server = Server::bind_with(config, broker).await?;
     let addr = server.local_addr()?;
     // Tests and scripts read these lines to learn the ports.
@@ -81,6 +83,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     tracing::info!(%addr, "broker started");
     let broker = server.broker();
     let federation = start_federation(&server, &serve.federation);
+    federation.restore(stored_links);
     let (agent, agent_acl) = start_agent(&server, &serve.agent, &federation)?.unzip();
     let hangup = tokio::spawn(reload_on_hangup(
         server.acl_reloader(),
@@ -118,19 +121,20 @@ fn open_broker(
     dir: &std::path::Path,
     config: &mut ServerConfig,
     out: &mut impl Write,
-) -> anyhow::Result<Arc<Broker>> {
+) -> anyhow::Result<(Arc<Broker>, Vec<FederationRecord>)> {
     let store = SledStore::open(dir)
         .with_context(|| format!("cannot open the data directory {}", dir.display()))?;
     let mut recovered = store
         .recover()
         .with_context(|| format!("cannot read the data directory {}", dir.display()))?;
     take_users(&store, &mut recovered, config, out)?;
+    let federation = std::mem::take(&mut recovered.federation);
     let (queues, messages) = (recovered.queues.len(), recovered.messages.len());
     let journal = GroupCommit::start(Arc::new(store)).context("cannot start the store writer")?;
     let broker = Broker::recover(Arc::new(journal), recovered)
         .with_context(|| format!("cannot recover from {}", dir.display()))?;
     tracing::info!(dir = %dir.display(), queues, messages, "durable state recovered");
-    Ok(Arc::new(broker))
+    Ok((Arc::new(broker), federation))
 }
 
 /// Moves the stored users into the server's configuration. On a first start with no users
@@ -187,6 +191,7 @@ fn start_federation(server: &Server, settings: &config::FederationSettings) -> F
             retry_max: ms(settings.retry_max_ms, defaults.retry_max),
             window: settings.window.unwrap_or(defaults.window).max(1),
         },
+        server.broker().journal().cloned(),
     )
 }
 

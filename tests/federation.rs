@@ -16,13 +16,18 @@ const DEADLINE: Duration = Duration::from_secs(30);
 
 /// A broker that federates: agent admins guest, users for links and senders, quick retries.
 fn broker(listen: &str) -> Binary {
+    broker_in(tempfile::tempdir().expect("dir"), listen)
+}
+
+/// As [`broker`], in `dir` (restarting on the same data directory).
+fn broker_in(dir: tempfile::TempDir, listen: &str) -> Binary {
     let config = format!(
         "listen = \"{listen}\"\nallow_anonymous = true\nauth_failure_delay_ms = 50\n\
          [tls]\nenabled = false\n[agent]\nadmins = [\"guest\"]\n\
          [federation]\npeers = [\"fed\"]\nretry_min_ms = 100\nretry_max_ms = 500\n\
          [users]\nguest = \"guest\"\nfed = \"fedpw\"\nalice = \"alicepw\"\n"
     );
-    Binary::start_with_config(tempfile::tempdir().expect("dir"), &config, &[])
+    Binary::start_with_config(dir, &config, &[])
 }
 
 /// `clacks call` on `b` as guest; the JSON result.
@@ -340,5 +345,133 @@ async fn a_link_reports_the_remote_gone_and_recovers_when_it_returns() {
             break;
         }
         assert!(Instant::now() < deadline, "the route did not come back");
+    }
+}
+
+/// Polls `listRoutes` on `b` until route `name` moved at least `n` messages; the count.
+fn until_forwarded(b: &Binary, name: &str, n: u64) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let routes = call(b, &["listRoutes"]);
+        let moved = routes
+            .as_array()
+            .and_then(|r| r.iter().find(|r| r["name"] == name))
+            .and_then(|r| r["forwarded"].as_u64())
+            .unwrap_or(0);
+        if moved >= n {
+            return moved;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{name} moved {moved} of {n}: {routes}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn free_addr() -> String {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("port")
+        .port();
+    format!("127.0.0.1:{port}")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn persistent_messages_survive_a_kill_of_either_side_mid_stream() {
+    const N: usize = 3000;
+    let (addr_a, addr_b) = (free_addr(), free_addr());
+    let a = broker(&addr_a);
+    let b = broker(&addr_b);
+    {
+        let (_c, sa) = session(&a, "alice:alicepw").await;
+        sa.declare_queue(QueueDeclare {
+            queue: Some("outbox".into()),
+            durable: true,
+            ..QueueDeclare::default()
+        })
+        .await
+        .expect("declare");
+        let mut pending = Vec::new();
+        for i in 0..N {
+            let m = Message::new(format!("m{i}"))
+                .with_routing_key("outbox")
+                .with_durable(true);
+            pending.push(sa.transfer("", m).await.expect("transfer"));
+        }
+        for p in pending {
+            p.await.expect("stored");
+        }
+        let (_c, sb) = session(&b, "guest:guest").await;
+        sb.declare_queue(QueueDeclare {
+            queue: Some("inbox".into()),
+            durable: true,
+            ..QueueDeclare::default()
+        })
+        .await
+        .expect("declare");
+        sb.bind(ExchangeBind {
+            queue: Some("inbox".into()),
+            exchange: Some("amq.direct".into()),
+            binding_key: Some("inbox".into()),
+            arguments: None,
+        })
+        .await
+        .expect("bind");
+    }
+    cli(
+        &b,
+        &[
+            "link",
+            "add",
+            "toA",
+            &format!("amqp://fed:fedpw@{addr_a}"),
+            "--durable",
+        ],
+    );
+    cli(
+        &b,
+        &[
+            "route",
+            "add",
+            "drain",
+            "--link",
+            "toA",
+            "--queue",
+            "outbox",
+            "--dest",
+            "amq.direct",
+            "--dest-key",
+            "inbox",
+            "--durable",
+        ],
+    );
+    // The source dies mid-stream and comes back; then the destination does.
+    until_forwarded(&b, "drain", 200);
+    let a = broker_in(a.kill(), &addr_a);
+    let before = until_forwarded(&b, "drain", 1);
+    until_forwarded(&b, "drain", before + 300);
+    let b = broker_in(b.kill(), &addr_b);
+    // The link and route came back from B's store.
+    until_link(&b, "toA", "operational");
+
+    let (_ca, sa) = session(&a, "alice:alicepw").await;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while sa.query_queue("outbox").await.expect("query").message_count != Some(0) {
+        assert!(Instant::now() < deadline, "outbox was not drained");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (_cb, sb) = session(&b, "guest:guest").await;
+    let got = common::bodies(&sb, "inbox").await;
+    let unique: std::collections::BTreeSet<&String> = got.iter().collect();
+    let duplicates = got.len() - unique.len();
+    eprintln!(
+        "{} received, {} duplicates after two crashes",
+        got.len(),
+        duplicates
+    );
+    assert_eq!(unique.len(), N, "every message arrived");
+    for i in 0..N {
+        assert!(unique.contains(&format!("m{i}")), "m{i} lost");
     }
 }

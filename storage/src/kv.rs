@@ -76,6 +76,13 @@ pub(crate) fn writes(
                 out.push((record::user_key(&r.name), Some(record::user_value(r))))
             }
             StoreOp::DeleteUser(name) => out.push((record::user_key(name), None)),
+            StoreOp::PutFederation(r) => out.push((
+                record::federation_key(r.kind, &r.name),
+                Some(record::federation_value(r)),
+            )),
+            StoreOp::DeleteFederation { kind, name } => {
+                out.push((record::federation_key(*kind, name), None))
+            }
         }
     }
     Ok(out)
@@ -116,6 +123,7 @@ pub(crate) fn recover(
                 delivered.insert(record::decode_delivered_key(key)?);
             }
             record::USER => rec.users.push(record::decode_user(key, &v)?),
+            record::FEDERATION => rec.federation.push(record::decode_federation(key, &v)?),
             other => return Err(StoreError::Corrupt(format!("unknown record kind {other}"))),
         }
     }

@@ -134,6 +134,35 @@ pub enum StoreOp {
     PutUser(UserRecord),
     /// Remove a local user.
     DeleteUser(String),
+    /// Create or replace a durable federation link or route.
+    PutFederation(FederationRecord),
+    /// Remove a federation link or route.
+    DeleteFederation {
+        /// Link or route.
+        kind: FederationKind,
+        /// Its name.
+        name: String,
+    },
+}
+
+/// What a federation record describes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FederationKind {
+    /// A link to another broker.
+    Link,
+    /// A route over a link.
+    Route,
+}
+
+/// A durable federation link or route, in the broker's own encoding.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FederationRecord {
+    /// Link or route.
+    pub kind: FederationKind,
+    /// Its name.
+    pub name: String,
+    /// Its settings as the broker encodes them.
+    pub data: Bytes,
 }
 
 /// Everything durable, as read back at start.
@@ -149,6 +178,8 @@ pub struct Recovered {
     pub messages: Vec<StoredMessage>,
     /// Local users, by name.
     pub users: Vec<UserRecord>,
+    /// Durable federation links and routes.
+    pub federation: Vec<FederationRecord>,
 }
 
 /// Why the store could not do what was asked.

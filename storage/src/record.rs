@@ -11,13 +11,17 @@
 //! | `M` len queue, seq u64, chunk u32 | a slice of the message (32 KiB at most) |
 //! | `D` len queue, seq u64 | empty: the message was delivered |
 //! | `U` name | `1`, the user's credentials as the broker encodes them |
+//! | `F` `L`/`R` name | `1`, a federation link or route as the broker encodes it |
 //!
 //! Names are at most 255 bytes (0-10 `str8`), so one length byte prefixes them. Messages are
 //! cut into chunks so that sled never moves a value into its separate blob files.
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-use crate::{BindingRecord, ExchangeRecord, QueueRecord, StoreError, UserRecord};
+use crate::{
+    BindingRecord, ExchangeRecord, FederationKind, FederationRecord, QueueRecord, StoreError,
+    UserRecord,
+};
 
 /// Largest value written for one message chunk.
 pub(crate) const CHUNK: usize = 32 * 1024;
@@ -29,6 +33,50 @@ pub(crate) const BINDING: u8 = b'B';
 pub(crate) const MESSAGE: u8 = b'M';
 pub(crate) const DELIVERED: u8 = b'D';
 pub(crate) const USER: u8 = b'U';
+pub(crate) const FEDERATION: u8 = b'F';
+
+pub(crate) fn federation_key(kind: FederationKind, name: &str) -> Vec<u8> {
+    let mut k = vec![FEDERATION, federation_kind_byte(kind)];
+    k.extend_from_slice(name.as_bytes());
+    k
+}
+
+fn federation_kind_byte(kind: FederationKind) -> u8 {
+    match kind {
+        FederationKind::Link => b'L',
+        FederationKind::Route => b'R',
+    }
+}
+
+pub(crate) fn federation_value(r: &FederationRecord) -> Vec<u8> {
+    let mut v = vec![VERSION];
+    v.extend_from_slice(&r.data);
+    v
+}
+
+pub(crate) fn decode_federation(key: &[u8], value: &[u8]) -> Result<FederationRecord, StoreError> {
+    let kind = match key.first() {
+        Some(b'L') => FederationKind::Link,
+        Some(b'R') => FederationKind::Route,
+        _ => {
+            return Err(StoreError::Corrupt(
+                "federation record of unknown kind".into(),
+            ))
+        }
+    };
+    let name = String::from_utf8(key[1..].to_vec())
+        .map_err(|_| StoreError::Corrupt("federation name is not utf-8".into()))?;
+    match value.split_first() {
+        Some((&VERSION, rest)) => Ok(FederationRecord {
+            kind,
+            name,
+            data: Bytes::copy_from_slice(rest),
+        }),
+        _ => Err(StoreError::Corrupt(format!(
+            "federation record {name} of unknown version"
+        ))),
+    }
+}
 
 fn put_name(k: &mut Vec<u8>, name: &str) {
     let b = &name.as_bytes()[..name.len().min(255)];

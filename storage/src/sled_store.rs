@@ -201,6 +201,16 @@ mod tests {
                     name: "alice".into(),
                     credentials: Bytes::from_static(b"verifiers"),
                 }),
+                StoreOp::PutFederation(crate::FederationRecord {
+                    kind: crate::FederationKind::Link,
+                    name: "hub".into(),
+                    data: Bytes::from_static(b"{link}"),
+                }),
+                StoreOp::PutFederation(crate::FederationRecord {
+                    kind: crate::FederationKind::Route,
+                    name: "hub".into(),
+                    data: Bytes::from_static(b"{route}"),
+                }),
             ])
             .expect("apply");
             // A second process (here: a second open) is refused.
@@ -223,6 +233,19 @@ mod tests {
             (r.users[0].name.as_str(), &r.users[0].credentials[..]),
             ("alice", &b"verifiers"[..])
         );
+        // A link and a route may share a name: the kind keeps them apart.
+        let fed: Vec<_> = r
+            .federation
+            .iter()
+            .map(|f| (f.kind, f.name.as_str(), &f.data[..]))
+            .collect();
+        assert_eq!(
+            fed,
+            [
+                (crate::FederationKind::Link, "hub", &b"{link}"[..]),
+                (crate::FederationKind::Route, "hub", &b"{route}"[..])
+            ]
+        );
         s.apply(&[
             StoreOp::Dequeue {
                 queue: "q".into(),
@@ -236,6 +259,14 @@ mod tests {
             },
             StoreOp::DeleteExchange("x".into()),
             StoreOp::DeleteUser("alice".into()),
+            StoreOp::DeleteFederation {
+                kind: crate::FederationKind::Link,
+                name: "hub".into(),
+            },
+            StoreOp::DeleteFederation {
+                kind: crate::FederationKind::Route,
+                name: "hub".into(),
+            },
         ])
         .expect("apply");
         assert_eq!(s.recover().expect("recover"), Recovered::default());

@@ -65,7 +65,7 @@ fn flag(method: &str, args: &[Value], at: usize, name: &str) -> Result<bool, Ref
 fn refused(e: FederationError) -> Refusal {
     match e {
         FederationError::NotFound(what) => (ErrorCode::NO_SUCH_RESOURCE, what),
-        FederationError::Exists(_) | FederationError::Invalid(_) => {
+        FederationError::Exists(_) | FederationError::Invalid(_) | FederationError::Store(_) => {
             (ErrorCode::COMMAND_FAILED, e.to_string())
         }
     }
@@ -110,7 +110,7 @@ impl Plugin for FederationPlugin {
         args: Vec<Value>,
     ) -> BoxFuture<'a, CallResult> {
         Box::pin(async move {
-            self.run(method, &args).map_err(|(code, subject)| {
+            self.run(method, &args).await.map_err(|(code, subject)| {
                 ctx.state.errors.report(code, &subject, ctx.user.as_deref())
             })
         })
@@ -118,7 +118,7 @@ impl Plugin for FederationPlugin {
 }
 
 impl FederationPlugin {
-    fn run(&self, method: &str, args: &[Value]) -> Result<Value, Refusal> {
+    async fn run(&self, method: &str, args: &[Value]) -> Result<Value, Refusal> {
         let fed = &self.federation;
         match method {
             "listLinks" => serde_json::to_value(fed.list_links())
@@ -131,12 +131,12 @@ impl FederationPlugin {
                     url: required(method, args, 1, "url")?,
                     durable: flag(method, args, 2, "durable")?,
                 };
-                fed.add_link(spec).map_err(refused)?;
+                fed.add_link(spec).await.map_err(refused)?;
                 Ok(Value::Bool(true))
             }
             "removeLink" => {
                 let name = required(method, args, 0, "name")?;
-                let routes = fed.remove_link(&name).map_err(refused)?;
+                let routes = fed.remove_link(&name).await.map_err(refused)?;
                 Ok(json!({"removedRoutes": routes.len()}))
             }
             "addRoute" => {
@@ -165,12 +165,12 @@ impl FederationPlugin {
                     push: flag(method, args, 7, "push")?,
                     durable: flag(method, args, 9, "durable")?,
                 };
-                fed.add_route(spec).map_err(refused)?;
+                fed.add_route(spec).await.map_err(refused)?;
                 Ok(Value::Bool(true))
             }
             "removeRoute" => {
                 let name = required(method, args, 0, "name")?;
-                fed.remove_route(&name).map_err(refused)?;
+                fed.remove_route(&name).await.map_err(refused)?;
                 Ok(Value::Bool(true))
             }
             other => Err((ErrorCode::COMMAND_NOT_DEFINED, other.to_string())),

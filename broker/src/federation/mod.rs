@@ -23,6 +23,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
+use clacks_storage::{FederationKind, FederationRecord, GroupCommit, StoreOp};
+
 use crate::client::{ClientError, ConnectOptions, Connection};
 use crate::server::InternalConnector;
 
@@ -133,6 +135,23 @@ pub enum FederationError {
     /// A bad URL or argument.
     #[error("{0}")]
     Invalid(String),
+    /// The store could not keep a durable link or route.
+    #[error("store: {0}")]
+    Store(String),
+}
+
+/// The store write of a durable link or route.
+fn put(
+    kind: FederationKind,
+    name: &str,
+    spec: &impl Serialize,
+) -> Result<StoreOp, FederationError> {
+    let data = serde_json::to_vec(spec).map_err(|e| FederationError::Invalid(e.to_string()))?;
+    Ok(StoreOp::PutFederation(FederationRecord {
+        kind,
+        name: name.to_string(),
+        data: data.into(),
+    }))
 }
 
 /// Timings and limits of links.
@@ -186,6 +205,8 @@ struct Inner {
     local_tag: String,
     settings: FederationSettings,
     links: Mutex<HashMap<String, LinkEntry>>,
+    /// Where durable links and routes are written; `None` without a store.
+    journal: Option<Arc<GroupCommit>>,
 }
 
 /// The broker's links and routes; clones share them.
@@ -196,11 +217,12 @@ pub struct Federation {
 
 impl Federation {
     /// Links of a broker whose in-process connections `connector` opens and whose
-    /// federation tag is `local_tag`.
+    /// federation tag is `local_tag`; durable ones are written through `journal`.
     pub fn new(
         connector: InternalConnector,
         local_tag: String,
         settings: FederationSettings,
+        journal: Option<Arc<GroupCommit>>,
     ) -> Federation {
         Federation {
             inner: Arc::new(Inner {
@@ -208,7 +230,59 @@ impl Federation {
                 local_tag,
                 settings,
                 links: Mutex::new(HashMap::new()),
+                journal,
             }),
+        }
+    }
+
+    /// Starts the durable links and routes read back from the store; a record that does
+    /// not decode is skipped with a log line.
+    pub fn restore(&self, records: Vec<FederationRecord>) {
+        let (links, routes): (Vec<_>, Vec<_>) = records
+            .into_iter()
+            .partition(|r| r.kind == FederationKind::Link);
+        for r in links {
+            match serde_json::from_slice::<LinkSpec>(&r.data) {
+                Ok(spec) => {
+                    if let Err(e) = self.start_link(spec) {
+                        tracing::error!(link = %r.name, "stored link not restored: {e}");
+                    }
+                }
+                Err(e) => tracing::error!(link = %r.name, "stored link unreadable: {e}"),
+            }
+        }
+        for r in routes {
+            match serde_json::from_slice::<RouteSpec>(&r.data) {
+                Ok(spec) => {
+                    if let Err(e) = self.start_route(spec) {
+                        tracing::error!(route = %r.name, "stored route not restored: {e}");
+                    }
+                }
+                Err(e) => tracing::error!(route = %r.name, "stored route unreadable: {e}"),
+            }
+        }
+    }
+
+    /// Writes `ops` and waits until they are on disk (nothing to do without a store).
+    async fn persist(&self, ops: Vec<StoreOp>) -> Result<(), FederationError> {
+        let Some(journal) = &self.inner.journal else {
+            return Ok(());
+        };
+        if ops.is_empty() {
+            return Ok(());
+        }
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let ticket = journal.submit(ops);
+        journal.when_durable(
+            ticket,
+            Box::new(move |r| {
+                let _ = tx.send(r);
+            }),
+        );
+        match rx.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(FederationError::Store(e.to_string())),
+            Err(_) => Err(FederationError::Store("the store writer stopped".into())),
         }
     }
 
@@ -216,11 +290,22 @@ impl Federation {
         self.inner.links.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Adds a link and starts connecting it.
+    /// Adds a link and starts connecting it; a durable one is on disk first.
     ///
     /// # Errors
-    /// A link of that name exists, or the URL does not parse.
-    pub fn add_link(&self, spec: LinkSpec) -> Result<(), FederationError> {
+    /// A link of that name exists, the URL does not parse, the store failed.
+    pub async fn add_link(&self, spec: LinkSpec) -> Result<(), FederationError> {
+        if self.links().contains_key(&spec.name) {
+            return Err(FederationError::Exists(format!("link {}", spec.name)));
+        }
+        if spec.durable {
+            self.persist(vec![put(FederationKind::Link, &spec.name, &spec)?])
+                .await?;
+        }
+        self.start_link(spec)
+    }
+
+    fn start_link(&self, spec: LinkSpec) -> Result<(), FederationError> {
         if spec.name.is_empty() {
             return Err(FederationError::Invalid("a link needs a name".into()));
         }
@@ -253,30 +338,61 @@ impl Federation {
         Ok(())
     }
 
-    /// Removes a link with its routes; its connection closes.
+    /// Removes a link with its routes (from the store too); its connection closes.
     ///
     /// # Errors
-    /// No such link.
-    pub fn remove_link(&self, name: &str) -> Result<Vec<RouteSpec>, FederationError> {
+    /// No such link; the store failed.
+    pub async fn remove_link(&self, name: &str) -> Result<Vec<RouteSpec>, FederationError> {
         let entry = self
             .links()
             .remove(name)
             .ok_or_else(|| FederationError::NotFound(format!("link {name}")))?;
         let _ = entry.stop.send(true);
-        let routes = entry
+        let routes: Vec<RouteSpec> = entry
             .routes
             .borrow()
             .iter()
             .map(|(r, _)| r.clone())
             .collect();
+        let mut ops: Vec<StoreOp> = routes
+            .iter()
+            .filter(|r| r.durable)
+            .map(|r| StoreOp::DeleteFederation {
+                kind: FederationKind::Route,
+                name: r.name.clone(),
+            })
+            .collect();
+        if entry.spec.durable {
+            ops.push(StoreOp::DeleteFederation {
+                kind: FederationKind::Link,
+                name: name.to_string(),
+            });
+        }
+        self.persist(ops).await?;
         Ok(routes)
     }
 
-    /// Adds a route to its link (running at once when the link is up).
+    /// Adds a route to its link (running at once when the link is up); a durable one is
+    /// on disk first and needs a durable link.
     ///
     /// # Errors
-    /// No such link, or a route of that name exists.
-    pub fn add_route(&self, spec: RouteSpec) -> Result<(), FederationError> {
+    /// No such link, a route of that name exists, the store failed.
+    pub async fn add_route(&self, spec: RouteSpec) -> Result<(), FederationError> {
+        if spec.durable {
+            let link_durable = self.links().get(&spec.link).map(|l| l.spec.durable);
+            if link_durable == Some(false) {
+                return Err(FederationError::Invalid(format!(
+                    "a durable route needs a durable link; {} is not",
+                    spec.link
+                )));
+            }
+            self.persist(vec![put(FederationKind::Route, &spec.name, &spec)?])
+                .await?;
+        }
+        self.start_route(spec)
+    }
+
+    fn start_route(&self, spec: RouteSpec) -> Result<(), FederationError> {
         if spec.name.is_empty() || spec.dest.is_empty() {
             return Err(FederationError::Invalid(
                 "a route needs a name and a destination exchange".into(),
@@ -297,23 +413,29 @@ impl Federation {
         Ok(())
     }
 
-    /// Removes a route; its bridge queue goes with its session.
+    /// Removes a route (from the store too); its bridge queue goes with its session.
     ///
     /// # Errors
-    /// No such route.
-    pub fn remove_route(&self, name: &str) -> Result<RouteSpec, FederationError> {
-        for link in self.links().values() {
+    /// No such route; the store failed.
+    pub async fn remove_route(&self, name: &str) -> Result<RouteSpec, FederationError> {
+        let removed = self.links().values().find_map(|link| {
             let mut removed = None;
             link.routes.send_if_modified(|routes| {
                 let at = routes.iter().position(|(r, _)| r.name == name);
                 removed = at.map(|i| routes.remove(i).0);
                 removed.is_some()
             });
-            if let Some(spec) = removed {
-                return Ok(spec);
-            }
+            removed
+        });
+        let spec = removed.ok_or_else(|| FederationError::NotFound(format!("route {name}")))?;
+        if spec.durable {
+            self.persist(vec![StoreOp::DeleteFederation {
+                kind: FederationKind::Route,
+                name: name.to_string(),
+            }])
+            .await?;
         }
-        Err(FederationError::NotFound(format!("route {name}")))
+        Ok(spec)
     }
 
     /// The links, sorted by name, with their state.
