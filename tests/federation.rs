@@ -475,3 +475,178 @@ async fn persistent_messages_survive_a_kill_of_either_side_mid_stream() {
         assert!(unique.contains(&format!("m{i}")), "m{i} lost");
     }
 }
+
+/// Waits until a probe published on `from` reaches `sub` (the routes are bound), then
+/// drains what else the probes left on `subs`.
+async fn until_crossed(
+    from: &Session,
+    exchange: &str,
+    sub: &mut Subscription,
+    subs: &mut [&mut Subscription],
+) {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        from.send(exchange, Message::new("probe"))
+            .await
+            .expect("send");
+        if let Ok(Ok(Some(d))) = tokio::time::timeout(Duration::from_millis(300), sub.next()).await
+        {
+            sub.accept(&d).await.expect("accept");
+            break;
+        }
+        assert!(Instant::now() < deadline, "nothing crossed");
+    }
+    for s in std::iter::once(sub).chain(subs.iter_mut().map(|s| &mut **s)) {
+        while let Ok(Ok(Some(d))) = tokio::time::timeout(Duration::from_millis(500), s.next()).await
+        {
+            s.accept(&d).await.expect("accept");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ring_of_three_delivers_each_message_once_per_subscriber() {
+    let a = broker("127.0.0.1:0");
+    let b = broker("127.0.0.1:0");
+    let c = broker("127.0.0.1:0");
+    // Each broker pulls amq.fanout from the one before it: A -> B -> C -> A.
+    for (owner, source) in [(&b, &a), (&c, &b), (&a, &c)] {
+        cli(
+            owner,
+            &[
+                "link",
+                "add",
+                "prev",
+                &format!("amqp://fed:fedpw@{}", source.addr),
+            ],
+        );
+        cli(
+            owner,
+            &[
+                "route",
+                "add",
+                "ring",
+                "--link",
+                "prev",
+                "--exchange",
+                "amq.fanout",
+                "--dest",
+                "amq.fanout",
+            ],
+        );
+    }
+    let (_ca, sa) = session(&a, "alice:alicepw").await;
+    let (_cb, sb) = session(&b, "guest:guest").await;
+    let (_cc, sc) = session(&c, "guest:guest").await;
+    let mut on_a = listen(&sa, "ring-a", "amq.fanout", "").await;
+    let mut on_b = listen(&sb, "ring-b", "amq.fanout", "").await;
+    let mut on_c = listen(&sc, "ring-c", "amq.fanout", "").await;
+    until_crossed(&sa, "amq.fanout", &mut on_c, &mut [&mut on_a, &mut on_b]).await;
+
+    sa.send("amq.fanout", Message::new("once"))
+        .await
+        .expect("send");
+    sa.send("amq.fanout", Message::new("end"))
+        .await
+        .expect("send");
+    for sub in [&mut on_a, &mut on_b, &mut on_c] {
+        assert_eq!(next(sub).await, ("once".into(), "alice".into()));
+        marker_next(sub, "end").await;
+    }
+}
+
+/// An appliance: the broker with its agent as `node`, quick presence, federating.
+fn appliance(node: &str, scripts: Option<&std::path::Path>) -> Binary {
+    let scripts = scripts.map_or(String::new(), |d| {
+        format!("scripts_dir = {:?}\n", d.display().to_string())
+    });
+    let config = format!(
+        "listen = \"127.0.0.1:0\"\nauth_failure_delay_ms = 50\n[tls]\nenabled = false\n\
+         [agent]\nnode = \"{node}\"\nadmins = [\"guest\"]\nstatus_interval_ms = 200\n\
+         node_timeout_ms = 3000\n{scripts}\
+         [federation]\npeers = [\"fed\"]\nretry_min_ms = 100\nretry_max_ms = 500\n\
+         [users]\nguest = \"guest\"\nfed = \"fedpw\"\n"
+    );
+    Binary::start_with_config(tempfile::tempdir().expect("dir"), &config, &[])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_appliances_federated_on_their_domain_see_each_other() {
+    use std::os::unix::fs::PermissionsExt;
+    let scripts = tempfile::tempdir().expect("dir");
+    std::fs::write(
+        scripts.path().join("whoami.toml"),
+        "target = \"tools\"\nhelp = \"Where it ran.\"",
+    )
+    .expect("manifest");
+    let program = scripts.path().join("whoami");
+    std::fs::write(&program, "#!/bin/sh\necho '\"node-b\"'\n").expect("script");
+    std::fs::set_permissions(&program, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let a = appliance("node-a", None);
+    let b = appliance("node-b", Some(scripts.path()));
+    // Each pulls the other's events into its own domain exchange (an xml exchange: the
+    // route binds with `.`).
+    for (owner, other) in [(&a, &b), (&b, &a)] {
+        cli(
+            owner,
+            &[
+                "link",
+                "add",
+                "peer",
+                &format!("amqp://fed:fedpw@{}", other.addr),
+            ],
+        );
+        cli(
+            owner,
+            &[
+                "route",
+                "add",
+                "events",
+                "--link",
+                "peer",
+                "--exchange",
+                "org.clacks",
+                "--key",
+                "event",
+                "--dest",
+                "org.clacks",
+            ],
+        );
+    }
+    for (broker, what) in [(&a, "A"), (&b, "B")] {
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            let nodes = cli(broker, &["nodes"]);
+            if nodes.contains("node-a") && nodes.contains("node-b") {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{what} sees only: {nodes}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    // node-b's script is known on A, but its private queue lives on B: A does not send the
+    // call into the void, it says so, and node-b stays listed.
+    let deadline = Instant::now() + DEADLINE;
+    while call(&a, &["getMethods"]).get("whoami").is_none() {
+        assert!(Instant::now() < deadline, "whoami never announced to A");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_clacks"))
+        .args([
+            "call",
+            "-b",
+            &format!("amqp://guest:guest@{}", a.addr),
+            "whoami",
+        ])
+        .output()
+        .expect("clacks call");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("no provider of whoami can be reached from this broker"),
+        "{err}"
+    );
+    assert!(cli(&a, &["nodes"]).contains("node-b"));
+    // On B the same call runs.
+    assert_eq!(call(&b, &["whoami"]), Value::String("node-b".into()));
+}

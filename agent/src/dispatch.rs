@@ -60,12 +60,11 @@ pub struct AclQuestion {
 pub enum Route {
     /// Run here with these positional arguments (injected user/queue first).
     Local(Vec<Value>),
-    /// Send the original request to this node's private queue.
+    /// Send the original request to the private queue of the first of these providers
+    /// that the local broker can reach (least loaded first).
     Forward {
-        /// The provider chosen.
-        node: String,
-        /// Its private queue for the command's target.
-        queue: String,
+        /// Live providers, by load.
+        nodes: Vec<String>,
     },
     /// Ask these providers in turn (FIRSTRESULT: first success; CUMULATIVE: all).
     Walk {
@@ -166,14 +165,13 @@ pub fn plan(
         CommandType::Normal if here => Route::Local(local_args(params)),
         CommandType::Normal => {
             let load = |n: &str| view.loads.get(n).copied().unwrap_or(f64::MAX);
-            let node = providers
-                .iter()
-                .filter(|n| **n != view.node)
-                .min_by(|a, b| load(a).total_cmp(&load(b)))
-                .ok_or_else(|| (ErrorCode::COMMAND_NOT_DEFINED, method.to_string()))?;
+            providers.retain(|n| *n != view.node);
+            if providers.is_empty() {
+                return Err((ErrorCode::COMMAND_NOT_DEFINED, method.to_string()));
+            }
+            providers.sort_by(|a, b| load(a).total_cmp(&load(b)).then(a.cmp(b)));
             Route::Forward {
-                node: node.to_string(),
-                queue: names::private_queue(view.domain, target, node),
+                nodes: providers.iter().map(|n| n.to_string()).collect(),
             }
         }
         kind => {
@@ -388,15 +386,19 @@ mod tests {
         assert_eq!(
             p.route,
             Route::Forward {
-                node: "n3".into(),
-                queue: "org.clacks.command.goto.n3".into()
+                nodes: vec!["n3".into(), "n2".into()]
             }
         );
         // The ACL sees the target's topic, not the queue it came on.
         assert_eq!(p.acl.expect("acl").topic, "org.clacks.command.goto.render");
         w.loads.remove("n3");
         let p = plan(view(&w), Caller::User("a"), "", &r).expect("plan");
-        assert!(matches!(p.route, Route::Forward { ref node, .. } if node == "n2"));
+        assert_eq!(
+            p.route,
+            Route::Forward {
+                nodes: vec!["n2".into()]
+            }
+        );
         w.loads.remove("n2");
         assert!(
             plan(view(&w), Caller::User("a"), "", &r).is_err(),

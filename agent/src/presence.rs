@@ -19,6 +19,10 @@ pub enum Answer {
     Nothing,
     /// Its `NodeCapabilities` (every `NodeAnnounce`, its own included, gets one).
     Capabilities,
+    /// A `NodeAnnounce` of its own: a node appeared that announced itself where this one
+    /// could not hear it (before a federation link joined them, say), and the answers
+    /// to an announcement bring its capabilities.
+    Announce,
 }
 
 /// This node's `NodeCapabilities` event.
@@ -88,9 +92,14 @@ pub fn apply(state: &AgentState, event: &ValidatedEvent, now: Instant) -> Answer
         }
         "NodeStatus" => {
             let load = text("Load").trim().parse::<f64>().unwrap_or(0.0);
+            let stranger = !state.loads().contains_key(&id);
             state.seen(&id, now);
             state.loads().insert(id, load);
-            Answer::Nothing
+            if stranger {
+                Answer::Announce
+            } else {
+                Answer::Nothing
+            }
         }
         "NodeLeave" => {
             state.forget(&id);
@@ -167,6 +176,12 @@ mod tests {
         let leave = schemas.validate(&events::node_leave("b")).expect("valid");
         apply(&a, &leave, later);
         assert!(a.loads().get("b").is_none());
+        // A status from a node never heard of: announce, so that its capabilities come.
+        let stranger = schemas
+            .validate(&events::node_status("d", 0.1, 0.0, 1, None))
+            .expect("valid");
+        assert_eq!(apply(&a, &stranger, later), Answer::Announce);
+        assert_eq!(apply(&a, &stranger, later), Answer::Nothing);
         assert_eq!(
             a.capabilities()
                 .get("getSessionUser")

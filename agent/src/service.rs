@@ -173,8 +173,14 @@ async fn presence_loop(
                 match state.schemas.validate(&text) {
                     Ok(event) => {
                         let now = std::time::Instant::now();
-                        if presence::apply(&state, &event, now) == Answer::Capabilities {
-                            publish(&state, &presence::capabilities_event(&state)).await;
+                        match presence::apply(&state, &event, now) {
+                            Answer::Capabilities => {
+                                publish(&state, &presence::capabilities_event(&state)).await;
+                            }
+                            Answer::Announce => {
+                                publish(&state, &events::node_announce(&node)).await;
+                            }
+                            Answer::Nothing => {}
                         }
                     }
                     Err(e) => tracing::debug!("ignoring an invalid event: {e}"),
@@ -340,7 +346,29 @@ async fn call(
             let forwarded = matches!(caller, Caller::Forwarded(_));
             run_local(state, user, forwarded, &request.method, args).await
         }
-        Route::Forward { node, .. } => forward(state, user, &node, &plan.target, request).await,
+        Route::Forward { nodes } => {
+            // A provider whose private queue this broker does not have (it sits behind a
+            // federation link, say) is passed over for the next one.
+            for node in &nodes {
+                match state
+                    .ask_node(node, &plan.target, user.unwrap_or_default(), request)
+                    .await
+                {
+                    Err(ForwardError::Unreachable(_)) => {
+                        tracing::debug!(%node, method = %request.method, "provider not reachable from here");
+                    }
+                    outcome => return forwarded(state, user, outcome),
+                }
+            }
+            Err(state.errors.report(
+                ErrorCode::COMMAND_FAILED,
+                &format!(
+                    "no provider of {} can be reached from this broker",
+                    request.method
+                ),
+                user,
+            ))
+        }
         Route::Walk { kind, nodes } => {
             let mut gathered = serde_json::Map::new();
             for node in nodes {
@@ -405,20 +433,24 @@ async fn forward(
     request: &jsonrpc::Request,
 ) -> Result<Value, String> {
     tracing::debug!(%node, method = %request.method, "forwarding a call");
-    match state
+    let outcome = state
         .ask_node(node, target, user.unwrap_or_default(), request)
-        .await
-    {
+        .await;
+    forwarded(state, user, outcome)
+}
+
+/// A forwarded call's outcome for the caller: the provider's own error text unchanged,
+/// other failures as this node's error records.
+fn forwarded(
+    state: &AgentState,
+    user: Option<&str>,
+    outcome: Result<Value, ForwardError>,
+) -> Result<Value, String> {
+    match outcome {
         Ok(v) => Ok(v),
         Err(ForwardError::Remote(text)) => Err(text),
-        Err(e) => {
-            if matches!(e, ForwardError::Unreachable(_)) {
-                // Its queue is gone, so the node is: stop offering it.
-                state.forget(node);
-            }
-            Err(state
-                .errors
-                .report(ErrorCode::COMMAND_FAILED, &e.to_string(), user))
-        }
+        Err(e) => Err(state
+            .errors
+            .report(ErrorCode::COMMAND_FAILED, &e.to_string(), user)),
     }
 }

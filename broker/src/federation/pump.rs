@@ -80,9 +80,16 @@ async fn pump(
                 ..QueueDeclare::default()
             })
             .await?;
-            let binding = query.as_ref().map(|q| {
+            // An xml exchange binds by query: `.` (everything) unless the route gives one.
+            let is_xml = from
+                .query_exchange(exchange)
+                .await?
+                .r#type
+                .is_some_and(|t| t == "xml");
+            let query = query.clone().or_else(|| is_xml.then(|| ".".to_string()));
+            let binding = query.map(|q| {
                 let mut a = FieldTable::new();
-                a.insert("xquery", q.as_str());
+                a.insert("xquery", q);
                 a
             });
             from.bind(ExchangeBind {
