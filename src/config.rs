@@ -124,6 +124,8 @@ pub struct FederationSettings {
     pub retry_max_ms: Option<u64>,
     /// `window = 100`: messages a route has in flight before it waits for completions.
     pub window: Option<u32>,
+    /// `heartbeat_s = 10`: a link whose remote is silent for two intervals has failed.
+    pub heartbeat_s: Option<u16>,
 }
 
 /// The `[tls]` table.

@@ -190,6 +190,7 @@ fn start_federation(server: &Server, settings: &config::FederationSettings) -> F
             retry_min: ms(settings.retry_min_ms, defaults.retry_min),
             retry_max: ms(settings.retry_max_ms, defaults.retry_max),
             window: settings.window.unwrap_or(defaults.window).max(1),
+            heartbeat: settings.heartbeat_s.unwrap_or(defaults.heartbeat),
         },
         server.broker().journal().cloned(),
     )

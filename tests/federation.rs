@@ -24,7 +24,7 @@ fn broker_in(dir: tempfile::TempDir, listen: &str) -> Binary {
     let config = format!(
         "listen = \"{listen}\"\nallow_anonymous = true\nauth_failure_delay_ms = 50\n\
          [tls]\nenabled = false\n[agent]\nadmins = [\"guest\"]\n\
-         [federation]\npeers = [\"fed\"]\nretry_min_ms = 100\nretry_max_ms = 500\n\
+         [federation]\npeers = [\"fed\"]\nretry_min_ms = 100\nretry_max_ms = 500\nheartbeat_s = 1\n\
          [users]\nguest = \"guest\"\nfed = \"fedpw\"\nalice = \"alicepw\"\n"
     );
     Binary::start_with_config(dir, &config, &[])
@@ -564,7 +564,7 @@ fn appliance(node: &str, scripts: Option<&std::path::Path>) -> Binary {
         "listen = \"127.0.0.1:0\"\nauth_failure_delay_ms = 50\n[tls]\nenabled = false\n\
          [agent]\nnode = \"{node}\"\nadmins = [\"guest\"]\nstatus_interval_ms = 200\n\
          node_timeout_ms = 3000\n{scripts}\
-         [federation]\npeers = [\"fed\"]\nretry_min_ms = 100\nretry_max_ms = 500\n\
+         [federation]\npeers = [\"fed\"]\nretry_min_ms = 100\nretry_max_ms = 500\nheartbeat_s = 1\n\
          [users]\nguest = \"guest\"\nfed = \"fedpw\"\n"
     );
     Binary::start_with_config(tempfile::tempdir().expect("dir"), &config, &[])
@@ -649,4 +649,179 @@ async fn two_appliances_federated_on_their_domain_see_each_other() {
     assert!(cli(&a, &["nodes"]).contains("node-b"));
     // On B the same call runs.
     assert_eq!(call(&b, &["whoami"]), Value::String("node-b".into()));
+}
+
+/// A network namespace joined to this one by a veth pair, removed when dropped.
+struct Namespace {
+    name: String,
+    host_if: String,
+    host_ip: String,
+    inner_ip: String,
+}
+
+fn ip(args: &[&str]) {
+    let status = Command::new("ip").args(args).status().expect("ip");
+    assert!(status.success(), "ip {args:?} failed");
+}
+
+impl Namespace {
+    fn new() -> Namespace {
+        let id = std::process::id() % 200 + 20;
+        let ns = Namespace {
+            name: format!("clacksfed{id}"),
+            host_if: format!("cfh{id}"),
+            host_ip: format!("10.213.{id}.1"),
+            inner_ip: format!("10.213.{id}.2"),
+        };
+        let inner_if = format!("cfn{id}");
+        // Leftovers of an earlier run with the same id go first.
+        let _ = Command::new("ip").args(["netns", "del", &ns.name]).status();
+        let _ = Command::new("ip")
+            .args(["link", "del", &ns.host_if])
+            .status();
+        ip(&["netns", "add", &ns.name]);
+        ip(&[
+            "link",
+            "add",
+            &ns.host_if,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &inner_if,
+        ]);
+        ip(&["link", "set", &inner_if, "netns", &ns.name]);
+        ip(&[
+            "addr",
+            "add",
+            &format!("{}/24", ns.host_ip),
+            "dev",
+            &ns.host_if,
+        ]);
+        ip(&["link", "set", &ns.host_if, "up"]);
+        let inside = |args: &[&str]| {
+            let mut all = vec!["netns", "exec", &ns.name, "ip"];
+            all.extend_from_slice(args);
+            ip(&all);
+        };
+        inside(&[
+            "addr",
+            "add",
+            &format!("{}/24", ns.inner_ip),
+            "dev",
+            &inner_if,
+        ]);
+        inside(&["link", "set", &inner_if, "up"]);
+        inside(&["link", "set", "lo", "up"]);
+        ns
+    }
+
+    fn cable(&self, up: bool) {
+        ip(&["link", "set", &self.host_if, if up { "up" } else { "down" }]);
+    }
+}
+
+impl Drop for Namespace {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.host_if])
+            .status();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cut_cable_fails_the_link_and_nothing_is_lost_when_it_returns() {
+    let ns = Namespace::new();
+    let addr_a = format!("{}:5672", ns.inner_ip);
+    let config = format!(
+        "listen = \"{addr_a}\"\nauth_failure_delay_ms = 50\n[tls]\nenabled = false\n\
+         [agent]\nenabled = false\n[users]\nguest = \"guest\"\nfed = \"fedpw\"\n"
+    );
+    let a = Binary::start_with_config(
+        tempfile::tempdir().expect("dir"),
+        &config,
+        &["ip", "netns", "exec", &ns.name],
+    );
+    let b = broker("127.0.0.1:0");
+    let (_ca, sa) = session(&a, "guest:guest").await;
+    sa.declare_queue(QueueDeclare {
+        queue: Some("outbox".into()),
+        durable: true,
+        ..QueueDeclare::default()
+    })
+    .await
+    .expect("declare");
+    let (_cb, sb) = session(&b, "guest:guest").await;
+    let mut inbox = listen(&sb, "inbox", "amq.direct", "inbox").await;
+    cli(
+        &b,
+        &["link", "add", "toA", &format!("amqp://fed:fedpw@{addr_a}")],
+    );
+    cli(
+        &b,
+        &[
+            "route",
+            "add",
+            "drain",
+            "--link",
+            "toA",
+            "--queue",
+            "outbox",
+            "--dest",
+            "amq.direct",
+            "--dest-key",
+            "inbox",
+        ],
+    );
+    until_link(&b, "toA", "operational");
+    sa.send(
+        "",
+        Message::new("before")
+            .with_routing_key("outbox")
+            .with_durable(true),
+    )
+    .await
+    .expect("send");
+    assert_eq!(next(&mut inbox).await.0, "before");
+
+    // The cable goes: no reset reaches B, its heartbeat finds the silence.
+    ns.cable(false);
+    let failed = until_link(&b, "toA", "failed");
+    assert!(
+        failed["error"].as_str().is_some_and(|e| !e.is_empty()),
+        "{failed}"
+    );
+    // Meanwhile messages pile up on A, sent from inside its namespace.
+    let sent = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &ns.name,
+            env!("CARGO_BIN_EXE_clacks"),
+            "send",
+        ])
+        .args([
+            "-b",
+            &format!("amqp://guest:guest@{addr_a}"),
+            "--durable",
+            "--count",
+            "20",
+        ])
+        .args(["--content", "during", "outbox"])
+        .output()
+        .expect("clacks send");
+    assert!(
+        sent.status.success(),
+        "{}",
+        String::from_utf8_lossy(&sent.stderr)
+    );
+
+    ns.cable(true);
+    until_link(&b, "toA", "operational");
+    for _ in 0..20 {
+        assert_eq!(next(&mut inbox).await.0, "during");
+    }
 }

@@ -6,8 +6,9 @@
 #
 # Needs: a Rust toolchain, python3 (3.8 to 3.12, for lib2to3) with venv support, and apt for
 # Debian packages (amqp-specs: the 0-10 spec the codec generator reads; strace for the
-# durability tests; slapd for the LDAP tests; openssl for the test CA). Everything else is
-# fetched into target/.
+# durability tests; slapd for the LDAP tests; openssl for the test CA; iproute2 for the
+# federation test that cuts a link, which also needs root). Everything else is fetched into
+# target/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -27,6 +28,8 @@ command -v strace >/dev/null 2>&1 || need_pkgs+=(strace)
 [ -x /usr/sbin/slapd ] && [ -x /usr/sbin/slapadd ] || need_pkgs+=(slapd)
 command -v slappasswd >/dev/null 2>&1 || [ -x /usr/sbin/slappasswd ] || need_pkgs+=(slapd)
 command -v openssl >/dev/null 2>&1 || need_pkgs+=(openssl)
+# The federation tests put a broker in a network namespace of its own (needs root).
+command -v ip >/dev/null 2>&1 || need_pkgs+=(iproute2)
 python3 -c 'import venv, ensurepip' 2>/dev/null || need_pkgs+=(python3-venv)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   log "installing ${need_pkgs[*]}"

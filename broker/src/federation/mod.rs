@@ -164,6 +164,9 @@ pub struct FederationSettings {
     /// Messages a route moves before it waits for the destination's completions (also
     /// the credit it grants on its source).
     pub window: u32,
+    /// Heartbeat asked of the remote broker, in seconds: a link whose peer falls silent
+    /// for two intervals counts as failed (a cut cable sends no reset).
+    pub heartbeat: u16,
 }
 
 impl Default for FederationSettings {
@@ -172,6 +175,7 @@ impl Default for FederationSettings {
             retry_min: Duration::from_millis(500),
             retry_max: Duration::from_secs(30),
             window: 100,
+            heartbeat: 10,
         }
     }
 }
@@ -501,6 +505,9 @@ async fn run_link(
     opts.client_properties.insert("qpid.fed_link", 1i64);
     opts.client_properties
         .insert("qpid.federation_tag", inner.local_tag.as_str());
+    if opts.heartbeat.is_none() && inner.settings.heartbeat > 0 {
+        opts.heartbeat = Some(inner.settings.heartbeat);
+    }
     let set = |s: LinkState, tag: Option<String>| {
         let mut guard = state.lock().unwrap_or_else(|e| e.into_inner());
         *guard = (s, tag.or_else(|| guard.1.clone()));
