@@ -53,9 +53,23 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         bail!("--producers, --consumers and --count must be at least 1");
     }
     let opts = crate::client_cmds::connect_options(&args.conn)?;
-    let admin = Connection::open(opts.clone())
+    let consumer_opts = match &args.consume_from {
+        Some(url) => {
+            let mut o = ConnectOptions::parse(url)?;
+            crate::client_cmds::apply_login(&mut o, &args.conn.login);
+            o
+        }
+        None => opts.clone(),
+    };
+    // The queue lives where the consumers are.
+    let admin = Connection::open(consumer_opts.clone())
         .await
-        .with_context(|| format!("cannot connect to {}:{}", opts.host, opts.port))?;
+        .with_context(|| {
+            format!(
+                "cannot connect to {}:{}",
+                consumer_opts.host, consumer_opts.port
+            )
+        })?;
     let session = admin.session_unique().await?;
     let queue = format!("bench-{}", random_uuid());
     session
@@ -70,7 +84,22 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let others: Vec<String> = (1..args.xml_bindings)
         .map(|i| format!("{queue}-{i}"))
         .collect();
-    let route = if args.xml_bindings > 0 {
+    let route = if args.consume_from.is_some() {
+        session
+            .bind(ExchangeBind {
+                queue: Some(queue.clone()),
+                exchange: Some("amq.direct".into()),
+                binding_key: Some(FEDERATED_KEY.into()),
+                arguments: None,
+            })
+            .await
+            .context("cannot bind the bench queue")?;
+        Route {
+            exchange: "amq.direct".into(),
+            key: FEDERATED_KEY.into(),
+            xml: false,
+        }
+    } else if args.xml_bindings > 0 {
         let set_up = xml_setup(&session, &args, &queue, &others).await;
         if set_up.is_err() {
             xml_teardown(&session, &queue, &others).await;
@@ -88,7 +117,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             xml: false,
         }
     };
-    let result = measure(&args, &opts, &queue, &route).await;
+    let result = measure(&args, &opts, &consumer_opts, &queue, &route).await;
     if route.xml {
         xml_teardown(&session, &queue, &others).await;
     }
@@ -114,6 +143,8 @@ struct Route {
 }
 
 const XML_KEY: &str = "event";
+/// The routing key of `--consume-from` runs, for the federation route to carry.
+const FEDERATED_KEY: &str = "clacks-bench";
 const EVENTS_NS: &str = "http://www.gonicus.de/Events";
 
 /// An xml exchange named like the queue, with `--xml-bindings` bindings on one key: the
@@ -217,6 +248,7 @@ fn stamp_of(body: &[u8], xml: bool) -> Option<u64> {
 async fn measure(
     args: &BenchArgs,
     opts: &ConnectOptions,
+    consumer_opts: &ConnectOptions,
     queue: &str,
     route: &Route,
 ) -> anyhow::Result<Report> {
@@ -226,7 +258,7 @@ async fn measure(
     let idle = Duration::from_secs_f64(args.idle_timeout.max(0.1));
     let mut consumers: Vec<JoinHandle<anyhow::Result<Consumed>>> = Vec::new();
     for _ in 0..args.consumers {
-        let conn = Connection::open(opts.clone()).await?;
+        let conn = Connection::open(consumer_opts.clone()).await?;
         let session = conn.session_unique().await?;
         let options = SubscribeOptions {
             capacity: Some(args.capacity.max(1)),
@@ -429,7 +461,10 @@ fn render(args: &BenchArgs, queue: &str, mut r: Report) -> String {
     let ms = |ns: u64| ns as f64 / 1e6;
     let received = r.latencies.len() as u64;
     let recv_rate = rate(received, r.receive_time);
-    let via = if args.xml_bindings > 0 {
+    let via = if let Some(url) = &args.consume_from {
+        let host = url.rsplit('@').next().unwrap_or(url);
+        format!(", consumed on {host} through a federation route")
+    } else if args.xml_bindings > 0 {
         format!(
             ", via an xml exchange with {} binding(s)",
             args.xml_bindings

@@ -494,6 +494,11 @@ pub struct BenchArgs {
     /// domain's core queue, from `--callers` connections with one call in flight each.
     #[arg(long, value_name = "METHOD")]
     pub rpc: Option<String>,
+    /// Consume on this other broker (same login flags): producers send to `amq.direct`
+    /// with key `clacks-bench`, and a federation route must bring those messages to the
+    /// other broker's `amq.direct` (see the README).
+    #[arg(long, value_name = "URL", conflicts_with_all = ["rpc", "xml_bindings"])]
+    pub consume_from: Option<String>,
     /// Concurrent callers for `--rpc`.
     #[arg(long, default_value_t = 1, value_name = "N")]
     pub callers: u32,
