@@ -67,6 +67,10 @@ pub enum LinkCommand {
         /// Keep the link in the store across restarts.
         #[arg(long)]
         durable: bool,
+        /// For an amqps:// link: CA certificates (PEM, a path on the broker's machine)
+        /// to trust instead of the system's.
+        #[arg(long, value_name = "PEM")]
+        link_ca: Option<String>,
     },
     /// Remove a link and its routes.
     Del {

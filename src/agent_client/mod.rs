@@ -120,8 +120,10 @@ pub async fn link(cmd: LinkCommand) -> anyhow::Result<()> {
             name,
             remote,
             durable,
+            link_ca,
         } => {
-            call_once(&conn, "addLink", json!([name, remote, durable]), false).await?;
+            let params = json!([name, remote, durable, link_ca]);
+            call_once(&conn, "addLink", params, false).await?;
             write_stdout(&format!("link {name} added\n"))
         }
         LinkCommand::Del { conn, name } => {

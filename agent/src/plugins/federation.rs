@@ -85,8 +85,8 @@ impl Plugin for FederationPlugin {
             ),
             command(
                 "addLink",
-                &["name", "url", "durable"],
-                "Add a link to another broker: amqp[s]://user:password@host:port.",
+                &["name", "url", "durable", "tlsCa"],
+                "Add a link to another broker: amqp[s]://user:password@host:port; tlsCa: a PEM file of CAs to trust for amqps.",
             ),
             command("removeLink", &["name"], "Remove a link and its routes."),
             command(
@@ -130,6 +130,7 @@ impl FederationPlugin {
                     name: required(method, args, 0, "name")?,
                     url: required(method, args, 1, "url")?,
                     durable: flag(method, args, 2, "durable")?,
+                    tls_ca: text(method, args, 3, "tlsCa")?.map(Into::into),
                 };
                 fed.add_link(spec).await.map_err(refused)?;
                 Ok(Value::Bool(true))

@@ -41,6 +41,9 @@ pub struct LinkSpec {
     /// Kept in the store and restored at start.
     #[serde(default)]
     pub durable: bool,
+    /// For `amqps://`: the CA certificates (PEM) to trust instead of the system's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_ca: Option<std::path::PathBuf>,
 }
 
 /// Where a route takes its messages from.
@@ -313,8 +316,16 @@ impl Federation {
         if spec.name.is_empty() {
             return Err(FederationError::Invalid("a link needs a name".into()));
         }
-        let opts = ConnectOptions::parse(&spec.url)
+        let mut opts = ConnectOptions::parse(&spec.url)
             .map_err(|e| FederationError::Invalid(e.to_string()))?;
+        if let Some(ca) = &spec.tls_ca {
+            let Some(tls) = opts.tls.as_mut() else {
+                return Err(FederationError::Invalid(
+                    "a CA to trust needs an amqps:// URL".into(),
+                ));
+            };
+            tls.ca = Some(ca.clone());
+        }
         let mut links = self.links();
         if links.contains_key(&spec.name) {
             return Err(FederationError::Exists(format!("link {}", spec.name)));
