@@ -295,6 +295,31 @@ async fn routes_move_messages_between_brokers_once_with_their_user_ids() {
         "link toA removed with 3 route(s)\n"
     );
     assert_eq!(call(&b, &["listRoutes"]), serde_json::json!([]));
+    // The link's connection went with it: its bridge queues on A are gone.
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let queues = call(&a, &["listQueues"]);
+        let bridges = queues
+            .as_array()
+            .map(|q| {
+                q.iter()
+                    .filter(|q| {
+                        q["name"]
+                            .as_str()
+                            .is_some_and(|n| n.starts_with("qpid.bridge_queue_"))
+                    })
+                    .count()
+            })
+            .unwrap_or(0);
+        if bridges == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "bridge queues left on A: {queues}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -573,29 +573,23 @@ async fn serve_link(
         local: inner.local_tag.clone(),
         remote: remote_tag,
     };
-    let mut running: HashMap<String, tokio::task::JoinHandle<()>> = HashMap::new();
+    let mut running: HashMap<String, AbortOnDrop> = HashMap::new();
     let result = loop {
         // Start what is new, stop what went.
         let wanted: Vec<(RouteSpec, Arc<RouteStats>)> = routes.borrow_and_update().clone();
-        running.retain(|name, task| {
-            let keep = wanted.iter().any(|(r, _)| &r.name == name);
-            if !keep {
-                task.abort();
-            }
-            keep
-        });
+        running.retain(|name, _| wanted.iter().any(|(r, _)| &r.name == name));
         for (spec, stats) in wanted {
             if let std::collections::hash_map::Entry::Vacant(slot) =
                 running.entry(spec.name.clone())
             {
-                slot.insert(tokio::spawn(pump::run(
+                slot.insert(AbortOnDrop(tokio::spawn(pump::run(
                     remote.clone(),
                     local.clone(),
                     spec,
                     stats,
                     tags.clone(),
                     inner.settings,
-                )));
+                ))));
             }
         }
         tokio::select! {
@@ -608,8 +602,16 @@ async fn serve_link(
             err = local.closed() => break Err(err),
         }
     };
-    for task in running.into_values() {
-        task.abort();
-    }
     result
+}
+
+/// A route's task, stopped when its entry goes: when the route is removed, and when the
+/// link's future is dropped (link removed, broker stopping), so that no pump outlives it
+/// holding the connections open.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
