@@ -514,11 +514,7 @@ async fn rpc(args: &BenchArgs, method: &str) -> anyhow::Result<()> {
         callers.spawn(async move {
             let conn = Connection::open(opts).await?;
             let session = conn.session_unique().await?;
-            let reply_queue = format!("reply-{}", random_uuid());
-            session.declare_private_queue(&reply_queue).await?;
-            let mut replies = session
-                .subscribe(&reply_queue, SubscribeOptions::unacknowledged())
-                .await?;
+            let (reply_queue, mut replies) = session.reply_queue().await?;
             let started = go.notified();
             let _ = ready_tx.send(()).await;
             started.await;

@@ -80,15 +80,7 @@ impl Rpc {
             .await
             .expect("connect");
         let session = conn.session_unique().await.expect("session");
-        let reply_queue = format!("reply-{}", random_uuid());
-        session
-            .declare_private_queue(&reply_queue)
-            .await
-            .expect("reply queue");
-        let replies = session
-            .subscribe(&reply_queue, SubscribeOptions::unacknowledged())
-            .await
-            .expect("subscribe");
+        let (reply_queue, replies) = session.reply_queue().await.expect("reply queue");
         Rpc {
             _conn: conn,
             session,

@@ -179,31 +179,10 @@ async fn routes_move_messages_between_brokers_once_with_their_user_ids() {
     let (_cb, sb) = session(&b, "guest:guest").await;
     let mut on_a = listen(&sa, "news-a", "amq.topic", "news.#").await;
     let mut on_b = listen(&sb, "news-b", "amq.topic", "news.#").await;
-    // The routes bind when the link is up; wait until a first message crosses each way.
-    let deadline = Instant::now() + DEADLINE;
-    loop {
-        sa.send(
-            "amq.topic",
-            Message::new("probe").with_routing_key("news.probe"),
-        )
-        .await
-        .expect("send");
-        let crossed = tokio::time::timeout(Duration::from_millis(300), on_b.next()).await;
-        if let Ok(Ok(Some(d))) = crossed {
-            on_b.accept(&d).await.expect("accept");
-            break;
-        }
-        assert!(Instant::now() < deadline, "nothing crossed from A to B");
-    }
-    // Drain A's own copies of the probes.
-    while let Ok(Ok(Some(d))) = tokio::time::timeout(Duration::from_millis(300), on_a.next()).await
-    {
-        on_a.accept(&d).await.expect("accept");
-    }
-    while let Ok(Ok(Some(d))) = tokio::time::timeout(Duration::from_millis(300), on_b.next()).await
-    {
-        on_b.accept(&d).await.expect("accept");
-    }
+    // The routes bind when the link is up; wait until a first message crosses, then drain
+    // the probes' other copies.
+    let probe = Message::new("probe").with_routing_key("news.probe");
+    until_crossed(&sa, "amq.topic", probe, &mut on_b, &mut [&mut on_a]).await;
 
     // A message published on A reaches B once, as alice, and is not pushed back to A.
     sa.send(
@@ -359,18 +338,8 @@ async fn a_link_reports_the_remote_gone_and_recovers_when_it_returns() {
     let (_ca, sa) = session(&a, "alice:alicepw").await;
     let (_cb, sb) = session(&b, "guest:guest").await;
     let mut on_b = listen(&sb, "fan-b", "amq.fanout", "").await;
-    let deadline = Instant::now() + DEADLINE;
-    loop {
-        sa.send("amq.fanout", Message::new("again"))
-            .await
-            .expect("send");
-        if let Ok(Ok(Some(d))) = tokio::time::timeout(Duration::from_millis(300), on_b.next()).await
-        {
-            assert_eq!(&d.body[..], b"again");
-            break;
-        }
-        assert!(Instant::now() < deadline, "the route did not come back");
-    }
+    let d = send_until_received(&sa, "amq.fanout", Message::new("again"), &mut on_b).await;
+    assert_eq!(&d.body[..], b"again");
 }
 
 /// Polls `listRoutes` on `b` until route `name` moved at least `n` messages; the count.
@@ -501,26 +470,36 @@ async fn persistent_messages_survive_a_kill_of_either_side_mid_stream() {
     }
 }
 
+/// Sends `message` on `from` again and again until `sub` receives a copy (routes bind
+/// once their link is up); that first delivery, accepted.
+async fn send_until_received(
+    from: &Session,
+    exchange: &str,
+    message: Message,
+    sub: &mut Subscription,
+) -> clacks_broker::client::Delivery {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        from.send(exchange, message.clone()).await.expect("send");
+        if let Ok(Ok(Some(d))) = tokio::time::timeout(Duration::from_millis(300), sub.next()).await
+        {
+            sub.accept(&d).await.expect("accept");
+            return d;
+        }
+        assert!(Instant::now() < deadline, "nothing crossed");
+    }
+}
+
 /// Waits until a probe published on `from` reaches `sub` (the routes are bound), then
 /// drains what else the probes left on `subs`.
 async fn until_crossed(
     from: &Session,
     exchange: &str,
+    probe: Message,
     sub: &mut Subscription,
     subs: &mut [&mut Subscription],
 ) {
-    let deadline = Instant::now() + DEADLINE;
-    loop {
-        from.send(exchange, Message::new("probe"))
-            .await
-            .expect("send");
-        if let Ok(Ok(Some(d))) = tokio::time::timeout(Duration::from_millis(300), sub.next()).await
-        {
-            sub.accept(&d).await.expect("accept");
-            break;
-        }
-        assert!(Instant::now() < deadline, "nothing crossed");
-    }
+    send_until_received(from, exchange, probe, sub).await;
     for s in std::iter::once(sub).chain(subs.iter_mut().map(|s| &mut **s)) {
         while let Ok(Ok(Some(d))) = tokio::time::timeout(Duration::from_millis(500), s.next()).await
         {
@@ -566,7 +545,15 @@ async fn a_ring_of_three_delivers_each_message_once_per_subscriber() {
     let mut on_a = listen(&sa, "ring-a", "amq.fanout", "").await;
     let mut on_b = listen(&sb, "ring-b", "amq.fanout", "").await;
     let mut on_c = listen(&sc, "ring-c", "amq.fanout", "").await;
-    until_crossed(&sa, "amq.fanout", &mut on_c, &mut [&mut on_a, &mut on_b]).await;
+    let probe = Message::new("probe");
+    until_crossed(
+        &sa,
+        "amq.fanout",
+        probe,
+        &mut on_c,
+        &mut [&mut on_a, &mut on_b],
+    )
+    .await;
 
     sa.send("amq.fanout", Message::new("once"))
         .await
@@ -898,18 +885,8 @@ async fn a_link_over_tls_trusts_the_remote_certificate_it_is_given() {
     let (_ca, sa) = session(&a, "alice:alicepw").await;
     let (_cb, sb) = session(&b, "guest:guest").await;
     let mut on_b = listen(&sb, "secure-b", "amq.fanout", "").await;
-    let deadline = Instant::now() + DEADLINE;
-    loop {
-        sa.send("amq.fanout", Message::new("sealed"))
-            .await
-            .expect("send");
-        if let Ok(Ok(Some(d))) = tokio::time::timeout(Duration::from_millis(300), on_b.next()).await
-        {
-            assert_eq!(&d.body[..], b"sealed");
-            break;
-        }
-        assert!(Instant::now() < deadline, "nothing crossed the TLS link");
-    }
+    let d = send_until_received(&sa, "amq.fanout", Message::new("sealed"), &mut on_b).await;
+    assert_eq!(&d.body[..], b"sealed");
     // Without the CA the certificate is not trusted: the link reports why.
     cli(&b, &["link", "add", "untrusting", &url]);
     let failed = until_link(&b, "untrusting", "failed");

@@ -109,38 +109,27 @@ impl Plugin for Core {
 /// published under the agent's own identity.
 async fn send_event(ctx: &CallContext, args: &[Value]) -> CallResult {
     let state = &ctx.state;
-    let user = ctx.user.as_deref();
     let Some(data) = args.get(1).and_then(Value::as_str) else {
-        return Err(state.errors.report(
+        return Err(ctx.report((
             ErrorCode::COMMAND_BAD_ARGUMENTS,
-            "sendEvent: data must be the event's XML text",
-            user,
-        ));
+            "sendEvent: data must be the event's XML text".into(),
+        )));
     };
-    let event = state.schemas.validate(data).map_err(|e| {
-        state
-            .errors
-            .report(ErrorCode::EVENT_INVALID, &e.to_string(), user)
-    })?;
+    let event = state
+        .schemas
+        .validate(data)
+        .map_err(|e| ctx.report((ErrorCode::EVENT_INVALID, e.to_string())))?;
     let topic = format!("{}.event.{}", state.config.domain, event.name);
-    if let Some(user) = user {
-        let allowed = state.acl.read().unwrap_or_else(|e| e.into_inner()).check(
-            user,
-            &topic,
-            "x",
-            &serde_json::Map::new(),
-        );
-        if !allowed {
+    if let Some(user) = ctx.user.as_deref() {
+        if !state.allows(user, &topic, &serde_json::Map::new()) {
             tracing::warn!(%user, %topic, "agent ACL denied the event");
-            return Err(state
-                .errors
-                .report(ErrorCode::PERMISSION_EVENT, &topic, Some(user)));
+            return Err(ctx.report((ErrorCode::PERMISSION_EVENT, topic)));
         }
     }
     state
         .publish_validated(&event)
         .await
-        .map_err(|e| state.errors.report(ErrorCode::COMMAND_FAILED, &e, user))?;
+        .map_err(|e| ctx.report((ErrorCode::COMMAND_FAILED, e)))?;
     Ok(Value::Null)
 }
 
@@ -171,7 +160,5 @@ async fn get_error(ctx: &CallContext, args: &[Value]) -> CallResult {
             }
         }
     }
-    Err(state
-        .errors
-        .report(ErrorCode::NO_SUCH_RESOURCE, id, ctx.user.as_deref()))
+    Err(ctx.report((ErrorCode::NO_SUCH_RESOURCE, id.to_string())))
 }

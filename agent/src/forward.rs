@@ -5,9 +5,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use clacks_broker::client::{
-    random_uuid, ClientError, Connection, Message, Session, SubscribeOptions, Subscription,
-};
+use clacks_broker::client::{random_uuid, ClientError, Connection, Message, Session, Subscription};
 use clacks_broker::wire::{FieldTable, ReplyTo};
 use serde_json::{json, Value};
 use tokio::sync::oneshot;
@@ -69,11 +67,7 @@ impl Forwarder {
         conn: &Connection,
     ) -> Result<(Forwarder, impl std::future::Future<Output = ()>), ClientError> {
         let session = conn.session_unique().await?;
-        let reply_queue = format!("reply-{}", random_uuid());
-        session.declare_private_queue(&reply_queue).await?;
-        let replies = session
-            .subscribe(&reply_queue, SubscribeOptions::unacknowledged())
-            .await?;
+        let (reply_queue, replies) = session.reply_queue().await?;
         let pending = Pending::default();
         let reader = read_replies(replies, pending.clone());
         Ok((

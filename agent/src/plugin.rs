@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
+use crate::dispatch::Refusal;
 use crate::registry::CommandInfo;
 use crate::state::AgentState;
 
@@ -24,6 +25,15 @@ pub struct CallContext {
     pub state: Arc<AgentState>,
     /// Another agent passed this call on: it must not travel further.
     pub forwarded: bool,
+}
+
+impl CallContext {
+    /// Keeps the record of a refusal for `get_error` and returns the caller's error text.
+    pub fn report(&self, (code, subject): Refusal) -> String {
+        self.state
+            .errors
+            .report(code, &subject, self.user.as_deref())
+    }
 }
 
 /// A set of commands served on one target queue.

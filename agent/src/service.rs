@@ -329,12 +329,7 @@ async fn call(
     let plan = plan_call(state, caller, queue, request)
         .map_err(|(code, subject)| state.errors.report(code, &subject, user))?;
     if let (Some(q), Some(user)) = (&plan.acl, user) {
-        let allowed = state
-            .acl
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .check(user, &q.topic, "x", &q.options);
-        if !allowed {
+        if !state.allows(user, &q.topic, &q.options) {
             tracing::warn!(%user, topic = %q.topic, "agent ACL denied the call");
             return Err(state
                 .errors

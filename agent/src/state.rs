@@ -144,6 +144,19 @@ impl AgentState {
         }
     }
 
+    /// Whether the ACL lets `user` act on `topic` (flag `x`) with these options.
+    pub fn allows(
+        &self,
+        user: &str,
+        topic: &str,
+        options: &serde_json::Map<String, serde_json::Value>,
+    ) -> bool {
+        self.acl
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .check(user, topic, "x", options)
+    }
+
     /// Sets (or with `None` clears) the current connection's link.
     pub fn set_link(&self, link: Option<Link>) {
         *self.link.write().unwrap_or_else(|e| e.into_inner()) = link;

@@ -3,9 +3,7 @@
 
 use std::time::Duration;
 
-use clacks_broker::client::{
-    random_uuid, Connection, Message, Session, SubscribeOptions, Subscription,
-};
+use clacks_broker::client::{random_uuid, Connection, Message, Session, Subscription};
 use clacks_broker::wire::ReplyTo;
 use serde_json::{json, Value};
 
@@ -57,11 +55,7 @@ impl RpcClient {
     pub async fn connect(target: &Target, timeout_secs: f64) -> anyhow::Result<RpcClient> {
         let conn = conn::open(target).await?;
         let session = conn.session_unique().await?;
-        let reply_queue = format!("reply-{}", random_uuid());
-        session.declare_private_queue(&reply_queue).await?;
-        let replies = session
-            .subscribe(&reply_queue, SubscribeOptions::unacknowledged())
-            .await?;
+        let (reply_queue, replies) = session.reply_queue().await?;
         Ok(RpcClient {
             conn,
             session,

@@ -7,6 +7,8 @@ use clacks_broker::server::{Admin, AdminError};
 use clacks_broker::wire::{FieldTable, Value as Wire};
 use serde_json::{json, Map, Value};
 
+use super::args::{bool_arg, required, string_arg};
+use crate::dispatch::Refusal;
 use crate::jsonrpc::ErrorCode;
 use crate::plugin::{BoxFuture, CallContext, CallResult, Plugin};
 use crate::registry::CommandInfo;
@@ -31,9 +33,6 @@ fn command(name: &str, sig: &[&str], doc: &str) -> CommandInfo {
     c.sig = sig.iter().map(|s| s.to_string()).collect();
     c
 }
-
-/// A refusal before anything ran: which code, and its subject.
-type Refusal = (ErrorCode, String);
 
 impl Plugin for BrokerPlugin {
     fn target(&self) -> &str {
@@ -96,11 +95,7 @@ impl Plugin for BrokerPlugin {
         method: &'a str,
         args: Vec<Value>,
     ) -> BoxFuture<'a, CallResult> {
-        Box::pin(async move {
-            self.run(method, &args).await.map_err(|(code, subject)| {
-                ctx.state.errors.report(code, &subject, ctx.user.as_deref())
-            })
-        })
+        Box::pin(async move { self.run(method, &args).await.map_err(|r| ctx.report(r)) })
     }
 }
 
@@ -226,49 +221,6 @@ fn admin_refusal(method: &str, e: AdminError) -> Refusal {
         AdminError::Refused(why) | AdminError::Failed(why) => {
             (ErrorCode::COMMAND_FAILED, format!("{method}: {why}"))
         }
-    }
-}
-
-fn bad_argument(method: &str, why: String) -> Refusal {
-    (ErrorCode::COMMAND_BAD_ARGUMENTS, format!("{method}: {why}"))
-}
-
-/// Optional text argument `i`: absent or null is `None`.
-fn string_arg(
-    method: &str,
-    args: &[Value],
-    i: usize,
-    param: &str,
-) -> Result<Option<String>, Refusal> {
-    match args.get(i) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) => Ok(Some(s.clone())),
-        Some(other) => Err(bad_argument(
-            method,
-            format!("{param} must be a string, not {other}"),
-        )),
-    }
-}
-
-/// Required, non-empty text argument `i`.
-fn required(method: &str, args: &[Value], i: usize, param: &str) -> Result<String, Refusal> {
-    match string_arg(method, args, i, param)? {
-        Some(s) if !s.is_empty() => Ok(s),
-        _ => Err(bad_argument(method, format!("{param} is required"))),
-    }
-}
-
-/// Optional flag `i`: absent or null is false; `"true"`/`"false"` are taken as well, as
-/// command lines pass them.
-fn bool_arg(method: &str, args: &[Value], i: usize, param: &str) -> Result<bool, Refusal> {
-    match args.get(i) {
-        None | Some(Value::Null) => Ok(false),
-        Some(Value::Bool(b)) => Ok(*b),
-        Some(Value::String(s)) if s == "true" || s == "false" => Ok(s == "true"),
-        Some(other) => Err(bad_argument(
-            method,
-            format!("{param} must be true or false, not {other}"),
-        )),
     }
 }
 

@@ -4,6 +4,8 @@
 use clacks_broker::federation::{Federation, FederationError, LinkSpec, RouteSource, RouteSpec};
 use serde_json::{json, Value};
 
+use super::args::{bool_arg, required, string_arg};
+use crate::dispatch::Refusal;
 use crate::jsonrpc::ErrorCode;
 use crate::plugin::{BoxFuture, CallContext, CallResult, Plugin};
 use crate::registry::CommandInfo;
@@ -24,42 +26,6 @@ fn command(name: &str, sig: &[&str], doc: &str) -> CommandInfo {
     let mut c = CommandInfo::new(name, "broker", "Federation", doc);
     c.sig = sig.iter().map(|s| s.to_string()).collect();
     c
-}
-
-type Refusal = (ErrorCode, String);
-
-fn text(method: &str, args: &[Value], at: usize, name: &str) -> Result<Option<String>, Refusal> {
-    match args.get(at) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) => Ok(Some(s.clone())),
-        Some(other) => Err((
-            ErrorCode::COMMAND_BAD_ARGUMENTS,
-            format!("{method}: {name} must be a string, not {other}"),
-        )),
-    }
-}
-
-fn required(method: &str, args: &[Value], at: usize, name: &str) -> Result<String, Refusal> {
-    text(method, args, at, name)?
-        .filter(|s| !s.is_empty())
-        .ok_or_else(|| {
-            (
-                ErrorCode::COMMAND_BAD_ARGUMENTS,
-                format!("{method}: {name} is required"),
-            )
-        })
-}
-
-fn flag(method: &str, args: &[Value], at: usize, name: &str) -> Result<bool, Refusal> {
-    match args.get(at) {
-        None | Some(Value::Null) => Ok(false),
-        Some(Value::Bool(b)) => Ok(*b),
-        Some(Value::String(s)) if s == "true" || s == "false" => Ok(s == "true"),
-        Some(other) => Err((
-            ErrorCode::COMMAND_BAD_ARGUMENTS,
-            format!("{method}: {name} must be true or false, not {other}"),
-        )),
-    }
 }
 
 fn refused(e: FederationError) -> Refusal {
@@ -109,11 +75,7 @@ impl Plugin for FederationPlugin {
         method: &'a str,
         args: Vec<Value>,
     ) -> BoxFuture<'a, CallResult> {
-        Box::pin(async move {
-            self.run(method, &args).await.map_err(|(code, subject)| {
-                ctx.state.errors.report(code, &subject, ctx.user.as_deref())
-            })
-        })
+        Box::pin(async move { self.run(method, &args).await.map_err(|r| ctx.report(r)) })
     }
 }
 
@@ -129,8 +91,8 @@ impl FederationPlugin {
                 let spec = LinkSpec {
                     name: required(method, args, 0, "name")?,
                     url: required(method, args, 1, "url")?,
-                    durable: flag(method, args, 2, "durable")?,
-                    tls_ca: text(method, args, 3, "tlsCa")?.map(Into::into),
+                    durable: bool_arg(method, args, 2, "durable")?,
+                    tls_ca: string_arg(method, args, 3, "tlsCa")?.map(Into::into),
                 };
                 fed.add_link(spec).await.map_err(refused)?;
                 Ok(Value::Bool(true))
@@ -146,8 +108,8 @@ impl FederationPlugin {
                 let source = match kind.as_str() {
                     "exchange" => RouteSource::Exchange {
                         exchange: source,
-                        key: text(method, args, 4, "key")?.unwrap_or_default(),
-                        query: text(method, args, 8, "query")?,
+                        key: string_arg(method, args, 4, "key")?.unwrap_or_default(),
+                        query: string_arg(method, args, 8, "query")?,
                     },
                     "queue" => RouteSource::Queue { queue: source },
                     other => {
@@ -162,9 +124,9 @@ impl FederationPlugin {
                     link: required(method, args, 1, "link")?,
                     source,
                     dest: required(method, args, 5, "dest")?,
-                    dest_key: text(method, args, 6, "destKey")?,
-                    push: flag(method, args, 7, "push")?,
-                    durable: flag(method, args, 9, "durable")?,
+                    dest_key: string_arg(method, args, 6, "destKey")?,
+                    push: bool_arg(method, args, 7, "push")?,
+                    durable: bool_arg(method, args, 9, "durable")?,
                 };
                 fed.add_route(spec).await.map_err(refused)?;
                 Ok(Value::Bool(true))

@@ -236,20 +236,12 @@ impl Plugin for ScriptPlugin {
         args: Vec<Value>,
     ) -> BoxFuture<'a, CallResult> {
         Box::pin(async move {
-            let user = ctx.user.as_deref();
             let Some(script) = self.scripts.get(method) else {
-                return Err(ctx
-                    .state
-                    .errors
-                    .report(ErrorCode::COMMAND_NOT_DEFINED, method, user));
+                return Err(ctx.report((ErrorCode::COMMAND_NOT_DEFINED, method.into())));
             };
-            run(script, args).await.map_err(|why| {
-                ctx.state.errors.report(
-                    ErrorCode::COMMAND_FAILED,
-                    &format!("{method}: {why}"),
-                    user,
-                )
-            })
+            run(script, args)
+                .await
+                .map_err(|why| ctx.report((ErrorCode::COMMAND_FAILED, format!("{method}: {why}"))))
         })
     }
 }

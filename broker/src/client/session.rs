@@ -424,6 +424,20 @@ impl Session {
         .await
     }
 
+    /// A fresh private `reply-<uuid>` queue to name in `reply-to`, subscribed without
+    /// acknowledgements (a reply is consumed when delivered); its name and subscription.
+    ///
+    /// # Errors
+    /// When the broker refuses the queue or the subscription.
+    pub async fn reply_queue(&self) -> Result<(String, Subscription), ClientError> {
+        let queue = format!("reply-{}", super::random_uuid());
+        self.declare_private_queue(&queue).await?;
+        let replies = self
+            .subscribe(&queue, SubscribeOptions::unacknowledged())
+            .await?;
+        Ok((queue, replies))
+    }
+
     /// Subscribes to `queue`: `message.subscribe`, `message.set-flow-mode` credit, and
     /// byte and message credit, then waits until the broker completed them.
     ///

@@ -6,7 +6,7 @@
 use std::cell::Cell;
 use std::sync::{Arc, Mutex};
 
-use clacks_storage::{StoreOp, Ticket};
+use clacks_storage::{GroupCommit, StoreOp, Ticket};
 
 /// Operations waiting to be submitted, shared by the broker and its durable queues.
 #[derive(Debug, Clone, Default)]
@@ -42,4 +42,23 @@ pub fn journaled<T>(f: impl FnOnce() -> T) -> (T, Option<Ticket>) {
     LAST_TICKET.with(|c| c.set(None));
     let value = f();
     (value, LAST_TICKET.with(|c| c.take()))
+}
+
+/// Waits until the store has `ticket` on disk; the error says why it never will.
+///
+/// # Errors
+/// The store's write failed, or its writer stopped.
+pub async fn wait_durable(journal: &GroupCommit, ticket: Ticket) -> Result<(), String> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    journal.when_durable(
+        ticket,
+        Box::new(move |r| {
+            let _ = tx.send(r);
+        }),
+    );
+    match rx.await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err("the store writer stopped".into()),
+    }
 }

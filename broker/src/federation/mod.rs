@@ -278,19 +278,10 @@ impl Federation {
         if ops.is_empty() {
             return Ok(());
         }
-        let (tx, rx) = tokio::sync::oneshot::channel();
         let ticket = journal.submit(ops);
-        journal.when_durable(
-            ticket,
-            Box::new(move |r| {
-                let _ = tx.send(r);
-            }),
-        );
-        match rx.await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(FederationError::Store(e.to_string())),
-            Err(_) => Err(FederationError::Store("the store writer stopped".into())),
-        }
+        crate::core::journal::wait_durable(journal, ticket)
+            .await
+            .map_err(FederationError::Store)
     }
 
     fn links(&self) -> std::sync::MutexGuard<'_, HashMap<String, LinkEntry>> {

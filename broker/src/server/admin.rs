@@ -374,18 +374,9 @@ impl Admin {
 
 /// Waits for the store to confirm `ticket`.
 async fn wait_durable(journal: &GroupCommit, ticket: Ticket) -> Result<(), AdminError> {
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    journal.when_durable(
-        ticket,
-        Box::new(move |r| {
-            let _ = tx.send(r);
-        }),
-    );
-    match rx.await {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(e)) => Err(AdminError::Failed(e.to_string())),
-        Err(_) => Err(AdminError::Failed("the store writer stopped".into())),
-    }
+    crate::core::journal::wait_durable(journal, ticket)
+        .await
+        .map_err(AdminError::Failed)
 }
 
 /// An error of a queue operation, in the caller's terms.
