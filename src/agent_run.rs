@@ -66,9 +66,18 @@ impl AclReload {
         *self.state.acl.write().unwrap_or_else(|e| e.into_inner()) = acl;
         Ok(())
     }
+
+    /// Re-reads the rules and logs the outcome (what SIGHUP does).
+    pub fn reload_logged(&self) {
+        match self.reload() {
+            Ok(()) => tracing::info!("agent ACL reloaded"),
+            Err(e) => tracing::error!("agent ACL not reloaded, the old rules stay: {e:#}"),
+        }
+    }
 }
 
-fn millis(v: Option<u64>, default: Duration) -> Duration {
+/// A setting in milliseconds (at least 1), or `default` when unset.
+pub fn millis(v: Option<u64>, default: Duration) -> Duration {
     v.map_or(default, |ms| Duration::from_millis(ms.max(1)))
 }
 
@@ -258,10 +267,7 @@ async fn reload_agent_acl_on_hangup(reload: AclReload) {
         return tracing::warn!("cannot watch SIGHUP; the agent ACL will not be reloaded");
     };
     while hangup.recv().await.is_some() {
-        match reload.reload() {
-            Ok(()) => tracing::info!("agent ACL reloaded"),
-            Err(e) => tracing::error!("agent ACL not reloaded, the old rules stay: {e:#}"),
-        }
+        reload.reload_logged();
     }
 }
 
@@ -270,10 +276,9 @@ async fn reload_agent_acl_on_hangup(_reload: AclReload) {}
 
 /// The domain a broker URL names in its path (`amqp://host:5672/org.example`).
 pub fn url_domain(url: &str) -> Option<String> {
-    let rest = url.split_once("://").map_or(url, |(_, r)| r);
-    let (_, path) = rest.split_once('/')?;
-    let path = path.trim_matches('/');
-    (!path.is_empty()).then(|| path.to_string())
+    crate::agent_client::conn::split_domain(url)
+        .1
+        .map(str::to_string)
 }
 
 /// This machine's host name (the default node id).

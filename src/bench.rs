@@ -14,7 +14,7 @@ use clacks_broker::client::{
     random_uuid, ConnectOptions, Connection, Message, Session, SubscribeOptions, Subscription,
 };
 use clacks_broker::wire::{
-    ExchangeBind, ExchangeDeclare, ExchangeDelete, FieldTable, QueueDeclare, QueueDelete, ReplyTo,
+    ExchangeBind, ExchangeDeclare, ExchangeDelete, FieldTable, QueueDeclare, QueueDelete,
     SequenceSet,
 };
 use tokio::sync::watch;
@@ -142,10 +142,10 @@ struct Route {
     xml: bool,
 }
 
-const XML_KEY: &str = "event";
+use clacks_agent::names::EVENT_KEY as XML_KEY;
 /// The routing key of `--consume-from` runs, for the federation route to carry.
 const FEDERATED_KEY: &str = "clacks-bench";
-const EVENTS_NS: &str = "http://www.gonicus.de/Events";
+use clacks_agent::events::EVENTS_NS;
 
 /// An xml exchange named like the queue, with `--xml-bindings` bindings on one key: the
 /// first (to the bench queue) matches the events sent, the others ask for other nodes.
@@ -509,6 +509,7 @@ async fn rpc(args: &BenchArgs, method: &str) -> anyhow::Result<()> {
     let go = Arc::new(tokio::sync::Notify::new());
     for _ in 0..args.callers {
         let (opts, queue, method) = (opts.clone(), queue.clone(), method.to_string());
+        let user = opts.username.clone();
         let (ready_tx, go) = (ready_tx.clone(), go.clone());
         let idle = Duration::from_secs_f64(args.idle_timeout.max(0.001));
         callers.spawn(async move {
@@ -520,12 +521,14 @@ async fn rpc(args: &BenchArgs, method: &str) -> anyhow::Result<()> {
             started.await;
             let mut latencies = Vec::with_capacity(per_caller as usize);
             for n in 0..per_caller {
-                let body = serde_json::json!({"method": method, "params": [], "id": n});
-                let mut m = Message::new(body.to_string()).with_routing_key(queue.clone());
-                m.message_properties.reply_to = Some(ReplyTo {
-                    exchange: None,
-                    routing_key: Some(reply_queue.clone()),
-                });
+                let m = clacks_agent::jsonrpc::request_message(
+                    &queue,
+                    &reply_queue,
+                    &method,
+                    &serde_json::json!([]),
+                    &serde_json::json!(n),
+                    user.as_deref(),
+                );
                 let sent = Instant::now();
                 session.send("", m).await?;
                 let reply = tokio::time::timeout(idle, replies.next())
@@ -534,8 +537,8 @@ async fn rpc(args: &BenchArgs, method: &str) -> anyhow::Result<()> {
                     .context("reply queue closed")?;
                 latencies.push(u64::try_from(sent.elapsed().as_nanos()).unwrap_or(u64::MAX));
                 let reply: serde_json::Value = serde_json::from_slice(&reply.body)?;
-                if !reply["error"].is_null() {
-                    bail!("{method} failed: {}", reply["error"]);
+                if let Err(error) = clacks_agent::jsonrpc::reply_outcome(&reply) {
+                    bail!("{method} failed: {error}");
                 }
             }
             let _ = conn.close().await;

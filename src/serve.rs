@@ -180,9 +180,7 @@ const AGENT_IDENTITY: &str = "clacks-agent";
 /// The broker's federation links, empty at start (they are added over the bus).
 fn start_federation(server: &Server, settings: &config::FederationSettings) -> Federation {
     let defaults = FederationTimings::default();
-    let ms = |v: Option<u64>, d: std::time::Duration| {
-        v.map_or(d, |ms| std::time::Duration::from_millis(ms.max(1)))
-    };
+    let ms = crate::agent_run::millis;
     Federation::new(
         server.internal_connector(),
         server.federation_tag(),
@@ -263,10 +261,7 @@ async fn reload_on_hangup(
             tracing::warn!("SIGHUP: no ACL file configured, nothing to reload");
         }
         if let Some(agent) = &agent {
-            match agent.reload() {
-                Ok(()) => tracing::info!("agent ACL reloaded"),
-                Err(e) => tracing::error!("agent ACL not reloaded, the old rules stay: {e:#}"),
-            }
+            agent.reload_logged();
         }
     }
 }

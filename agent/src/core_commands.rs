@@ -11,9 +11,7 @@ use crate::registry::CommandInfo;
 pub struct Core;
 
 fn command(name: &str, sig: &[&str], doc: &str) -> CommandInfo {
-    let mut c = CommandInfo::new(name, "core", "CommandRegistry", doc);
-    c.sig = sig.iter().map(|s| s.to_string()).collect();
-    c
+    CommandInfo::new(name, "core", "CommandRegistry", doc).with_sig(sig)
 }
 
 impl Plugin for Core {

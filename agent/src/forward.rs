@@ -5,12 +5,12 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use clacks_broker::client::{random_uuid, ClientError, Connection, Message, Session, Subscription};
-use clacks_broker::wire::{FieldTable, ReplyTo};
-use serde_json::{json, Value};
+use clacks_broker::client::{random_uuid, ClientError, Connection, Session, Subscription};
+use clacks_broker::wire::FieldTable;
+use serde_json::Value;
 use tokio::sync::oneshot;
 
-use crate::jsonrpc::{Params, Request};
+use crate::jsonrpc::{self, Params, Request};
 use crate::state::AgentConfig;
 
 /// The application header naming the user a forwarded call runs for. Only trusted when
@@ -109,16 +109,17 @@ impl Forwarder {
             Params::Positional(list) => Value::Array(list.clone()),
             Params::Named(map) => Value::Object(map.clone()),
         };
-        let body = json!({"method": request.method, "params": params, "id": id});
-        let mut message = Message::new(body.to_string()).with_routing_key(queue);
-        message.message_properties.reply_to = Some(ReplyTo {
-            exchange: None,
-            routing_key: Some(self.reply_queue.clone()),
-        });
+        let mut message = jsonrpc::request_message(
+            queue,
+            &self.reply_queue,
+            &request.method,
+            &params,
+            &Value::String(id.clone()),
+            config.identity.as_deref(),
+        );
         let mut headers = FieldTable::new();
         headers.insert(CALLER_HEADER, caller);
         message.message_properties.application_headers = Some(headers);
-        let message = config.signed(message);
 
         let (tx, rx) = oneshot::channel();
         self.pending().insert(id.clone(), tx);
@@ -138,11 +139,12 @@ impl Forwarder {
                 });
             }
         };
-        match reply.get("error") {
-            None | Some(Value::Null) => Ok(reply.get("result").cloned().unwrap_or(Value::Null)),
-            Some(Value::String(e)) => Err(ForwardError::Remote(e.clone())),
-            Some(other) => Err(ForwardError::Remote(other.to_string())),
-        }
+        jsonrpc::reply_outcome(&reply).map_err(|error| {
+            ForwardError::Remote(match error {
+                Value::String(e) => e.clone(),
+                other => other.to_string(),
+            })
+        })
     }
 
     fn pending(&self) -> std::sync::MutexGuard<'_, HashMap<String, oneshot::Sender<Value>>> {

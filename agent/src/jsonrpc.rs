@@ -6,6 +6,8 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use clacks_broker::client::Message;
+use clacks_broker::wire::ReplyTo;
 use serde::Serialize;
 use serde_json::{Map, Value};
 
@@ -244,6 +246,35 @@ fn token() -> String {
         bytes.copy_from_slice(&nanos.to_be_bytes()[4..]);
     }
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A request message for `queue` on the default exchange: `{"method","params","id"}`, with
+/// `reply-to` naming `reply_queue` and, when known, the sender's `user-id` (qpidd checks it
+/// but never stamps it).
+pub fn request_message(
+    queue: &str,
+    reply_queue: &str,
+    method: &str,
+    params: &Value,
+    id: &Value,
+    user: Option<&str>,
+) -> Message {
+    let body = serde_json::json!({"method": method, "params": params, "id": id});
+    let mut message = Message::new(body.to_string()).with_routing_key(queue);
+    message.message_properties.reply_to = Some(ReplyTo {
+        exchange: None,
+        routing_key: Some(reply_queue.to_string()),
+    });
+    message.message_properties.user_id = user.map(|u| u.as_bytes().to_vec().into());
+    message
+}
+
+/// What a reply says: its result, or its (non-null) error member.
+pub fn reply_outcome(reply: &Value) -> Result<Value, &Value> {
+    match reply.get("error") {
+        None | Some(Value::Null) => Ok(reply.get("result").cloned().unwrap_or(Value::Null)),
+        Some(error) => Err(error),
+    }
 }
 
 /// The token of an error string (`"<token> text"`), as callers find it.

@@ -92,9 +92,8 @@ pub fn apply(state: &AgentState, event: &ValidatedEvent, now: Instant) -> Answer
         }
         "NodeStatus" => {
             let load = text("Load").trim().parse::<f64>().unwrap_or(0.0);
-            let stranger = !state.loads().contains_key(&id);
+            let stranger = state.loads().insert(id.clone(), load).is_none();
             state.seen(&id, now);
-            state.loads().insert(id, load);
             if stranger {
                 Answer::Announce
             } else {

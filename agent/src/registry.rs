@@ -82,6 +82,12 @@ impl CommandInfo {
             doc: doc.split_whitespace().collect::<Vec<_>>().join(" "),
         }
     }
+
+    /// The same with these parameter names.
+    pub fn with_sig(mut self, sig: &[&str]) -> CommandInfo {
+        self.sig = sig.iter().map(|s| s.to_string()).collect();
+        self
+    }
 }
 
 /// One entry of the capability map.

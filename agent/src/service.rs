@@ -99,21 +99,7 @@ pub async fn serve(
         private.push(own);
     }
     let events_session = conn.session_unique().await?;
-    let listener = format!("event-listener-{}", random_uuid());
-    events_session.declare_private_queue(&listener).await?;
-    let mut args = FieldTable::new();
-    args.insert("xquery", presence::PRESENCE_QUERY);
-    events_session
-        .bind(ExchangeBind {
-            queue: Some(listener.clone()),
-            exchange: Some(domain.clone()),
-            binding_key: Some(names::EVENT_KEY.into()),
-            arguments: Some(args),
-        })
-        .await?;
-    let heard = events_session
-        .subscribe(&listener, SubscribeOptions::default())
-        .await?;
+    let heard = listen_events(&events_session, &domain, presence::PRESENCE_QUERY).await?;
     workers.spawn(presence_loop(events_session, heard, state.clone(), timers));
     publish(&state, &events::node_announce(&node)).await;
     tracing::info!(%domain, %node, "agent serving");
@@ -140,6 +126,31 @@ pub async fn serve(
     }
     state.set_link(None);
     ended
+}
+
+/// Subscribes `session` to the events of `domain` that `xquery` selects, as Clacks
+/// subscribers do: a private `event-listener-<uuid>` queue bound to the domain's exchange.
+///
+/// # Errors
+/// When the broker refuses the queue, the binding (a bad query) or the subscription.
+pub async fn listen_events(
+    session: &Session,
+    domain: &str,
+    xquery: &str,
+) -> Result<Subscription, ClientError> {
+    let queue = format!("event-listener-{}", random_uuid());
+    session.declare_private_queue(&queue).await?;
+    let mut arguments = FieldTable::new();
+    arguments.insert("xquery", xquery);
+    session
+        .bind(ExchangeBind {
+            queue: Some(queue.clone()),
+            exchange: Some(names::events_exchange(domain).to_string()),
+            binding_key: Some(names::EVENT_KEY.into()),
+            arguments: Some(arguments),
+        })
+        .await?;
+    session.subscribe(&queue, SubscribeOptions::default()).await
 }
 
 /// Validates an event this node sends and publishes it on the domain's exchange.
@@ -378,7 +389,9 @@ async fn call(
                         _ => continue,
                     }
                 } else {
-                    forward(state, user, &node, &plan.target, request).await
+                    let caller = user.unwrap_or_default();
+                    let outcome = state.ask_node(&node, &plan.target, caller, request).await;
+                    forwarded(state, user, outcome)
                 };
                 match (kind, outcome) {
                     (CommandType::FirstResult, Ok(v)) => return Ok(v),
@@ -417,21 +430,6 @@ async fn run_local(
         forwarded,
     };
     plugin.call(&ctx, method, args).await
-}
-
-/// Passes a call to `node`; its own error text comes back unchanged.
-async fn forward(
-    state: &Arc<AgentState>,
-    user: Option<&str>,
-    node: &str,
-    target: &str,
-    request: &jsonrpc::Request,
-) -> Result<Value, String> {
-    tracing::debug!(%node, method = %request.method, "forwarding a call");
-    let outcome = state
-        .ask_node(node, target, user.unwrap_or_default(), request)
-        .await;
-    forwarded(state, user, outcome)
 }
 
 /// A forwarded call's outcome for the caller: the provider's own error text unchanged,

@@ -97,7 +97,7 @@ pub struct AgentState {
     /// The rules calls are checked against.
     pub acl: RwLock<AgentAcl>,
     /// The event schemas outgoing events are validated against.
-    pub schemas: Arc<SchemaSet>,
+    pub schemas: SchemaSet,
     /// When each other node was last heard of.
     last_seen: Mutex<HashMap<String, Instant>>,
     /// The current connection's publisher and forwarder, while connected.
@@ -136,7 +136,7 @@ impl AgentState {
             loads: Mutex::new(loads),
             errors: ErrorRegistry::default(),
             acl: RwLock::new(acl),
-            schemas: Arc::new(schemas),
+            schemas,
             last_seen: Mutex::new(HashMap::new()),
             link: RwLock::new(None),
             stop_asked: AtomicBool::new(false),
@@ -207,6 +207,7 @@ impl AgentState {
         request: &crate::jsonrpc::Request,
     ) -> Result<serde_json::Value, ForwardError> {
         let link = self.link().ok_or(ForwardError::NotConnected)?;
+        tracing::debug!(%node, method = %request.method, "forwarding a call");
         let queue = names::private_queue(&self.config.domain, target, node);
         link.forwarder
             .call(node, &queue, caller, request, &self.config)

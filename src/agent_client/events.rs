@@ -4,8 +4,6 @@
 use std::io::{Read as _, Write as _};
 
 use anyhow::{bail, Context};
-use clacks_broker::client::{random_uuid, SubscribeOptions};
-use clacks_broker::wire::{ExchangeBind, FieldTable};
 use quick_xml::events::Event as XmlEvent;
 use serde_json::{json, Value};
 
@@ -14,7 +12,7 @@ use super::rpc::{RpcClient, RpcError};
 use crate::cli::{EventsArgs, SendEventArgs};
 
 /// Namespace of Clacks event documents.
-const EVENTS_NS: &str = "http://www.gonicus.de/Events";
+use clacks_agent::events::EVENTS_NS;
 
 /// The XQuery that selects every event.
 pub const MATCH_ALL: &str = ".";
@@ -30,11 +28,7 @@ pub fn type_filter(types: &[String]) -> anyhow::Result<String> {
     }
     let mut terms = Vec::new();
     for t in types {
-        let mut chars = t.chars();
-        let name_start = |c: char| c.is_alphabetic() || c == '_';
-        let valid = chars.next().is_some_and(name_start)
-            && chars.all(|c| c.is_alphanumeric() || matches!(c, '_' | '-' | '.'));
-        if !valid {
+        if !clacks_agent::events::is_ncname(t) {
             bail!("event type {t:?} is not an element name, like NodeStatus");
         }
         terms.push(format!("$e/f:{t}"));
@@ -72,13 +66,7 @@ pub fn event_type(xml: &str) -> Option<String> {
 /// The document without a leading byte order mark, whitespace and `<?xml ...?>`
 /// declaration (`sendEvent` wants none: the agent writes its own), trimmed.
 pub fn strip_declaration(text: &str) -> &str {
-    let text = text.trim_start_matches('\u{feff}').trim();
-    match text.strip_prefix("<?xml") {
-        Some(rest) if rest.starts_with(|c: char| c.is_whitespace() || c == '?') => {
-            rest.split_once("?>").map_or(text, |(_, body)| body.trim())
-        }
-        _ => text,
-    }
+    clacks_agent::events::strip_declaration(text)
 }
 
 /// `clacks events`.
@@ -96,26 +84,10 @@ pub async fn events(args: EventsArgs) -> anyhow::Result<()> {
     }
     let connection = conn::open(&target).await?;
     let session = connection.session_unique().await?;
-    let queue = format!("event-listener-{}", random_uuid());
-    session
-        .declare_private_queue(&queue)
-        .await
-        .context("cannot declare the event queue")?;
     let exchange = clacks_agent::names::events_exchange(&target.domain).to_string();
-    let mut arguments = FieldTable::new();
-    arguments.insert("xquery", filter.as_str());
-    session
-        .bind(ExchangeBind {
-            queue: Some(queue.clone()),
-            exchange: Some(exchange.clone()),
-            binding_key: Some(clacks_agent::names::EVENT_KEY.to_string()),
-            arguments: Some(arguments),
-        })
+    let mut subscription = clacks_agent::service::listen_events(&session, &target.domain, &filter)
         .await
         .with_context(|| format!("cannot subscribe to the events of exchange {exchange:?}"))?;
-    let mut subscription = session
-        .subscribe(&queue, SubscribeOptions::default())
-        .await?;
     eprintln!("subscribed to events on {exchange} (filter: {filter})");
     let mut seen = 0u64;
     let mut stdout = std::io::stdout();

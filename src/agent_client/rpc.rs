@@ -3,8 +3,7 @@
 
 use std::time::Duration;
 
-use clacks_broker::client::{random_uuid, Connection, Message, Session, Subscription};
-use clacks_broker::wire::ReplyTo;
+use clacks_broker::client::{random_uuid, Connection, Session, Subscription};
 use serde_json::{json, Value};
 
 use super::conn::{self, Target};
@@ -97,14 +96,14 @@ impl RpcClient {
     /// As [`RpcClient::call`].
     pub async fn call_raw(&mut self, method: &str, params: Value) -> Result<Value, RpcError> {
         let id = random_uuid().to_string();
-        let request = json!({"method": method, "params": params, "id": id});
-        let body = serde_json::to_vec(&request).map_err(anyhow::Error::from)?;
-        let mut message = Message::new(body).with_routing_key(self.command_queue.clone());
-        message.message_properties.reply_to = Some(ReplyTo {
-            exchange: None,
-            routing_key: Some(self.reply_queue.clone()),
-        });
-        message.message_properties.user_id = self.user.clone().map(|u| u.into_bytes().into());
+        let message = clacks_agent::jsonrpc::request_message(
+            &self.command_queue,
+            &self.reply_queue,
+            method,
+            &params,
+            &Value::String(id.clone()),
+            self.user.as_deref(),
+        );
         self.session
             .send("", message)
             .await
@@ -134,13 +133,10 @@ impl RpcClient {
                 break reply;
             }
         };
-        match reply.get("error") {
-            None | Some(Value::Null) => Ok(reply.get("result").cloned().unwrap_or(Value::Null)),
-            Some(raw) => Err(RpcError::Failed {
-                message: describe_error(raw),
-                raw: raw.clone(),
-            }),
-        }
+        clacks_agent::jsonrpc::reply_outcome(&reply).map_err(|raw| RpcError::Failed {
+            message: describe_error(raw),
+            raw: raw.clone(),
+        })
     }
 
     /// Closes the connection (the reply queue goes with it).
@@ -151,9 +147,9 @@ impl RpcClient {
 
 /// The token of an error string `<token> text`.
 pub fn error_token(raw: &Value) -> Option<&str> {
-    let text = raw.as_str()?;
-    let (token, _) = text.strip_prefix('<')?.split_once('>')?;
-    (!token.is_empty()).then_some(token)
+    raw.as_str()
+        .and_then(clacks_agent::jsonrpc::error_token)
+        .filter(|t| !t.is_empty())
 }
 
 /// An error member as people read it: the string, or an error object's message.

@@ -19,7 +19,7 @@ pub use build::{
     node_announce, node_capabilities, node_leave, node_status, NodeMethod, NodeObject,
 };
 pub use dom::Element;
-pub use validate::SchemaSet;
+pub use validate::{is_ncname, strip_declaration, SchemaSet};
 
 /// Namespace of every event document.
 pub const EVENTS_NS: &str = "http://www.gonicus.de/Events";

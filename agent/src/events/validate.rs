@@ -201,8 +201,9 @@ fn describe(el: &Element) -> String {
     }
 }
 
-/// Drops a leading XML declaration, which the publisher writes itself.
-fn strip_declaration(xml: &str) -> &str {
+/// Drops a leading byte order mark, whitespace and XML declaration (the publisher writes
+/// its own declaration), trimmed.
+pub fn strip_declaration(xml: &str) -> &str {
     let t = xml
         .trim_start_matches('\u{feff}')
         .trim_matches(is_xml_space);
@@ -215,7 +216,7 @@ fn strip_declaration(xml: &str) -> &str {
 }
 
 /// Loose NCName check for event names: they become element names and ACL topic parts.
-fn is_ncname(s: &str) -> bool {
+pub fn is_ncname(s: &str) -> bool {
     let mut chars = s.chars();
     chars.next().is_some_and(|c| c.is_alphabetic() || c == '_')
         && chars.all(|c| c.is_alphanumeric() || matches!(c, '_' | '-' | '.'))

@@ -29,9 +29,7 @@ impl BrokerPlugin {
 }
 
 fn command(name: &str, sig: &[&str], doc: &str) -> CommandInfo {
-    let mut c = CommandInfo::new(name, TARGET, "BrokerAdmin", doc);
-    c.sig = sig.iter().map(|s| s.to_string()).collect();
-    c
+    CommandInfo::new(name, TARGET, "BrokerAdmin", doc).with_sig(sig)
 }
 
 impl Plugin for BrokerPlugin {

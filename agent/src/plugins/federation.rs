@@ -23,9 +23,7 @@ impl FederationPlugin {
 }
 
 fn command(name: &str, sig: &[&str], doc: &str) -> CommandInfo {
-    let mut c = CommandInfo::new(name, "broker", "Federation", doc);
-    c.sig = sig.iter().map(|s| s.to_string()).collect();
-    c
+    CommandInfo::new(name, "broker", "Federation", doc).with_sig(sig)
 }
 
 fn refused(e: FederationError) -> Refusal {

@@ -193,17 +193,7 @@ fn read_manifest(
     if !exec.is_file() || mode & 0o111 == 0 {
         return Err(bad(format!("program {} is not executable", exec.display())));
     }
-    let mut info = CommandInfo::new(
-        &name,
-        &m.target,
-        "Script",
-        m.help
-            .split_whitespace()
-            .collect::<Vec<_>>()
-            .join(" ")
-            .as_str(),
-    );
-    info.path = format!("Script.{name}");
+    let mut info = CommandInfo::new(&name, &m.target, "Script", &m.help);
     info.kind = kind;
     info.needs_user = m.needs_user;
     info.sig = m
