@@ -48,34 +48,47 @@ fn federation_kind_byte(kind: FederationKind) -> u8 {
     }
 }
 
-pub(crate) fn federation_value(r: &FederationRecord) -> Vec<u8> {
+/// The kind [`federation_kind_byte`] wrote.
+fn federation_kind(byte: u8) -> Option<FederationKind> {
+    match byte {
+        b'L' => Some(FederationKind::Link),
+        b'R' => Some(FederationKind::Route),
+        _ => None,
+    }
+}
+
+/// A value of this layout version: the version byte, then `data`.
+fn versioned(data: &[u8]) -> Vec<u8> {
     let mut v = vec![VERSION];
-    v.extend_from_slice(&r.data);
+    v.extend_from_slice(data);
     v
 }
 
+/// The payload of a value written by [`versioned`]; `what` names the record in the error.
+fn unversioned<'a>(what: &str, value: &'a [u8]) -> Result<&'a [u8], StoreError> {
+    match value.split_first() {
+        Some((&VERSION, rest)) => Ok(rest),
+        _ => Err(StoreError::Corrupt(format!("{what} of unknown version"))),
+    }
+}
+
+pub(crate) fn federation_value(r: &FederationRecord) -> Vec<u8> {
+    versioned(&r.data)
+}
+
 pub(crate) fn decode_federation(key: &[u8], value: &[u8]) -> Result<FederationRecord, StoreError> {
-    let kind = match key.first() {
-        Some(b'L') => FederationKind::Link,
-        Some(b'R') => FederationKind::Route,
-        _ => {
-            return Err(StoreError::Corrupt(
-                "federation record of unknown kind".into(),
-            ))
-        }
-    };
+    let kind = key
+        .first()
+        .and_then(|b| federation_kind(*b))
+        .ok_or_else(|| StoreError::Corrupt("federation record of unknown kind".into()))?;
     let name = String::from_utf8(key[1..].to_vec())
         .map_err(|_| StoreError::Corrupt("federation name is not utf-8".into()))?;
-    match value.split_first() {
-        Some((&VERSION, rest)) => Ok(FederationRecord {
-            kind,
-            name,
-            data: Bytes::copy_from_slice(rest),
-        }),
-        _ => Err(StoreError::Corrupt(format!(
-            "federation record {name} of unknown version"
-        ))),
-    }
+    let data = unversioned(&format!("federation record {name}"), value)?;
+    Ok(FederationRecord {
+        kind,
+        name,
+        data: Bytes::copy_from_slice(data),
+    })
 }
 
 fn put_name(k: &mut Vec<u8>, name: &str) {
@@ -97,23 +110,17 @@ pub(crate) fn user_key(name: &str) -> Vec<u8> {
 }
 
 pub(crate) fn user_value(r: &UserRecord) -> Vec<u8> {
-    let mut v = vec![VERSION];
-    v.extend_from_slice(&r.credentials);
-    v
+    versioned(&r.credentials)
 }
 
 pub(crate) fn decode_user(key: &[u8], value: &[u8]) -> Result<UserRecord, StoreError> {
     let name = String::from_utf8(key.to_vec())
         .map_err(|_| StoreError::Corrupt("user name is not utf-8".into()))?;
-    match value.split_first() {
-        Some((&VERSION, rest)) => Ok(UserRecord {
-            name,
-            credentials: Bytes::copy_from_slice(rest),
-        }),
-        _ => Err(StoreError::Corrupt(format!(
-            "user record {name} of unknown version"
-        ))),
-    }
+    let credentials = unversioned(&format!("user record {name}"), value)?;
+    Ok(UserRecord {
+        name,
+        credentials: Bytes::copy_from_slice(credentials),
+    })
 }
 
 pub(crate) fn queue_key(name: &str) -> Vec<u8> {

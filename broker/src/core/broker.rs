@@ -731,12 +731,14 @@ impl Broker {
     ) -> Result<(), Error> {
         // An xml query compiles without the lock: a hard one takes the engine tens of
         // milliseconds. Missing queues and exchanges are still reported first, below.
-        let is_xml = self
-            .lock()
-            .exchanges
-            .get(exchange)
-            .is_some_and(|e| e.kind == "xml");
-        let prepared = if is_xml && args.get("xquery").is_some() {
+        // Only bindings with a query look the exchange up: others skip that lock round.
+        let prepared = if args.get("xquery").is_some()
+            && self
+                .lock()
+                .exchanges
+                .get(exchange)
+                .is_some_and(|e| e.kind == "xml")
+        {
             Some(xml::compile_binding_query(args))
         } else {
             None

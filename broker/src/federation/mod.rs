@@ -251,7 +251,10 @@ impl Federation {
         for r in links {
             match serde_json::from_slice::<LinkSpec>(&r.data) {
                 Ok(spec) => {
-                    if let Err(e) = self.start_link(spec) {
+                    let started = self
+                        .check_link(&spec)
+                        .and_then(|opts| self.start_link(spec, opts));
+                    if let Err(e) = started {
                         tracing::error!(link = %r.name, "stored link not restored: {e}");
                     }
                 }
@@ -293,19 +296,22 @@ impl Federation {
     /// # Errors
     /// A link of that name exists, the URL does not parse, the store failed.
     pub async fn add_link(&self, spec: LinkSpec) -> Result<(), FederationError> {
-        if self.links().contains_key(&spec.name) {
-            return Err(FederationError::Exists(format!("link {}", spec.name)));
-        }
+        // Checked before anything is stored, so that no bad record waits for the next start.
+        let opts = self.check_link(&spec)?;
         if spec.durable {
             self.persist(vec![put(FederationKind::Link, &spec.name, &spec)?])
                 .await?;
         }
-        self.start_link(spec)
+        self.start_link(spec, opts)
     }
 
-    fn start_link(&self, spec: LinkSpec) -> Result<(), FederationError> {
+    /// The connection options of a new link: a name not in use, a URL that parses.
+    fn check_link(&self, spec: &LinkSpec) -> Result<ConnectOptions, FederationError> {
         if spec.name.is_empty() {
             return Err(FederationError::Invalid("a link needs a name".into()));
+        }
+        if self.links().contains_key(&spec.name) {
+            return Err(FederationError::Exists(format!("link {}", spec.name)));
         }
         let mut opts = ConnectOptions::parse(&spec.url)
             .map_err(|e| FederationError::Invalid(e.to_string()))?;
@@ -317,7 +323,12 @@ impl Federation {
             };
             tls.ca = Some(ca.clone());
         }
+        Ok(opts)
+    }
+
+    fn start_link(&self, spec: LinkSpec, opts: ConnectOptions) -> Result<(), FederationError> {
         let mut links = self.links();
+        // Another call may have taken the name since it was checked.
         if links.contains_key(&spec.name) {
             return Err(FederationError::Exists(format!("link {}", spec.name)));
         }
@@ -384,6 +395,8 @@ impl Federation {
     /// # Errors
     /// No such link, a route of that name exists, the store failed.
     pub async fn add_route(&self, spec: RouteSpec) -> Result<(), FederationError> {
+        // Checked before anything is stored, so that no bad record waits for the next start.
+        self.check_route(&spec)?;
         if spec.durable {
             let link_durable = self.links().get(&spec.link).map(|l| l.spec.durable);
             if link_durable == Some(false) {
@@ -398,7 +411,8 @@ impl Federation {
         self.start_route(spec)
     }
 
-    fn start_route(&self, spec: RouteSpec) -> Result<(), FederationError> {
+    /// A new route: a name not in use, a destination, a link that exists.
+    fn check_route(&self, spec: &RouteSpec) -> Result<(), FederationError> {
         if spec.name.is_empty() || spec.dest.is_empty() {
             return Err(FederationError::Invalid(
                 "a route needs a name and a destination exchange".into(),
@@ -411,6 +425,15 @@ impl Federation {
         {
             return Err(FederationError::Exists(format!("route {}", spec.name)));
         }
+        if !links.contains_key(&spec.link) {
+            return Err(FederationError::NotFound(format!("link {}", spec.link)));
+        }
+        Ok(())
+    }
+
+    fn start_route(&self, spec: RouteSpec) -> Result<(), FederationError> {
+        self.check_route(&spec)?;
+        let links = self.links();
         let link = links
             .get(&spec.link)
             .ok_or_else(|| FederationError::NotFound(format!("link {}", spec.link)))?;

@@ -73,8 +73,6 @@ struct Conn<'a> {
     /// The verdict on a login, once it is being judged.
     verdict: Option<oneshot::Receiver<Result<Identity, String>>>,
     identity: Option<Identity>,
-    /// Registered in the server's connection registry.
-    admitted: bool,
     /// The ACL this connection applies, and the reload generation it came from.
     acl: (u64, Option<Arc<crate::auth::Acl>>),
     codec: FrameCodec,
@@ -89,6 +87,9 @@ struct Conn<'a> {
     done: bool,
     /// The peer said it is a federation link (`qpid.fed_link` in its client properties).
     fed_link: bool,
+    /// A federation link from a configured peer (decided at login): its messages keep
+    /// their user-id.
+    peer_link: bool,
 }
 
 /// Serves one connection until it closes.
@@ -129,7 +130,6 @@ pub(crate) async fn serve<S>(
         sasl: None,
         verdict: None,
         identity: None,
-        admitted: false,
         acl: ctx.acl(),
         codec: FrameCodec::new(usize::from(ctx.config.max_frame_size)),
         writer: FrameWriter::new(usize::from(ctx.config.max_frame_size)),
@@ -141,6 +141,7 @@ pub(crate) async fn serve<S>(
         channel_max: ctx.config.channel_max,
         done: false,
         fed_link: false,
+        peer_link: false,
     };
     conn.out.extend_from_slice(&PROTOCOL_HEADER);
     conn.send_start();
@@ -230,7 +231,8 @@ pub(crate) async fn serve<S>(
     }
     let _ = writer.shutdown().await;
     conn.end_all_sessions();
-    if conn.admitted {
+    // Counted in the census once logged in (the identity is set then).
+    if conn.identity.is_some() {
         ctx.leave(conn.id);
     }
     // Anything still in flight to this connection goes back to its queue: with every
@@ -414,17 +416,7 @@ impl Conn<'_> {
         {
             self.acl = self.ctx.acl();
         }
-        // A link from a configured federation peer passes messages on as their senders
-        // made them: their user-id is neither checked nor stamped.
-        let peer_link = self.fed_link
-            && self.identity.as_ref().is_some_and(|i| {
-                cfg.federation_peers
-                    .iter()
-                    .any(|p| i.owns_user_id(p.as_bytes()))
-                    // The broker's own routes, over its in-process connector.
-                    || (self.peer.addr.is_none()
-                        && i.stamp == crate::federation::FEDERATION_IDENTITY)
-            });
+        let peer_link = self.peer_link;
         let mut env = SessionEnv {
             broker: &self.ctx.broker,
             writer: &self.writer,
@@ -627,9 +619,18 @@ impl Conn<'_> {
             return self.close(ConnectionCloseCode::CONNECTION_FORCED, &why);
         }
         tracing::debug!(%peer, user = %identity.full, "authenticated");
-        self.admitted = true;
-        self.identity = Some(identity);
         let cfg = &self.ctx.config;
+        // A link from a configured federation peer passes messages on as their senders
+        // made them: their user-id is neither checked nor stamped.
+        self.peer_link = self.fed_link
+            && (cfg
+                .federation_peers
+                .iter()
+                .any(|p| identity.owns_user_id(p.as_bytes()))
+                // The broker's own routes, over its in-process connector.
+                || (self.peer.addr.is_none()
+                    && identity.stamp == crate::federation::FEDERATION_IDENTITY));
+        self.identity = Some(identity);
         self.control(
             0,
             Control::ConnectionTune(ConnectionTune {
