@@ -60,6 +60,8 @@ pub struct Settings {
     pub agent: Option<AgentSettings>,
     /// `[federation]`: links to other brokers.
     pub federation: Option<FederationSettings>,
+    /// `[management]`: the QMF agent.
+    pub management: Option<ManagementSettings>,
     /// `[client]` table: for the agent client commands (`clacks call`, ...), so that one
     /// file can serve both; `serve` does not use it.
     pub client: Option<ClientSettings>,
@@ -126,6 +128,18 @@ pub struct FederationSettings {
     pub window: Option<u32>,
     /// `heartbeat_s = 10`: a link whose remote is silent for two intervals has failed.
     pub heartbeat_s: Option<u16>,
+}
+
+/// The `[management]` table: the broker's QMF agent (qpid-config, qpid-stat, ...).
+#[derive(Debug, Default, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ManagementSettings {
+    /// `enabled = true`: answer QMF requests and raise QMF events.
+    pub enabled: Option<bool>,
+    /// `publish_interval_s = 10`: between unsolicited object updates (qpid-tool).
+    pub publish_interval_s: Option<u64>,
+    /// `heartbeat_s = 10`: between agent heartbeats.
+    pub heartbeat_s: Option<u64>,
 }
 
 /// The `[tls]` table.
@@ -278,6 +292,7 @@ impl Settings {
             ldap: over.ldap.or(self.ldap),
             agent: over.agent.or(self.agent),
             federation: over.federation.or(self.federation),
+            management: over.management.or(self.management),
             client: over.client.or(self.client),
         }
     }
@@ -422,6 +437,8 @@ pub struct ServeConfig {
     pub agent: AgentSettings,
     /// Federation link timings.
     pub federation: FederationSettings,
+    /// The QMF agent, unless switched off.
+    pub management: Option<clacks_broker::management::ManagementConfig>,
 }
 
 /// Merges file, environment and flags, in that order of precedence (last wins).
@@ -454,6 +471,23 @@ pub fn serve_config(
         tls,
         agent: merged.agent.unwrap_or_default(),
         federation: merged.federation.unwrap_or_default(),
+        management: management_config(merged.management.unwrap_or_default()),
+    })
+}
+
+/// The QMF agent's settings; `None` when switched off.
+fn management_config(m: ManagementSettings) -> Option<clacks_broker::management::ManagementConfig> {
+    if m.enabled == Some(false) {
+        return None;
+    }
+    let defaults = clacks_broker::management::ManagementConfig::default();
+    let secs = |s: Option<u64>, d: std::time::Duration| {
+        s.map_or(d, |s| std::time::Duration::from_secs(s.max(1)))
+    };
+    Some(clacks_broker::management::ManagementConfig {
+        publish_interval: secs(m.publish_interval_s, defaults.publish_interval),
+        heartbeat_interval: secs(m.heartbeat_s, defaults.heartbeat_interval),
+        ..defaults
     })
 }
 

@@ -12,7 +12,9 @@ mod users;
 use std::process::ExitCode;
 
 use clap::Parser;
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{fmt, reload, EnvFilter};
 
 use cli::{Cli, Command};
 
@@ -21,12 +23,22 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     let filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new(cli.command.default_log_filter()));
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(filter)
+    let level = filter.to_string();
+    // Reloadable, so that management's setLogLevel can change it at run time.
+    let (filter, reload) = reload::Layer::new(filter);
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(fmt::layer().with_writer(std::io::stderr))
         .init();
+    let log = serve::LogLevel {
+        initial: level,
+        set: std::sync::Arc::new(move |spec: &str| {
+            let filter = serve::log_filter(spec)?;
+            reload.reload(filter).map_err(|e| e.to_string())
+        }),
+    };
     let result = match cli.command {
-        Command::Serve(args) => serve::run(args).await,
+        Command::Serve(args) => serve::run(args, log).await,
         Command::Send(args) => client_cmds::send(args).await,
         Command::Receive(args) => client_cmds::receive(args).await,
         Command::Bench(args) => bench::run(args).await,

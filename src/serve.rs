@@ -9,6 +9,7 @@ use clacks_broker::auth::credentials::{random_password, Credentials};
 use clacks_broker::auth::Source;
 use clacks_broker::core::Broker;
 use clacks_broker::federation::{Federation, FederationSettings as FederationTimings};
+use clacks_broker::management::{LogControl, Management, ManagementConfig};
 use clacks_broker::server::{tls, Server, ServerConfig, TlsListener};
 use clacks_storage::{
     FederationRecord, GroupCommit, Recovered, SledStore, Store, StoreOp, UserRecord,
@@ -18,11 +19,44 @@ use crate::agent_run::{AclReload, Agent};
 use crate::cli::ServeArgs;
 use crate::config;
 
+/// The process's log filter as management sees it: where it started, and how to change it.
+pub struct LogLevel {
+    /// The filter at start.
+    pub initial: String,
+    /// Replaces the filter; the error says why a level is refused.
+    pub set: Arc<clacks_broker::management::SetLogLevel>,
+}
+
+/// A log filter from qpidd's level syntax (`info+`, `debug+:Broker`, `notice`) or a
+/// tracing filter directive (`clacks_broker=debug`).
+///
+/// # Errors
+/// A level neither syntax knows.
+pub fn log_filter(spec: &str) -> Result<tracing_subscriber::EnvFilter, String> {
+    let first = spec
+        .split([',', ' '])
+        .find(|w| !w.is_empty())
+        .unwrap_or("info");
+    let level = first
+        .split(':')
+        .next()
+        .unwrap_or(first)
+        .trim_end_matches('+');
+    let directive = match level {
+        "trace" | "debug" | "info" | "warn" | "error" => level.to_string(),
+        "notice" => "info".into(),
+        "warning" => "warn".into(),
+        "critical" => "error".into(),
+        _ => spec.to_string(),
+    };
+    tracing_subscriber::EnvFilter::try_new(&directive).map_err(|e| format!("{spec}: {e}"))
+}
+
 /// Runs the broker until a shutdown signal.
 ///
 /// # Errors
 /// Bad configuration, an address that cannot be bound, a fatal listener error.
-pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
+pub async fn run(args: ServeArgs, log: LogLevel) -> anyhow::Result<()> {
     let file = match &args.config {
         Some(path) => Some(
             std::fs::read_to_string(path)
@@ -84,6 +118,19 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let broker = server.broker();
     let federation = start_federation(&server, &serve.federation);
     federation.restore(stored_links);
+    let management = serve.management.clone().map(|m| {
+        Management::start(
+            server.admin(),
+            Some(federation.clone()),
+            ManagementConfig {
+                port: addr.port(),
+                data_dir: Some(serve.data_dir.display().to_string()),
+                log_level: log.initial,
+                log_control: Some(LogControl(log.set)),
+                ..m
+            },
+        )
+    });
     let (agent, agent_acl) = start_agent(&server, &serve.agent, &federation)?.unzip();
     let hangup = tokio::spawn(reload_on_hangup(
         server.acl_reloader(),
@@ -100,6 +147,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         }
     };
     server.run(shutdown).await?;
+    if let Some(m) = management {
+        m.stop().await;
+    }
     hangup.abort();
     if let Some(journal) = broker.journal() {
         let s = journal.stats();

@@ -14,5 +14,6 @@ pub mod auth;
 pub mod client;
 pub mod core;
 pub mod federation;
+pub mod management;
 pub mod server;
 pub mod wire;

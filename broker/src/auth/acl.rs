@@ -10,7 +10,8 @@
 //! ```
 //! `acl allow|deny SUBJECT ACTION [OBJECT] [name=PATTERN] [queuename=PATTERN]` where SUBJECT
 //! is a user, a group or `all`; ACTION one of access, create, delete, bind, publish, consume,
-//! purge or `all`; OBJECT `queue`, `exchange` or `all`; PATTERN a name where `*` matches any
+//! purge or `all`; OBJECT `queue`, `exchange`, `method` (a management method), `query` (a
+//! management query, named by class), `link` or `all`; PATTERN a name where `*` matches any
 //! run of characters. `queuename` (bind only) names the queue being bound or unbound. A line
 //! ending in `\` continues on the next.
 
@@ -69,6 +70,12 @@ pub enum ObjectKind {
     Queue,
     /// An exchange.
     Exchange,
+    /// A management method, by name (`access method name=purge`).
+    Method,
+    /// A management query, by class (`access query name=queue`).
+    Query,
+    /// A federation link (`create link`, `delete link`).
+    Link,
 }
 
 impl fmt::Display for ObjectKind {
@@ -76,6 +83,9 @@ impl fmt::Display for ObjectKind {
         f.write_str(match self {
             ObjectKind::Queue => "queue",
             ObjectKind::Exchange => "exchange",
+            ObjectKind::Method => "method",
+            ObjectKind::Query => "query",
+            ObjectKind::Link => "link",
         })
     }
 }
@@ -213,6 +223,9 @@ impl Acl {
                             "all" => None,
                             "queue" => Some(ObjectKind::Queue),
                             "exchange" => Some(ObjectKind::Exchange),
+                            "method" => Some(ObjectKind::Method),
+                            "query" => Some(ObjectKind::Query),
+                            "link" => Some(ObjectKind::Link),
                             o => return Err(err(format!("unknown object {o}"))),
                         };
                     }

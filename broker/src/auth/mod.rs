@@ -104,6 +104,8 @@ impl Identity {
 pub struct PeerInfo {
     /// The peer's address.
     pub addr: Option<std::net::SocketAddr>,
+    /// Our end of the connection.
+    pub local: Option<std::net::SocketAddr>,
     /// Whether the connection is TLS.
     pub tls: bool,
     /// The user the transport vouches for, who may log in with EXTERNAL: the common name
@@ -339,6 +341,7 @@ mod tests {
     fn peer() -> PeerInfo {
         PeerInfo {
             addr: None,
+            local: None,
             tls: false,
             transport_user: None,
         }

@@ -12,7 +12,9 @@ use super::error::Error;
 use super::exchange::{xml, Exchange, XmlAnswers, XmlPending};
 use super::journal::{note_ticket, OpLog};
 use super::message::Message;
+use super::observer::{ModelEvent, Observer};
 use super::queue::{Position, Queue};
+use super::stats::BrokerStats;
 use super::SessionId;
 use crate::wire::FieldTable;
 
@@ -66,6 +68,8 @@ pub struct ExchangeDeclare {
     pub auto_delete: bool,
     /// Arguments.
     pub args: FieldTable,
+    /// The connection declaring it (for management events; 0 for none).
+    pub connection: u64,
 }
 
 /// What `queue.query` reports.
@@ -187,54 +191,79 @@ pub struct Held {
 }
 
 #[derive(Default)]
-struct State {
-    exchanges: HashMap<String, Exchange>,
-    queues: HashMap<String, Queue>,
+pub(super) struct State {
+    pub(super) exchanges: HashMap<String, Exchange>,
+    pub(super) queues: HashMap<String, Queue>,
     /// (session, destination) → queue name.
-    subscriptions: HashMap<(SessionId, String), String>,
+    pub(super) subscriptions: HashMap<(SessionId, String), String>,
     /// The connection of each live session.
-    sessions: HashMap<SessionId, u64>,
+    pub(super) sessions: HashMap<SessionId, u64>,
     next_session: u64,
     next_connection: u64,
     /// Where durable changes collect while the lock is held; `None` without a store.
     log: Option<OpLog>,
+    /// Management, once it watches.
+    pub(super) observer: Option<Arc<dyn Observer>>,
+    /// Broker-wide counters.
+    pub(super) stats: BrokerStats,
+    /// The name and channel of each attached session, for management.
+    pub(super) session_names: HashMap<SessionId, (String, u16)>,
+    /// Exchanges the broker made for its own services (management): never deleted.
+    system_exchanges: Vec<String>,
 }
 
 /// The broker model. Cheap to share: clone the `Arc`.
 pub struct Broker {
     state: Mutex<State>,
     journal: Option<Arc<GroupCommit>>,
+    /// Stamp `delivery-properties.timestamp` on received messages (management's
+    /// `setTimestampConfig`).
+    timestamping: std::sync::atomic::AtomicBool,
+    /// Management, once it watches (also kept in the state for calls under the lock).
+    observer: std::sync::OnceLock<Arc<dyn Observer>>,
 }
 
 /// The locked state; on release, the durable changes made under it go to the store as one
-/// batch.
-struct Locked<'a> {
-    guard: MutexGuard<'a, State>,
-    journal: Option<&'a GroupCommit>,
+/// batch, and then (with the lock free) management publishes what it has to say.
+pub(super) struct Locked<'a> {
+    /// `None` only while being dropped.
+    guard: Option<MutexGuard<'a, State>>,
+    broker: &'a Broker,
 }
 
 impl Deref for Locked<'_> {
     type Target = State;
     fn deref(&self) -> &State {
-        &self.guard
+        self.guard.as_deref().expect("the guard is held until drop")
     }
 }
 
 impl DerefMut for Locked<'_> {
     fn deref_mut(&mut self) -> &mut State {
-        &mut self.guard
+        self.guard
+            .as_deref_mut()
+            .expect("the guard is held until drop")
     }
 }
 
 impl Drop for Locked<'_> {
     fn drop(&mut self) {
-        if let (Some(journal), Some(log)) = (self.journal, &self.guard.log) {
+        let Some(guard) = self.guard.take() else {
+            return;
+        };
+        if let (Some(journal), Some(log)) = (self.broker.journal.as_deref(), &guard.log) {
             let ops = log.take();
             if !ops.is_empty() {
                 // Submitted before the lock is released, so batches reach the store in the
                 // order their changes were made.
                 note_ticket(journal.submit(ops));
             }
+        }
+        drop(guard);
+        // Events raised under the lock go out now, before the caller reports the command
+        // complete, so whoever listens sees them in order with the change.
+        if let Some(o) = self.broker.observer.get() {
+            o.flush(self.broker);
         }
     }
 }
@@ -258,6 +287,8 @@ impl Broker {
         Broker {
             state: Mutex::new(state),
             journal: None,
+            timestamping: std::sync::atomic::AtomicBool::new(false),
+            observer: std::sync::OnceLock::new(),
         }
     }
 
@@ -320,12 +351,41 @@ impl Broker {
         Ok(broker)
     }
 
-    fn lock(&self) -> Locked<'_> {
+    pub(super) fn lock(&self) -> Locked<'_> {
         Locked {
             // A panic elsewhere must not take the whole broker down with a poisoned lock.
-            guard: self.state.lock().unwrap_or_else(|e| e.into_inner()),
-            journal: self.journal.as_deref(),
+            guard: Some(self.state.lock().unwrap_or_else(|e| e.into_inner())),
+            broker: self,
         }
+    }
+
+    /// Lets management watch the model: requests addressed to it and events from now on.
+    /// Only the first observer set counts.
+    pub fn set_observer(&self, observer: Arc<dyn Observer>) {
+        if self.observer.set(observer.clone()).is_err() {
+            return;
+        }
+        let mut st = self.lock();
+        for q in st.queues.values_mut() {
+            q.observer = Some(observer.clone());
+        }
+        st.observer = Some(observer);
+    }
+
+    /// Management's observer, if one watches.
+    pub fn observer(&self) -> Option<&Arc<dyn Observer>> {
+        self.observer.get()
+    }
+
+    /// Whether received messages get a timestamp.
+    pub fn timestamping(&self) -> bool {
+        self.timestamping.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Turns the timestamping of received messages on or off.
+    pub fn set_timestamping(&self, on: bool) {
+        self.timestamping
+            .store(on, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// The group commit in front of the store, if the broker has one.
@@ -347,6 +407,26 @@ impl Broker {
         let id = SessionId(st.next_session);
         st.sessions.insert(id, connection);
         id
+    }
+
+    /// Makes an exchange the broker's own services use (reserved names allowed), unless it
+    /// exists; it is not stored and cannot be deleted.
+    pub fn declare_system_exchange(&self, name: &str, kind: &str) {
+        let mut st = self.lock();
+        if !st.exchanges.contains_key(name) {
+            if let Ok(mut ex) = Exchange::new(name, kind) {
+                ex.durable = true;
+                st.exchanges.insert(name.to_string(), ex);
+            }
+        }
+        st.system_exchanges.push(name.to_string());
+    }
+
+    /// Records the name and channel a session attached with (for management views).
+    pub fn describe_session(&self, id: SessionId, name: &str, channel: u16) {
+        self.lock()
+            .session_names
+            .insert(id, (name.to_string(), channel));
     }
 
     /// Periodic work that needs the clock: expired messages go, and auto-delete queues
@@ -372,7 +452,7 @@ impl Broker {
             }
         }
         for name in due {
-            st.remove_queue(&name);
+            st.remove_queue(&name, 0);
         }
     }
 
@@ -402,6 +482,18 @@ impl Broker {
                     q.owner_connection = connection;
                 }
                 None => {}
+            }
+            if !d.passive {
+                st.notify(ModelEvent::QueueDeclared {
+                    connection: connection.unwrap_or(0),
+                    name: d.name.clone(),
+                    durable: d.durable,
+                    exclusive: d.exclusive,
+                    auto_delete: d.auto_delete,
+                    alternate: d.alternate.clone(),
+                    args: d.args.clone(),
+                    created: false,
+                });
             }
             return Ok(());
         }
@@ -433,6 +525,7 @@ impl Broker {
             }
         }
         let mut q = Queue::new(&d.name, d.args)?;
+        q.observer = st.observer.clone();
         q.creator = d.creator;
         q.durable = d.durable;
         q.auto_delete = d.auto_delete;
@@ -448,6 +541,16 @@ impl Broker {
                 args: encode_args(&q.args),
             }));
         }
+        st.notify(ModelEvent::QueueDeclared {
+            connection: connection.unwrap_or(0),
+            name: q.name.clone(),
+            durable: q.durable,
+            exclusive: d.exclusive,
+            auto_delete: q.auto_delete,
+            alternate: q.alternate.clone(),
+            args: q.args.clone(),
+            created: true,
+        });
         st.queues.insert(d.name, q);
         Ok(())
     }
@@ -475,7 +578,8 @@ impl Broker {
                 "cannot delete queue {name}: it is not empty"
             )));
         }
-        st.remove_queue(name);
+        let connection = st.sessions.get(&session).copied().unwrap_or(0);
+        st.remove_queue(name, connection);
         Ok(())
     }
 
@@ -611,6 +715,18 @@ impl Broker {
                     }
                 }
             }
+            if !d.passive {
+                st.notify(ModelEvent::ExchangeDeclared {
+                    connection: d.connection,
+                    name: d.name.clone(),
+                    kind: ex.kind.clone(),
+                    alternate: ex.alternate.clone(),
+                    durable: ex.durable,
+                    auto_delete: ex.auto_delete,
+                    args: ex.args.clone(),
+                    created: false,
+                });
+            }
             return Ok(());
         }
         if d.name.is_empty() {
@@ -652,6 +768,16 @@ impl Broker {
                 args: encode_args(&ex.args),
             }));
         }
+        st.notify(ModelEvent::ExchangeDeclared {
+            connection: d.connection,
+            name: ex.name.clone(),
+            kind: ex.kind.clone(),
+            alternate: ex.alternate.clone(),
+            durable: ex.durable,
+            auto_delete: ex.auto_delete,
+            args: ex.args.clone(),
+            created: true,
+        });
         st.exchanges.insert(d.name, ex);
         Ok(())
     }
@@ -662,6 +788,19 @@ impl Broker {
     /// 404 missing, 542 for the default exchange, 530 when it is some object's alternate, 406
     /// for if-unused with bindings.
     pub fn delete_exchange(&self, name: &str, if_unused: bool) -> Result<(), Error> {
+        self.delete_exchange_by(0, name, if_unused)
+    }
+
+    /// [`Broker::delete_exchange`] on behalf of `connection` (named in the event).
+    ///
+    /// # Errors
+    /// As [`Broker::delete_exchange`].
+    pub fn delete_exchange_by(
+        &self,
+        connection: u64,
+        name: &str,
+        if_unused: bool,
+    ) -> Result<(), Error> {
         let mut st = self.lock();
         if name.is_empty() {
             return Err(Error::InvalidArgument(
@@ -672,7 +811,9 @@ impl Broker {
             .exchanges
             .get(name)
             .ok_or_else(|| Error::NotFound(format!("exchange not found: {name}")))?;
-        if STANDARD_EXCHANGES.iter().any(|(n, _)| *n == name) {
+        if STANDARD_EXCHANGES.iter().any(|(n, _)| *n == name)
+            || st.system_exchanges.iter().any(|n| n == name)
+        {
             return Err(Error::NotAllowed(format!(
                 "cannot delete the standard exchange {name}"
             )));
@@ -696,6 +837,10 @@ impl Broker {
             )));
         }
         st.remove_exchange(name);
+        st.notify(ModelEvent::ExchangeDeleted {
+            connection,
+            name: name.to_string(),
+        });
         Ok(())
     }
 
@@ -758,7 +903,20 @@ impl Broker {
             None => None,
         };
         let new = ex.bind_prepared(queue, key, args, prepared)?;
-        if new && ex.durable && queue_durable {
+        let count = u32::try_from(ex.bindings().len()).unwrap_or(u32::MAX);
+        ex.stats.bindings_high = ex.stats.bindings_high.max(count);
+        let durable = ex.durable;
+        if new {
+            let connection = st.sessions.get(&session).copied().unwrap_or(0);
+            st.notify(ModelEvent::Bound {
+                connection,
+                exchange: exchange.to_string(),
+                queue: queue.to_string(),
+                key: key.to_string(),
+                args: args.clone(),
+            });
+        }
+        if new && durable && queue_durable {
             st.record(StoreOp::PutBinding(BindingRecord {
                 exchange: exchange.to_string(),
                 queue: queue.to_string(),
@@ -788,8 +946,18 @@ impl Broker {
         }
         let queue_durable = st.usable_queue(session, queue, "unbind")?.durable;
         let ex = st.exchange_mut(exchange)?;
-        if ex.unbind(queue, key) && ex.durable && queue_durable {
+        let removed = ex.unbind(queue, key);
+        if removed && ex.durable && queue_durable {
             st.record(StoreOp::DeleteBinding {
+                exchange: exchange.to_string(),
+                queue: queue.to_string(),
+                key: key.to_string(),
+            });
+        }
+        if removed {
+            let connection = st.sessions.get(&session).copied().unwrap_or(0);
+            st.notify(ModelEvent::Unbound {
+                connection,
                 exchange: exchange.to_string(),
                 queue: queue.to_string(),
                 key: key.to_string(),
@@ -868,9 +1036,12 @@ impl Broker {
     ) -> Result<(Locked<'_>, Vec<String>), Error> {
         let mut answers = XmlAnswers::default();
         loop {
-            let st = self.lock();
+            let mut st = self.lock();
             match st.route(exchange, msg, &answers)? {
-                Ok(queues) => return Ok((st, queues)),
+                Ok(queues) => {
+                    st.count_routed(exchange, msg, queues.len());
+                    return Ok((st, queues));
+                }
                 Err(XmlPending { exchange, bindings }) => {
                     drop(st);
                     let queues = xml::evaluate(bindings, msg.clone());
@@ -904,11 +1075,13 @@ impl Broker {
     ) -> Result<(), Error> {
         let mut st = self.lock();
         for (queues, msg) in &enqueues {
-            st.enqueue_all(queues, msg)?;
+            st.enqueue_counted(queues, msg, true)?;
         }
         for h in accepts {
             if let Some(q) = st.queues.get_mut(&h.queue) {
-                q.accept(h.position);
+                if let Some(msg) = q.accept(h.position) {
+                    q.stats.txn_dequeues.add(msg.credit_size());
+                }
             }
         }
         Ok(())
@@ -962,8 +1135,17 @@ impl Broker {
             credit: Credit::initial(),
             cursor: None,
             sink: s.sink,
+            delivered: 0,
         });
         q.had_consumers = true;
+        let count = u32::try_from(q.consumer_count()).unwrap_or(u32::MAX);
+        q.stats.consumers_high = q.stats.consumers_high.max(count);
+        st.notify(ModelEvent::Subscribed {
+            connection,
+            queue: s.queue.clone(),
+            destination: s.destination.clone(),
+            exclusive: s.exclusive,
+        });
         st.subscriptions.insert((session, s.destination), s.queue);
         Ok(())
     }
@@ -1139,7 +1321,6 @@ impl Broker {
     /// exclusive queues are released (and deleted if auto-delete).
     pub fn end_session(&self, session: SessionId, held: &[Held]) {
         let mut st = self.lock();
-        st.sessions.remove(&session);
         // Held messages go back first, so that a queue deleted below passes them on to its
         // alternate exchange in order.
         let mut touched = Vec::new();
@@ -1184,10 +1365,41 @@ impl Broker {
             }
         }
         st.dispatch_queues(&touched);
+        st.sessions.remove(&session);
+        st.session_names.remove(&session);
     }
 }
 
 impl State {
+    /// Tells management, if it watches.
+    pub(super) fn notify(&self, event: ModelEvent) {
+        if let Some(o) = &self.observer {
+            o.event(event);
+        }
+    }
+
+    /// Counts a published message on its exchange (and as unroutable when it reached no
+    /// queue), and hands it to management when addressed there.
+    fn count_routed(&mut self, exchange: &str, msg: &Arc<Message>, queues: usize) {
+        let Some(ex) = self.exchanges.get_mut(exchange) else {
+            return;
+        };
+        // A request management takes counts as routed, to management.
+        let to_management = self
+            .observer
+            .as_ref()
+            .is_some_and(|o| o.wants(exchange, msg.routing_key()));
+        ex.stats
+            .routed(msg.credit_size(), queues + usize::from(to_management));
+        if to_management {
+            if let Some(o) = &self.observer {
+                o.request(exchange, msg);
+            }
+        } else if queues == 0 {
+            self.stats.discards_no_route += 1;
+        }
+    }
+
     /// The queue `name`, if it exists and `session` may use it (not another's exclusive
     /// queue); `action` names the attempt in the error.
     fn usable_queue(&self, session: SessionId, name: &str, action: &str) -> Result<&Queue, Error> {
@@ -1211,7 +1423,7 @@ impl State {
 
     /// The queues a message reaches, following alternate exchanges when it is unroutable;
     /// `Ok(Err(..))` when an xml exchange on the way has no answer in `answers` yet.
-    fn route(
+    pub(super) fn route(
         &self,
         exchange: &str,
         msg: &Message,
@@ -1256,22 +1468,35 @@ impl State {
     }
 
     fn enqueue_all(&mut self, queues: &[String], msg: &Arc<Message>) -> Result<(), Error> {
+        self.enqueue_counted(queues, msg, false)
+    }
+
+    /// Enqueues on every queue or none; `txn` when a commit brings the message.
+    fn enqueue_counted(
+        &mut self,
+        queues: &[String],
+        msg: &Arc<Message>,
+        txn: bool,
+    ) -> Result<(), Error> {
         // Check every limit first so that a refused message reaches no queue at all.
         for name in queues {
-            if let Some(q) = self.queues.get(name) {
-                q.check_room(msg.size())?;
+            if let Some(q) = self.queues.get_mut(name) {
+                if let Err(e) = q.check_room(msg.size()) {
+                    q.stats.discards_overflow += 1;
+                    return Err(e);
+                }
             }
         }
         for name in queues {
             if let Some(q) = self.queues.get_mut(name) {
-                q.enqueue(msg.clone())?;
+                q.enqueue_counted(msg.clone(), txn)?;
                 q.dispatch();
             }
         }
         Ok(())
     }
 
-    fn reroute(&mut self, exchange: &str, msg: &Arc<Message>) {
+    pub(super) fn reroute(&mut self, exchange: &str, msg: &Arc<Message>) {
         let mut answers = XmlAnswers::default();
         let routed = loop {
             match self.route(exchange, msg, &answers) {
@@ -1305,6 +1530,11 @@ impl State {
     }
 
     fn drop_consumer(&mut self, session: SessionId, destination: &str, queue: &str) {
+        let connection = self.sessions.get(&session).copied().unwrap_or(0);
+        self.notify(ModelEvent::Unsubscribed {
+            connection,
+            destination: destination.to_string(),
+        });
         let delete = match self.queues.get_mut(queue) {
             Some(q) => {
                 q.remove_consumer(session, destination);
@@ -1322,7 +1552,7 @@ impl State {
     fn auto_delete(&mut self, name: &str) {
         match self.queues.get_mut(name) {
             Some(q) if q.settings.auto_delete_timeout > 0 => q.pending_delete = Some(None),
-            Some(_) => self.remove_queue(name),
+            Some(_) => self.remove_queue(name, 0),
             None => {}
         }
     }
@@ -1376,10 +1606,15 @@ impl State {
         }
     }
 
-    fn remove_queue(&mut self, name: &str) {
+    /// Deletes a queue; `connection` asked for it (0: the broker itself).
+    pub(super) fn remove_queue(&mut self, name: &str, connection: u64) {
         let Some(mut q) = self.queues.remove(name) else {
             return;
         };
+        self.notify(ModelEvent::QueueDeleted {
+            connection,
+            name: name.to_string(),
+        });
         let mut ops = Vec::new();
         for ex in self.exchanges.values_mut() {
             if q.durable && ex.durable {
@@ -1407,11 +1642,17 @@ impl State {
                 qn.clear();
             }
         }
-        if let Some(alt) = q.alternate.clone() {
-            for msg in q.drain() {
-                self.reroute(&alt, &msg);
+        let left = q.drain();
+        match q.alternate.clone() {
+            Some(alt) => {
+                self.stats.abandoned_via_alt += left.len() as u64;
+                for msg in left {
+                    self.reroute(&alt, &msg);
+                }
             }
+            None => self.stats.abandoned += left.len() as u64,
         }
+        self.stats.gone.absorb(&q.stats);
     }
 }
 

@@ -150,6 +150,8 @@ pub struct Consumer {
     pub cursor: Option<Position>,
     /// Where deliveries go.
     pub sink: Arc<dyn DeliverySink>,
+    /// Messages delivered to it so far.
+    pub delivered: u64,
 }
 
 impl fmt::Debug for Consumer {

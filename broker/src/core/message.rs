@@ -82,6 +82,23 @@ impl Message {
         m
     }
 
+    /// A message the broker makes itself (management replies and events): routing key,
+    /// message properties and body.
+    pub fn built(routing_key: &str, properties: MessageProperties, body: Bytes) -> Message {
+        let mut m = Message {
+            delivery: DeliveryProperties {
+                routing_key: Some(routing_key.to_string()),
+                ..DeliveryProperties::default()
+            },
+            body,
+            has_body: true,
+            ..Message::default()
+        };
+        m.set_properties(properties);
+        m.seal();
+        m
+    }
+
     /// A copy with one application header set (queue sequence numbers).
     pub fn with_header(&self, key: &str, value: Value) -> Message {
         let mut m = self.clone();

@@ -7,7 +7,10 @@ pub mod error;
 pub mod exchange;
 pub mod journal;
 pub mod message;
+pub mod observer;
 pub mod queue;
+pub mod snapshot;
+pub mod stats;
 
 pub use broker::{
     BindingSummary, Broker, ExchangeDeclare, ExchangeSummary, Held, QueueDeclare, QueueSummary,

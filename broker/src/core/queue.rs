@@ -12,6 +12,8 @@ use super::consumer::{Consumer, Delivery};
 use super::error::Error;
 use super::journal::OpLog;
 use super::message::Message;
+use super::observer::{ModelEvent, Observer, Threshold};
+use super::stats::QueueStats;
 use super::SessionId;
 use crate::wire::{FieldTable, Value};
 
@@ -249,6 +251,12 @@ pub struct Queue {
     has_ttl: bool,
     /// Where a durable queue records changes to its persistent messages.
     pub(super) log: Option<OpLog>,
+    /// What the queue has counted since it was made (or recovered).
+    pub stats: QueueStats,
+    /// Where threshold crossings are reported.
+    pub(super) observer: Option<Arc<dyn Observer>>,
+    /// The `qpid.alert_*` threshold and whether the queue is above it.
+    threshold: Option<Threshold>,
 }
 
 impl Queue {
@@ -261,6 +269,7 @@ impl Queue {
             auto_delete: false,
             alternate: None,
             settings: QueueSettings::from_args(&args)?,
+            threshold: Threshold::from_args(&args)?,
             args,
             available: BTreeMap::new(),
             acquired: HashMap::new(),
@@ -276,6 +285,8 @@ impl Queue {
             pending_delete: None,
             has_ttl: false,
             log: None,
+            stats: QueueStats::default(),
+            observer: None,
         })
     }
 
@@ -299,11 +310,46 @@ impl Queue {
         self.consumers.len()
     }
 
+    /// Messages acquired by consumers and not yet settled.
+    pub fn unacked(&self) -> usize {
+        self.acquired.len()
+    }
+
+    /// Takes out up to `limit` (0: no limit) available messages that `filter` accepts, in
+    /// queue order (management's purge, move and reroute). Counted as dequeues.
+    pub fn take_matching(
+        &mut self,
+        limit: usize,
+        filter: impl Fn(&Message) -> bool,
+    ) -> Vec<Arc<Message>> {
+        let limit = if limit == 0 { usize::MAX } else { limit };
+        let picked: Vec<Position> = self
+            .available
+            .iter()
+            .filter(|(_, e)| filter(&e.msg))
+            .map(|(p, _)| *p)
+            .take(limit)
+            .collect();
+        picked
+            .into_iter()
+            .filter_map(|p| self.remove_available(p))
+            .map(|e| e.msg)
+            .collect()
+    }
+
     /// Adds a message, applying last-value replacement and limits.
     ///
     /// # Errors
     /// `LimitExceeded` when a limit is reached under the reject policy.
     pub fn enqueue(&mut self, msg: Arc<Message>) -> Result<(), Error> {
+        self.enqueue_counted(msg, false)
+    }
+
+    /// [`Queue::enqueue`], counted as transactional when `txn` (a commit brings it).
+    ///
+    /// # Errors
+    /// As [`Queue::enqueue`].
+    pub fn enqueue_counted(&mut self, msg: Arc<Message>, txn: bool) -> Result<(), Error> {
         if self.settings.no_local && msg.origin != 0 {
             let local = self.owner_connection == Some(msg.origin)
                 || self
@@ -322,12 +368,22 @@ impl Queue {
         let lvq_value = self.lvq_value(&msg);
         if let Some(v) = &lvq_value {
             if let Some(pos) = self.lvq.get(v).copied() {
-                self.remove_available(pos);
+                if self.remove_available(pos).is_some() {
+                    self.stats.discards_lvq += 1;
+                }
             }
         }
         let band = 255 - self.settings.level(msg.priority());
-        if !self.make_room(msg.size(), band)? {
-            return Ok(());
+        match self.make_room(msg.size(), band) {
+            Err(e) => {
+                self.stats.discards_overflow += 1;
+                return Err(e);
+            }
+            Ok(false) => {
+                self.stats.discards_ring += 1;
+                return Ok(());
+            }
+            Ok(true) => {}
         }
         let msg = match &self.settings.sequence_key {
             Some(key) => Arc::new(msg.with_header(key, Value::Int64(self.next_seq as i64))),
@@ -346,6 +402,7 @@ impl Queue {
             });
         }
         self.bytes += msg.size();
+        self.stats.enqueued(&msg, txn);
         if let Some(v) = lvq_value {
             self.lvq.insert(v, pos);
         }
@@ -356,7 +413,32 @@ impl Queue {
                 redelivered: false,
             },
         );
+        self.check_threshold();
         Ok(())
+    }
+
+    /// Reports a crossing of the `qpid.alert_*` threshold, either way.
+    fn check_threshold(&mut self) {
+        let Some(t) = &mut self.threshold else {
+            return;
+        };
+        let (depth, bytes) = (
+            self.available.len() as u64 + self.acquired.len() as u64,
+            self.stats.enqueues.bytes - self.stats.dequeues.bytes,
+        );
+        let compat = t.compat;
+        for crossing in t.crossed(depth, bytes).into_iter().flatten() {
+            let Some(o) = &self.observer else {
+                return;
+            };
+            o.event(ModelEvent::Threshold {
+                queue: self.name.clone(),
+                crossing,
+                compat,
+                msg_depth: depth,
+                byte_depth: bytes,
+            });
+        }
     }
 
     /// Applies the federation trace: `None` when the message already passed a broker this
@@ -456,7 +538,9 @@ impl Queue {
                 .next()
                 .map(|(p, _)| *p);
             if let Some(p) = oldest {
-                self.remove_available(p);
+                if self.remove_available(p).is_some() {
+                    self.stats.discards_ring += 1;
+                }
             }
         }
     }
@@ -496,6 +580,7 @@ impl Queue {
         };
         self.next_seq = self.next_seq.max(seq + 1);
         self.bytes += msg.size();
+        self.stats.enqueued(&msg, false);
         if let Some(v) = self.lvq_value(&msg) {
             self.lvq.insert(v, pos);
         }
@@ -512,9 +597,11 @@ impl Queue {
         let e = self.available.remove(&pos)?;
         self.record_dequeue(pos, &e.msg);
         self.bytes -= e.msg.size();
+        self.stats.dequeued(&e.msg);
         if self.settings.lvq_key.is_some() {
             self.lvq.retain(|_, p| *p != pos);
         }
+        self.check_threshold();
         Some(e)
     }
 
@@ -524,8 +611,11 @@ impl Queue {
         for (pos, e) in std::mem::take(&mut self.available) {
             self.record_dequeue(pos, &e.msg);
             self.bytes -= e.msg.size();
+            self.stats.dequeued(&e.msg);
         }
+        self.stats.discards_purge += n as u64;
         self.lvq.clear();
+        self.check_threshold();
         n
     }
 
@@ -539,6 +629,9 @@ impl Queue {
         all.sort_by_key(|(p, _)| *p);
         self.bytes = 0;
         self.lvq.clear();
+        for (_, e) in &all {
+            self.stats.dequeued(&e.msg);
+        }
         all.into_iter().map(|(_, e)| e.msg).collect()
     }
 
@@ -554,7 +647,9 @@ impl Queue {
             .map(|(p, _)| *p)
             .collect();
         for p in dead {
-            self.remove_available(p);
+            if self.remove_available(p).is_some() {
+                self.stats.discards_ttl += 1;
+            }
         }
         self.has_ttl = self
             .available
@@ -568,6 +663,8 @@ impl Queue {
         let e = self.acquired.remove(&pos)?;
         self.record_dequeue(pos, &e.msg);
         self.bytes -= e.msg.size();
+        self.stats.dequeued(&e.msg);
+        self.check_threshold();
         Some(e.msg)
     }
 
@@ -575,13 +672,17 @@ impl Queue {
     pub fn release(&mut self, pos: Position, redelivered: bool) {
         if let Some(mut e) = self.acquired.remove(&pos) {
             e.redelivered |= redelivered;
+            self.stats.releases += 1;
+            self.stats.redeliveries += u64::from(redelivered);
             self.available.insert(pos, e);
         }
     }
 
     /// An acquired message is rejected: it leaves the queue and is returned for rerouting.
     pub fn reject(&mut self, pos: Position) -> Option<Arc<Message>> {
-        self.accept(pos)
+        let msg = self.accept(pos)?;
+        self.stats.discards_subscriber += 1;
+        Some(msg)
     }
 
     /// Acquires a message delivered to a browser; false when someone else has it.
@@ -589,6 +690,7 @@ impl Queue {
         match self.available.remove(&pos) {
             Some(e) => {
                 self.acquired.insert(pos, e);
+                self.stats.acquires += 1;
                 if self.settings.lvq_key.is_some() {
                     self.lvq.retain(|_, p| *p != pos);
                 }
@@ -680,6 +782,7 @@ impl Queue {
                         });
                     }
                     self.acquired.insert(pos, e.clone());
+                    self.stats.acquires += 1;
                     e
                 } else {
                     let Some(e) = self.available.get(&pos).cloned() else {
@@ -691,6 +794,7 @@ impl Queue {
                     *self.fair_used.entry(255 - pos.band).or_default() += 1;
                 }
                 let c = &mut self.consumers[idx];
+                c.delivered += 1;
                 if !c.acquire {
                     c.cursor = Some(pos);
                 }
@@ -763,6 +867,7 @@ mod tests {
             credit: Credit::unlimited(),
             cursor: None,
             sink,
+            delivered: 0,
         }
     }
 

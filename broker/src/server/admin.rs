@@ -4,6 +4,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::SystemTime;
 
@@ -16,9 +17,55 @@ use crate::core::journal::journaled;
 use crate::core::{
     BindingSummary, Broker, Error as CoreError, ExchangeSummary, QueueSummary, SessionId,
 };
+use crate::wire::FieldTable;
+
+/// What a connection counts as it runs, and how management asks it to close. Shared
+/// between the connection's task and the registry; plain relaxed atomics, bumped once per
+/// message.
+#[derive(Debug, Default)]
+pub struct ConnectionLive {
+    /// Messages the peer sent.
+    pub msgs_from: AtomicU64,
+    /// Messages sent to the peer.
+    pub msgs_to: AtomicU64,
+    /// Bytes read from the peer.
+    pub bytes_from: AtomicU64,
+    /// Bytes written to the peer.
+    pub bytes_to: AtomicU64,
+    /// Set when management asked the connection to close.
+    pub closing: AtomicBool,
+    /// Wakes the connection's task to close it.
+    pub close: tokio::sync::Notify,
+}
+
+impl ConnectionLive {
+    /// Counts one and returns nothing; relaxed, as nothing else is ordered by it.
+    pub fn bump(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Asks the connection to close (management's `close`).
+    pub fn request_close(&self) {
+        self.closing.store(true, Ordering::Relaxed);
+        self.close.notify_one();
+    }
+}
+
+/// What a connection said about itself at login, for the registry.
+#[derive(Debug, Clone, Default)]
+pub struct ConnectionDetails {
+    /// The client properties of `connection.start-ok`.
+    pub properties: FieldTable,
+    /// The SASL mechanism it logged in with.
+    pub mechanism: String,
+    /// Whether it is another broker's federation link.
+    pub federation_link: bool,
+    /// Its counters.
+    pub live: Arc<ConnectionLive>,
+}
 
 /// One logged-in connection.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct ConnectionInfo {
     /// The broker's id of the connection.
     pub id: u64,
@@ -26,12 +73,16 @@ pub struct ConnectionInfo {
     pub user: String,
     /// The peer's address; `None` for an in-process connection (the agent's).
     pub addr: Option<SocketAddr>,
+    /// Our end of it.
+    pub local: Option<SocketAddr>,
     /// Whether it came over the amqps listener.
     pub tls: bool,
     /// When it logged in.
     pub since: SystemTime,
     /// Sessions attached now.
     pub sessions: usize,
+    /// Client properties, mechanism, counters.
+    pub details: ConnectionDetails,
 }
 
 #[derive(Debug, Default)]
@@ -57,6 +108,7 @@ impl ConnectionRegistry {
         id: u64,
         user: &str,
         peer: &PeerInfo,
+        details: ConnectionDetails,
         max_total: usize,
         max_per_user: usize,
     ) -> Result<(), String> {
@@ -77,26 +129,27 @@ impl ConnectionRegistry {
                 id,
                 user: user.to_string(),
                 addr: peer.addr,
+                local: peer.local,
                 tls: peer.tls,
                 since: SystemTime::now(),
                 sessions: 0,
+                details,
             },
         );
         Ok(())
     }
 
-    /// Forgets connection `id`.
-    pub(crate) fn leave(&self, id: u64) {
+    /// Forgets connection `id`; returns what was known of it.
+    pub(crate) fn leave(&self, id: u64) -> Option<ConnectionInfo> {
         let mut r = self.lock();
-        let Some(c) = r.open.remove(&id) else {
-            return;
-        };
+        let c = r.open.remove(&id)?;
         if let Some(n) = r.per_user.get_mut(&c.user) {
             *n = n.saturating_sub(1);
             if *n == 0 {
                 r.per_user.remove(&c.user);
             }
         }
+        Some(c)
     }
 
     /// The open connections, by id (their `sessions` is 0: the broker counts those).
@@ -104,6 +157,11 @@ impl ConnectionRegistry {
         let mut out: Vec<ConnectionInfo> = self.lock().open.values().cloned().collect();
         out.sort_by_key(|c| c.id);
         out
+    }
+
+    /// The connection `id`, if it is open.
+    pub fn get(&self, id: u64) -> Option<ConnectionInfo> {
+        self.lock().open.get(&id).cloned()
     }
 
     /// How many connections are open.
@@ -182,6 +240,8 @@ pub struct Admin {
     config_users: Arc<HashSet<String>>,
     /// Shared by every handle of one server.
     user_changes: Arc<tokio::sync::Mutex<()>>,
+    /// The server, for its ACL.
+    server: Arc<ServerContext>,
 }
 
 impl std::fmt::Debug for Admin {
@@ -194,7 +254,7 @@ impl std::fmt::Debug for Admin {
 }
 
 impl Admin {
-    pub(super) fn new(ctx: &ServerContext) -> Admin {
+    pub(super) fn new(ctx: &Arc<ServerContext>) -> Admin {
         Admin {
             broker: ctx.broker.clone(),
             auth: ctx.auth.clone(),
@@ -202,6 +262,44 @@ impl Admin {
             journal: ctx.broker.journal().cloned(),
             config_users: Arc::new(ctx.config.users.keys().cloned().collect()),
             user_changes: ctx.user_changes.clone(),
+            server: ctx.clone(),
+        }
+    }
+
+    /// The registry of logged-in connections.
+    pub fn registry(&self) -> ConnectionRegistry {
+        self.connections.clone()
+    }
+
+    /// The connection `id`, if it is open.
+    pub fn connection(&self, id: u64) -> Option<ConnectionInfo> {
+        self.connections.get(id)
+    }
+
+    /// The ACL in force, if a rules file is configured.
+    pub fn acl(&self) -> Option<Arc<crate::auth::Acl>> {
+        self.server.acl().1
+    }
+
+    /// The server's federation tag.
+    pub fn federation_tag(&self) -> &str {
+        &self.server.federation_tag
+    }
+
+    /// The server's settings.
+    pub fn config(&self) -> &super::ServerConfig {
+        &self.server.config
+    }
+
+    /// Asks connection `id` to close (it answers `connection.close` 320); false when no
+    /// such connection is open.
+    pub fn close_connection(&self, id: u64) -> bool {
+        match self.connections.get(id) {
+            Some(c) => {
+                c.details.live.request_close();
+                true
+            }
+            None => false,
         }
     }
 
@@ -414,6 +512,7 @@ mod tests {
     fn peer(addr: Option<&str>) -> PeerInfo {
         PeerInfo {
             addr: addr.map(|a| a.parse().expect("addr")),
+            local: None,
             tls: false,
             transport_user: None,
         }
@@ -422,15 +521,26 @@ mod tests {
     #[test]
     fn the_registry_lists_and_limits_connections() {
         let r = ConnectionRegistry::default();
-        r.admit(7, "alice", &peer(Some("127.0.0.1:4000")), 3, 2)
-            .expect("first");
-        r.admit(3, "alice", &peer(None), 3, 2).expect("second");
+        r.admit(
+            7,
+            "alice",
+            &peer(Some("127.0.0.1:4000")),
+            ConnectionDetails::default(),
+            3,
+            2,
+        )
+        .expect("first");
+        r.admit(3, "alice", &peer(None), ConnectionDetails::default(), 3, 2)
+            .expect("second");
         let e = r
-            .admit(9, "alice", &peer(None), 3, 2)
+            .admit(9, "alice", &peer(None), ConnectionDetails::default(), 3, 2)
             .expect_err("per user");
         assert!(e.contains("alice already has 2"), "{e}");
-        r.admit(9, "bob", &peer(None), 3, 2).expect("bob");
-        let e = r.admit(10, "carol", &peer(None), 3, 0).expect_err("total");
+        r.admit(9, "bob", &peer(None), ConnectionDetails::default(), 3, 2)
+            .expect("bob");
+        let e = r
+            .admit(10, "carol", &peer(None), ConnectionDetails::default(), 3, 0)
+            .expect_err("total");
         assert!(e.contains("limit of 3"), "{e}");
         let ids: Vec<u64> = r.list().iter().map(|c| c.id).collect();
         assert_eq!(ids, [3, 7, 9]);
@@ -440,7 +550,8 @@ mod tests {
         );
         r.leave(7);
         r.leave(7);
-        r.admit(11, "alice", &peer(None), 3, 2).expect("room again");
+        r.admit(11, "alice", &peer(None), ConnectionDetails::default(), 3, 2)
+            .expect("room again");
         assert_eq!(r.len(), 3);
     }
 

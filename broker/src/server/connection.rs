@@ -12,6 +12,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tokio_util::codec::Decoder;
 
+use super::admin::{ConnectionDetails, ConnectionLive};
 use super::session::{DurableDone, DurableNotifier, Session, SessionEnv};
 use super::ServerContext;
 use crate::auth::{Claim, Exchange, Identity, PeerInfo, Step};
@@ -90,6 +91,12 @@ struct Conn<'a> {
     /// A federation link from a configured peer (decided at login): its messages keep
     /// their user-id.
     peer_link: bool,
+    /// What the peer said of itself in `connection.start-ok`.
+    client_properties: FieldTable,
+    /// The SASL mechanism it chose.
+    mechanism: String,
+    /// Counters management reads, and its request to close.
+    live: Arc<ConnectionLive>,
 }
 
 /// Serves one connection until it closes.
@@ -142,7 +149,11 @@ pub(crate) async fn serve<S>(
         done: false,
         fed_link: false,
         peer_link: false,
+        client_properties: FieldTable::new(),
+        mechanism: String::new(),
+        live: Arc::new(ConnectionLive::default()),
     };
+    let live = conn.live.clone();
     conn.out.extend_from_slice(&PROTOCOL_HEADER);
     conn.send_start();
 
@@ -175,7 +186,8 @@ pub(crate) async fn serve<S>(
             r = reader.read_buf(&mut input), if can_read => {
                 match r {
                     Ok(0) | Err(_) => break,
-                    Ok(_) => {
+                    Ok(n) => {
+                        ConnectionLive::bump(&live.bytes_from, n as u64);
                         last_input = Instant::now();
                         conn.handle_input(&mut input);
                         conn.report_completions();
@@ -186,6 +198,7 @@ pub(crate) async fn serve<S>(
                 match r {
                     Ok(0) | Err(_) => break,
                     Ok(n) => {
+                        ConnectionLive::bump(&live.bytes_to, n as u64);
                         conn.out.advance(n);
                         last_output = Instant::now();
                     }
@@ -220,6 +233,15 @@ pub(crate) async fn serve<S>(
                         break;
                     }
                 }
+            }
+            _ = live.close.notified() => {
+                if conn.phase == Phase::Closing || conn.done {
+                    break;
+                }
+                conn.close(
+                    ConnectionCloseCode::CONNECTION_FORCED,
+                    "Closed by Management Request",
+                );
             }
             _ = shutdown.changed() => {
                 if conn.phase == Phase::Closing || conn.done {
@@ -430,6 +452,7 @@ impl Conn<'_> {
             sink: &self.sink,
             connection: self.id,
             durable: self.durable.as_ref(),
+            live: &self.live,
         };
         f(session, &mut env);
     }
@@ -501,7 +524,9 @@ impl Conn<'_> {
                     .as_ref()
                     .and_then(|p| p.get("qpid.fed_link"))
                     .is_some_and(|v| v.as_i64().is_some_and(|n| n != 0));
+                self.client_properties = s.client_properties.unwrap_or_default();
                 let mechanism = s.mechanism.unwrap_or_default();
+                self.mechanism.clone_from(&mechanism);
                 let response = s.response.unwrap_or_default();
                 let (exchange, step) = self.ctx.auth.start(&self.peer, &mechanism, &response);
                 self.sasl = Some(exchange);
@@ -614,7 +639,16 @@ impl Conn<'_> {
                 );
             }
         };
-        if let Err(why) = self.ctx.admit(self.id, &identity.stamp, &self.peer) {
+        let details = ConnectionDetails {
+            properties: self.client_properties.clone(),
+            mechanism: self.mechanism.clone(),
+            federation_link: self.fed_link,
+            live: self.live.clone(),
+        };
+        if let Err(why) = self
+            .ctx
+            .admit(self.id, &identity.stamp, &self.peer, details)
+        {
             tracing::warn!(%peer, user = %identity.stamp, "connection refused: {why}");
             return self.close(ConnectionCloseCode::CONNECTION_FORCED, &why);
         }
@@ -687,6 +721,9 @@ impl Conn<'_> {
                 let over_limit =
                     self.peer.addr.is_some() && self.sessions.len() >= self.ctx.config.max_sessions;
                 let id = self.ctx.broker.new_session(self.id);
+                self.ctx
+                    .broker
+                    .describe_session(id, &String::from_utf8_lossy(&name), channel);
                 self.sessions
                     .insert(channel, Session::new(id, name.clone()));
                 self.control(

@@ -5,7 +5,10 @@ mod connection;
 mod session;
 pub mod tls;
 
-pub use admin::{Admin, AdminError, ConnectionInfo, ConnectionRegistry, UserInfo, UserSource};
+pub use admin::{
+    Admin, AdminError, ConnectionDetails, ConnectionInfo, ConnectionLive, ConnectionRegistry,
+    UserInfo, UserSource,
+};
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -19,6 +22,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 
 use crate::auth::{Acl, AuthConfig, Authenticator, Credentials, LdapConfig, PeerInfo, Source};
+use crate::core::observer::ModelEvent;
 use crate::core::Broker;
 
 /// The amqps listener.
@@ -137,19 +141,48 @@ pub(crate) struct ServerContext {
 
 impl ServerContext {
     /// Registers logged-in connection `id` of `user`, or says which limit it would break.
-    pub(crate) fn admit(&self, id: u64, user: &str, peer: &PeerInfo) -> Result<(), String> {
+    pub(crate) fn admit(
+        &self,
+        id: u64,
+        user: &str,
+        peer: &PeerInfo,
+        details: admin::ConnectionDetails,
+    ) -> Result<(), String> {
         self.connections.admit(
             id,
             user,
             peer,
+            details,
             self.config.max_connections,
             self.config.max_connections_per_user,
-        )
+        )?;
+        if let Some(c) = self.connections.get(id) {
+            self.tell(ModelEvent::ClientConnected {
+                address: crate::management::objects::connection_address(&c),
+                user: c.user,
+                properties: c.details.properties,
+            });
+        }
+        Ok(())
     }
 
     /// Forgets a connection [`ServerContext::admit`] registered.
     pub(crate) fn leave(&self, id: u64) {
-        self.connections.leave(id);
+        if let Some(c) = self.connections.leave(id) {
+            self.tell(ModelEvent::ClientDisconnected {
+                address: crate::management::objects::connection_address(&c),
+                user: c.user,
+                properties: c.details.properties,
+            });
+        }
+    }
+
+    /// Tells management, if it watches, and lets it publish at once.
+    fn tell(&self, event: ModelEvent) {
+        if let Some(o) = self.broker.observer() {
+            o.event(event);
+            o.flush(&self.broker);
+        }
     }
 
     /// The rules in force now and their generation.
@@ -220,6 +253,7 @@ impl InternalConnector {
         let (ours, theirs) = tokio::io::duplex(256 * 1024);
         let info = PeerInfo {
             addr: None,
+            local: None,
             tls: false,
             transport_user: Some(user.to_string()),
         };
@@ -383,12 +417,14 @@ impl Server {
             match accepted {
                 Ok((stream, peer, tls)) => {
                     let _ = stream.set_nodelay(true);
+                    let local = stream.local_addr().ok();
                     tracing::debug!(%peer, tls = tls.is_some(), "connection accepted");
                     let ctx = self.ctx.clone();
                     let stop = stop_rx.clone();
                     tasks.spawn(async move {
                         let mut info = PeerInfo {
                             addr: Some(peer),
+                            local,
                             tls: tls.is_some(),
                             transport_user: None,
                         };

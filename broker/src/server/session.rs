@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 
+use super::admin::ConnectionLive;
 use crate::auth::{Acl, Action, Identity, ObjectKind};
 use crate::core::broker::{Broker, ExchangeDeclare, Held, QueueDeclare, Subscribe};
 use crate::core::journal::journaled;
@@ -38,6 +39,8 @@ pub(crate) struct SessionEnv<'a> {
     pub connection: u64,
     /// Present when the broker has a store.
     pub durable: Option<&'a DurableNotifier>,
+    /// The connection's counters.
+    pub live: &'a ConnectionLive,
 }
 
 /// A delivery the peer has not yet settled.
@@ -221,6 +224,7 @@ impl Session {
 
     /// Writes one delivery as a `message.transfer`.
     pub fn deliver(&mut self, env: &mut SessionEnv<'_>, d: Delivery) {
+        ConnectionLive::bump(&env.live.msgs_to, 1);
         let id = self.next_out;
         let header = d.msg.delivery_header(d.redelivered);
         let transfer = Command::MessageTransfer(MessageTransfer {
@@ -569,11 +573,16 @@ impl Session {
                     durable: d.durable,
                     auto_delete: d.auto_delete,
                     args: d.arguments.unwrap_or_default(),
+                    connection: env.connection,
                 })?;
                 Ok(None)
             }
             Command::ExchangeDelete(d) => {
-                broker.delete_exchange(d.exchange.as_deref().unwrap_or(""), d.if_unused)?;
+                broker.delete_exchange_by(
+                    env.connection,
+                    d.exchange.as_deref().unwrap_or(""),
+                    d.if_unused,
+                )?;
                 Ok(None)
             }
             Command::ExchangeQuery(q) => {
@@ -684,6 +693,7 @@ impl Session {
         t: MessageTransfer,
         content: Option<Content>,
     ) -> Result<(), Error> {
+        ConnectionLive::bump(&env.live.msgs_from, 1);
         let mut msg = Message::from_content(content.as_ref())
             .map_err(|e| Error::InvalidArgument(format!("malformed message header: {e}")))?;
         if let Some(identity) = env.identity {
@@ -709,6 +719,12 @@ impl Session {
         let exchange = t.destination.unwrap_or_default();
         msg.delivery.exchange = Some(exchange.clone());
         msg.origin = env.connection;
+        if env.broker.timestamping() {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            msg.delivery.timestamp = Some(now);
+        }
         if let Some(ttl) = msg.delivery.ttl.filter(|t| *t > 0) {
             msg.expires_at =
                 Some(std::time::Instant::now() + std::time::Duration::from_millis(ttl));

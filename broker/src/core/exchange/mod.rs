@@ -16,6 +16,7 @@ use std::sync::Arc;
 
 use super::error::Error;
 use super::message::Message;
+use super::stats::ExchangeStats;
 use crate::wire::FieldTable;
 
 /// One binding of a queue to an exchange.
@@ -132,6 +133,8 @@ pub struct Exchange {
     pub alternate: Option<String>,
     /// Declare arguments as given.
     pub args: FieldTable,
+    /// What it has counted.
+    pub stats: ExchangeStats,
     bindings: Vec<Binding>,
     router: Router,
     /// Auto-delete waits for the first binding before it can trigger.
@@ -153,6 +156,7 @@ impl Exchange {
             auto_delete: false,
             alternate: None,
             args: FieldTable::new(),
+            stats: ExchangeStats::default(),
             bindings: Vec::new(),
             router,
             had_bindings: false,
