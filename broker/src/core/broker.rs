@@ -1112,7 +1112,8 @@ impl Broker {
             .queues
             .get_mut(&s.queue)
             .ok_or_else(|| Error::NotFound(format!("queue not found: {}", s.queue)))?;
-        if q.owner.is_some_and(|o| o != session) {
+        // Browsing another session's exclusive queue is allowed, as qpidd allows it.
+        if s.acquire && q.owner.is_some_and(|o| o != session) {
             return Err(Error::ResourceLocked(format!(
                 "cannot subscribe to exclusive queue {}",
                 s.queue

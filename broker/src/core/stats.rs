@@ -172,7 +172,13 @@ mod tests {
         s.enqueued(&plain, false);
         s.enqueued(&durable, true);
         s.dequeued(&durable);
-        assert_eq!(s.enqueues, Tally { msgs: 2, bytes: a + b });
+        assert_eq!(
+            s.enqueues,
+            Tally {
+                msgs: 2,
+                bytes: a + b
+            }
+        );
         assert_eq!(s.persist_enqueues, Tally { msgs: 1, bytes: b });
         assert_eq!(s.txn_enqueues, Tally { msgs: 1, bytes: b });
         assert_eq!(s.persist_dequeues, Tally { msgs: 1, bytes: b });

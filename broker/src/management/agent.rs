@@ -21,7 +21,9 @@ use super::events::key_word;
 use super::methods::{self, MethodError, Status};
 use super::objects::{now_ns, Builder, Object, View};
 use super::schema::{Kind, Schema, PACKAGE};
+use super::v1;
 use super::{Context, Input, ManagementConfig};
+use crate::wire::prim::put_str16;
 
 /// Objects per reply message (qpidd sends the same).
 const OBJECTS_PER_MESSAGE: usize = 100;
@@ -43,6 +45,7 @@ pub(super) async fn run(
         heartbeat_interval: config.heartbeat_interval,
         log_level: config.log_level.clone(),
         log_hires: false,
+        v1_ids: v1::Ids::default(),
     };
     let mut publish = tokio::time::interval(config.publish_interval);
     let mut heartbeat = tokio::time::interval(config.heartbeat_interval);
@@ -82,6 +85,8 @@ pub(super) struct Agent {
     pub(super) log_level: String,
     /// What `getLogHiresTimestamp` reports.
     pub(super) log_hires: bool,
+    /// Version 1 object ids handed out.
+    v1_ids: v1::Ids,
 }
 
 /// Who asked, as the ACL knows them.
@@ -184,7 +189,7 @@ impl Agent {
         }
         let caller = self.caller(msg);
         if !v2 {
-            self.handle_v1(&reply, msg.body.clone());
+            self.handle_v1(&reply, msg.body.clone(), &caller).await;
             return;
         }
         let opcode = props
@@ -380,6 +385,15 @@ impl Agent {
     /// Runs a method request; the output arguments, or why it failed.
     async fn call(&mut self, body: &Bytes, caller: &Caller) -> Result<FieldTable, MethodError> {
         let req = read_map(body).map_err(|e| MethodError::new(Status::Exception, e))?;
+        self.call_map(req, caller).await
+    }
+
+    /// Runs a method request already read.
+    async fn call_map(
+        &mut self,
+        req: FieldTable,
+        caller: &Caller,
+    ) -> Result<FieldTable, MethodError> {
         let name = match req.get("_object_id") {
             Some(Value::Map(id)) => id.get("_object_name").and_then(Value::as_str),
             _ => None,
@@ -520,40 +534,47 @@ impl Agent {
         }
     }
 
-    fn handle_v1(&mut self, reply: &ReplyAddress, body: Bytes) {
+    /// Answers version 1 requests, one reply message per record (old consoles read only
+    /// the first record they do not understand in a message).
+    async fn handle_v1(&mut self, reply: &ReplyAddress, body: Bytes, caller: &Caller) {
         let mut r = V1Reader::new(body);
-        let mut out = BytesMut::new();
+        let mut out: Vec<BytesMut> = Vec::new();
         while let Some((opcode, seq)) = r.next_header() {
             let ok = match opcode {
                 b'B' => {
-                    v1_header(&mut out, b'b', seq);
-                    out.put_slice(&self.ctx.facts.system_id.0);
+                    let mut rec = record(b'b', seq);
+                    rec.put_slice(&self.ctx.facts.system_id.0);
+                    out.push(rec);
                     true
                 }
                 b'P' => {
-                    v1_header(&mut out, b'p', seq);
-                    put_short(&mut out, PACKAGE);
-                    complete(&mut out, seq, 0, "OK");
+                    let mut rec = record(b'p', seq);
+                    put_short(&mut rec, PACKAGE);
+                    out.push(rec);
+                    out.push(complete(seq, 0, "OK"));
                     true
                 }
                 b'Q' => match r.str8() {
                     Ok(package) => {
                         if package == PACKAGE {
                             for c in Schema::get().classes() {
-                                v1_header(&mut out, b'q', seq);
-                                out.put_u8(c.kind as u8);
-                                c.encode_key(&mut out);
+                                let mut rec = record(b'q', seq);
+                                rec.put_u8(c.kind as u8);
+                                c.encode_key(&mut rec);
+                                out.push(rec);
                             }
                         }
-                        complete(&mut out, seq, 0, "OK");
+                        out.push(complete(seq, 0, "OK"));
                         true
                     }
                     Err(_) => false,
                 },
                 b'S' => self.v1_schema(&mut r, &mut out, seq),
+                b'G' => self.v1_get(&mut r, &mut out, seq, caller),
+                b'M' => self.v1_method(&mut r, &mut out, seq, caller).await,
                 other => {
                     tracing::debug!(opcode = %char::from(other), "unsupported QMF v1 request");
-                    complete(&mut out, seq, 1, "unsupported request");
+                    out.push(complete(seq, 1, "unsupported request"));
                     // Whatever follows an unknown record cannot be read.
                     false
                 }
@@ -562,32 +583,126 @@ impl Agent {
                 break;
             }
         }
-        if !out.is_empty() {
-            self.publish(&reply.exchange, v1_message(&reply.key, out.freeze()));
+        for rec in out {
+            self.publish(&reply.exchange, v1_message(&reply.key, rec.freeze()));
         }
     }
 
     /// `S`: the schema of one class.
-    fn v1_schema(&self, r: &mut V1Reader, out: &mut BytesMut, seq: u32) -> bool {
+    fn v1_schema(&self, r: &mut V1Reader, out: &mut Vec<BytesMut>, seq: u32) -> bool {
         let (Ok(package), Ok(class), Ok(_hash)) = (r.str8(), r.str8(), r.bytes(16)) else {
             return false;
         };
-        match Schema::get().class(&class).filter(|_| package == PACKAGE) {
+        match Schema::get()
+            .class(&class)
+            .filter(|_| v1::is_ours(&package))
+        {
             Some(c) => {
-                v1_header(out, b's', seq);
-                c.encode_schema(out);
+                let mut rec = record(b's', seq);
+                c.encode_schema(&mut rec);
+                out.push(rec);
             }
-            None => complete(out, seq, 1, "unknown class"),
+            None => out.push(complete(seq, 1, "unknown class")),
         }
+        true
+    }
+
+    /// `G`: the objects of a class, in version 1's binary form.
+    fn v1_get(
+        &mut self,
+        r: &mut V1Reader,
+        out: &mut Vec<BytesMut>,
+        seq: u32,
+        caller: &Caller,
+    ) -> bool {
+        let Ok(query) = r.map() else {
+            return false;
+        };
+        let class = query
+            .get("_class")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
+        if !class.is_empty() && self.allowed(caller, Action::Access, ObjectKind::Query, &class) {
+            let now = now_ns();
+            for o in self.objects(Some(&class)) {
+                let mut rec = record(b'g', seq);
+                v1::encode_object(&mut rec, &o, now, &mut self.v1_ids);
+                out.push(rec);
+            }
+        }
+        out.push(complete(seq, 0, "OK"));
+        true
+    }
+
+    /// `M`: a method call on an object named by its version 1 id.
+    async fn v1_method(
+        &mut self,
+        r: &mut V1Reader,
+        out: &mut Vec<BytesMut>,
+        seq: u32,
+        caller: &Caller,
+    ) -> bool {
+        let (Ok(id), Ok(_package), Ok(class), Ok(_hash), Ok(method)) =
+            (r.bytes(16), r.str8(), r.str8(), r.bytes(16), r.str8())
+        else {
+            return false;
+        };
+        let first = u64::from_be_bytes(id[..8].try_into().unwrap_or_default());
+        let second = u64::from_be_bytes(id[8..].try_into().unwrap_or_default());
+        let Some(m) = Schema::get().class(&class).and_then(|c| c.method(&method)) else {
+            let mut rec = record(b'm', seq);
+            rec.put_u32(Status::UnknownMethod as u32);
+            put_str16(&mut rec, "UnknownMethod");
+            out.push(rec);
+            // The arguments cannot be read without the method.
+            return false;
+        };
+        let Ok(args) = v1::read_args(r, m, &self.v1_ids) else {
+            return false;
+        };
+        let result = match self.v1_ids.name(first, second).map(str::to_string) {
+            Some(name) => {
+                let mut oid = FieldTable::new();
+                oid.insert("_object_name", name);
+                let mut req = FieldTable::new();
+                req.insert("_object_id", Value::Map(oid));
+                req.insert("_method_name", method.as_str());
+                req.insert("_arguments", Value::Map(args));
+                self.call_map(req, caller).await
+            }
+            None => Err(MethodError::standard(Status::UnknownObject)),
+        };
+        let mut rec = record(b'm', seq);
+        match result {
+            Ok(outs) => {
+                rec.put_u32(0);
+                put_str16(&mut rec, "OK");
+                v1::encode_out_args(&mut rec, m, &outs, &mut self.v1_ids);
+            }
+            Err(e) => {
+                rec.put_u32(e.status as u32);
+                put_str16(&mut rec, &e.text);
+            }
+        }
+        out.push(rec);
         true
     }
 }
 
-/// Writes a version 1 command-complete record.
-fn complete(out: &mut BytesMut, seq: u32, code: u32, text: &str) {
-    v1_header(out, b'z', seq);
-    out.put_u32(code);
-    put_short(out, text);
+/// A version 1 record with its header written.
+fn record(opcode: u8, seq: u32) -> BytesMut {
+    let mut b = BytesMut::new();
+    v1_header(&mut b, opcode, seq);
+    b
+}
+
+/// A version 1 command-complete record.
+fn complete(seq: u32, code: u32, text: &str) -> BytesMut {
+    let mut b = record(b'z', seq);
+    b.put_u32(code);
+    put_short(&mut b, text);
+    b
 }
 
 /// `org.apache.qpid.broker:<class>:<key>` as (class, key).

@@ -150,6 +150,22 @@ impl V1Reader {
         crate::wire::prim::get_str8(&mut self.buf).map_err(|_| Malformed)
     }
 
+    /// A `str16`.
+    ///
+    /// # Errors
+    /// When truncated or not UTF-8.
+    pub fn str16(&mut self) -> Result<String, Malformed> {
+        crate::wire::prim::get_str16(&mut self.buf).map_err(|_| Malformed)
+    }
+
+    /// A map.
+    ///
+    /// # Errors
+    /// When malformed.
+    pub fn map(&mut self) -> Result<FieldTable, Malformed> {
+        get_map(&mut self.buf).map_err(|_| Malformed)
+    }
+
     /// `n` raw bytes.
     ///
     /// # Errors

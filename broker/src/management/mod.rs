@@ -18,6 +18,7 @@ mod events;
 mod methods;
 pub mod objects;
 pub mod schema;
+mod v1;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
