@@ -44,6 +44,9 @@ pub enum Command {
     SendEvent(SendEventArgs),
     /// Interactive Clacks shell: call commands with line editing, history and completion.
     Shell(ShellArgs),
+    /// The queues with their depth, counters and rates, from the agent's broker target
+    /// (the same figures qpid-stat -q shows).
+    Queues(QueuesArgs),
     /// Federation links of the broker the agent runs in (over the bus).
     #[command(subcommand)]
     Link(LinkCommand),
@@ -236,6 +239,20 @@ pub struct NodesArgs {
     #[command(flatten)]
     pub conn: AgentConnArgs,
     /// Print getNodes' map as one line of JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `clacks queues`.
+#[derive(Debug, Args)]
+pub struct QueuesArgs {
+    #[command(flatten)]
+    pub conn: AgentConnArgs,
+    /// Measure rates over this many seconds (two samples) and show messages in and out
+    /// per second.
+    #[arg(long, value_name = "SECONDS")]
+    pub rate: Option<f64>,
+    /// Print listQueues' answer as one line of JSON.
     #[arg(long)]
     pub json: bool,
 }

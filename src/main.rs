@@ -46,6 +46,7 @@ async fn main() -> ExitCode {
         Command::Call(args) => agent_client::call(args).await,
         Command::Methods(args) => agent_client::methods(args).await,
         Command::Nodes(args) => agent_client::nodes(args).await,
+        Command::Queues(args) => agent_client::queues(args).await,
         Command::Link(cmd) => agent_client::link(cmd).await,
         Command::Route(cmd) => agent_client::route(cmd).await,
         Command::Events(args) => agent_client::events(args).await,

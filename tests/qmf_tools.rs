@@ -53,6 +53,29 @@ fn send(b: &Binary, address: &str, count: usize) {
     assert!(status.success(), "clacks send failed");
 }
 
+/// Runs a `clacks` client command as guest until it succeeds (the agent may still be
+/// starting); its output.
+fn until_cli(b: &Binary, args: &[&str]) -> String {
+    let started = Instant::now();
+    loop {
+        let out = Command::new(env!("CARGO_BIN_EXE_clacks"))
+            .args(args)
+            .args(["-b", &format!("amqp://guest:guest@{}", b.url())])
+            .env("RUST_LOG", "warn")
+            .output()
+            .expect("clacks");
+        if out.status.success() {
+            return String::from_utf8_lossy(&out.stdout).into_owned();
+        }
+        assert!(
+            started.elapsed() < DEADLINE,
+            "clacks {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 /// The line of `text` whose first word is `first`.
 fn row<'a>(text: &'a str, first: &str) -> Option<Vec<&'a str>> {
     text.lines()
@@ -171,6 +194,16 @@ fn qpid_stat_reports_queues_exchanges_connections_and_subscriptions() {
         "depth, enqueues, dequeues: {r:?}"
     );
     assert_eq!(r[r.len() - 1], "1", "bound to the default exchange");
+
+    // The agent's broker target (`clacks queues`) reads the same counters.
+    let ours = until_cli(&b.0, &["queues"]);
+    let mine = row(&ours, "stats-q").expect("stats-q in clacks queues");
+    // QUEUE DEPTH BYTES ENQ DEQ CONS BIND UNACKED
+    assert_eq!(
+        (mine[1], mine[2], mine[3], mine[4]),
+        (r[1], r[4], r[2], r[3]),
+        "clacks queues {mine:?} against qpid-stat {r:?}"
+    );
 
     let one = tool("qpid-stat", &["-b", &url, "-q", "stats-q"]);
     assert!(one.contains("stats-q"), "{one}");
@@ -401,7 +434,9 @@ struct Broker(Binary);
 
 impl Broker {
     fn start() -> Broker {
-        Broker(Binary::start("[management]\npublish_interval_s = 1\n"))
+        Broker(Binary::start(
+            "[management]\npublish_interval_s = 1\n[agent]\nadmins = [\"guest\"]\n",
+        ))
     }
 }
 

@@ -178,6 +178,45 @@ pub fn format_links(links: &Value) -> String {
     out
 }
 
+/// `clacks queues`: one line per queue, with in and out rates per second when an earlier
+/// sample and its age are given.
+pub fn format_queues(queues: &Value, earlier: Option<(&Value, f64)>) -> String {
+    let mut out = String::from("QUEUE	DEPTH	BYTES	ENQ	DEQ	CONS	BIND	UNACKED");
+    if earlier.is_some() {
+        out.push_str("	IN/S	OUT/S");
+    }
+    out.push('\n');
+    let count = |q: &Value, k: &str| q[k].as_u64().unwrap_or(0);
+    for q in queues.as_array().into_iter().flatten() {
+        let name = q["name"].as_str().unwrap_or("-");
+        let _ = write!(
+            out,
+            "{name}\t{}\t{}\t{}\t{}\t{}\t{}\t{}",
+            count(q, "messages"),
+            count(q, "bytes"),
+            count(q, "enqueues"),
+            count(q, "dequeues"),
+            count(q, "consumers"),
+            count(q, "bindings"),
+            count(q, "unacked"),
+        );
+        if let Some((before, secs)) = earlier {
+            let old = before
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|b| b["name"].as_str() == Some(name));
+            let rate = |k: &str| {
+                let was = old.map_or(0, |b| count(b, k));
+                count(q, k).saturating_sub(was) as f64 / secs
+            };
+            let _ = write!(out, "\t{:.1}\t{:.1}", rate("enqueues"), rate("dequeues"));
+        }
+        out.push('\n');
+    }
+    out
+}
+
 /// `clacks route list`: one line per route with its source, destination and count.
 pub fn format_routes(routes: &Value) -> String {
     let mut out = String::from("NAME\tLINK\tDIRECTION\tSOURCE\tDEST\tFORWARDED\tERROR\n");

@@ -17,7 +17,9 @@ pub mod shell;
 
 use serde_json::{json, Value};
 
-use crate::cli::{AgentConnArgs, CallArgs, LinkCommand, MethodsArgs, NodesArgs, RouteCommand};
+use crate::cli::{
+    AgentConnArgs, CallArgs, LinkCommand, MethodsArgs, NodesArgs, QueuesArgs, RouteCommand,
+};
 use rpc::{RpcClient, RpcError};
 
 pub use events::{events, send_event};
@@ -107,6 +109,26 @@ pub async fn nodes(args: NodesArgs) -> anyhow::Result<()> {
         return print_json(&nodes, true);
     }
     write_stdout(&listing::format_nodes(&nodes)?)
+}
+
+/// `clacks queues`: the queue table, with rates when asked.
+///
+/// # Errors
+/// Connection failures or the command's error.
+pub async fn queues(args: QueuesArgs) -> anyhow::Result<()> {
+    let first = call_once(&args.conn, "listQueues", json!([]), false).await?;
+    if args.json {
+        return print_json(&first, true);
+    }
+    let text = match args.rate {
+        Some(secs) if secs > 0.0 => {
+            tokio::time::sleep(std::time::Duration::from_secs_f64(secs)).await;
+            let second = call_once(&args.conn, "listQueues", json!([]), false).await?;
+            listing::format_queues(&second, Some((&first, secs)))
+        }
+        _ => listing::format_queues(&first, None),
+    };
+    write_stdout(&text)
 }
 
 /// `clacks link ...`: federation links through the agent's `broker` commands.

@@ -107,14 +107,26 @@ impl BrokerPlugin {
                     .queues()
                     .into_iter()
                     .map(|q| {
+                        // The figures QMF reports as msgDepth, byteDepth and so on.
+                        let s = &q.stats;
                         json!({
                             "name": q.name,
                             "durable": q.durable,
                             "autoDelete": q.auto_delete,
                             "exclusive": q.exclusive,
-                            "messages": q.messages,
-                            "bytes": q.bytes,
+                            "messages": q.depth,
+                            "bytes": q.byte_depth(),
                             "consumers": q.consumers,
+                            "bindings": q.bindings,
+                            "unacked": q.unacked,
+                            "enqueues": s.enqueues.msgs,
+                            "dequeues": s.dequeues.msgs,
+                            "byteEnqueues": s.enqueues.bytes,
+                            "byteDequeues": s.dequeues.bytes,
+                            "acquires": s.acquires,
+                            "releases": s.releases,
+                            "discards": s.discards_ttl + s.discards_ring + s.discards_lvq
+                                + s.discards_overflow + s.discards_subscriber + s.discards_purge,
                         })
                     })
                     .collect(),
@@ -129,6 +141,9 @@ impl BrokerPlugin {
                             "type": e.kind,
                             "durable": e.durable,
                             "bindings": e.bindings,
+                            "received": e.stats.receives.msgs,
+                            "routed": e.stats.routes.msgs,
+                            "dropped": e.stats.drops.msgs,
                         })
                     })
                     .collect(),

@@ -104,38 +104,6 @@ pub struct ExchangeInfo {
     pub args: FieldTable,
 }
 
-/// One queue as an administrator lists it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct QueueSummary {
-    /// Name.
-    pub name: String,
-    /// Survives a restart.
-    pub durable: bool,
-    /// Goes away when unused.
-    pub auto_delete: bool,
-    /// Owned by some session.
-    pub exclusive: bool,
-    /// Messages waiting to be acquired.
-    pub messages: usize,
-    /// Bytes of the bodies held, acquired messages included.
-    pub bytes: u64,
-    /// Consumers attached.
-    pub consumers: usize,
-}
-
-/// One exchange as an administrator lists it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ExchangeSummary {
-    /// Name.
-    pub name: String,
-    /// Type name.
-    pub kind: String,
-    /// Survives a restart.
-    pub durable: bool,
-    /// Bindings it has.
-    pub bindings: usize,
-}
-
 /// One binding as an administrator lists it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct BindingSummary {
@@ -612,45 +580,6 @@ impl Broker {
             message_count: u32::try_from(q.message_count()).unwrap_or(u32::MAX),
             subscriber_count: u32::try_from(q.consumer_count()).unwrap_or(u32::MAX),
         })
-    }
-
-    /// Every queue, sorted by name (for administration; one short pass under the lock).
-    pub fn list_queues(&self) -> Vec<QueueSummary> {
-        let st = self.lock();
-        let mut out: Vec<QueueSummary> = st
-            .queues
-            .values()
-            .map(|q| QueueSummary {
-                name: q.name.clone(),
-                durable: q.durable,
-                auto_delete: q.auto_delete,
-                exclusive: q.owner.is_some(),
-                messages: q.message_count(),
-                bytes: q.byte_count(),
-                consumers: q.consumer_count(),
-            })
-            .collect();
-        drop(st);
-        out.sort_by(|a, b| a.name.cmp(&b.name));
-        out
-    }
-
-    /// Every exchange, sorted by name; the nameless default exchange is not listed.
-    pub fn list_exchanges(&self) -> Vec<ExchangeSummary> {
-        let st = self.lock();
-        let mut out: Vec<ExchangeSummary> = st
-            .exchanges
-            .values()
-            .map(|e| ExchangeSummary {
-                name: e.name.clone(),
-                kind: e.kind.clone(),
-                durable: e.durable,
-                bindings: e.bindings().len(),
-            })
-            .collect();
-        drop(st);
-        out.sort_by(|a, b| a.name.cmp(&b.name));
-        out
     }
 
     /// The bindings of `exchange`, or of every exchange, by exchange name and then in the
@@ -1696,10 +1625,12 @@ mod tests {
         declare(&b, s, "alpha", true);
         b.publish("", Arc::new(Message::new("alpha", &b"hello"[..])))
             .expect("publish");
-        let queues = b.list_queues();
+        let snap = b.snapshot(crate::core::snapshot::Parts::ALL);
+        let queues = &snap.queues;
         let names: Vec<&str> = queues.iter().map(|q| q.name.as_str()).collect();
         assert_eq!(names, ["alpha", "zeta"]);
-        assert_eq!((queues[0].messages, queues[0].bytes), (1, 5));
+        assert_eq!((queues[0].depth, queues[0].bytes), (1, 5));
+        assert_eq!(queues[0].stats.enqueues.msgs, 1);
         assert!(queues[0].exclusive && !queues[1].exclusive);
 
         b.bind(s, "zeta", "amq.direct", "k2", &FieldTable::new())
@@ -1709,7 +1640,7 @@ mod tests {
         let mut args = FieldTable::new();
         args.insert("x-match", "any");
         b.bind(s, "zeta", "amq.match", "h", &args).expect("bind");
-        let exchanges = b.list_exchanges();
+        let exchanges = b.snapshot(crate::core::snapshot::Parts::ALL).exchanges;
         let direct = exchanges
             .iter()
             .find(|e| e.name == "amq.direct")

@@ -12,10 +12,7 @@ pub mod queue;
 pub mod snapshot;
 pub mod stats;
 
-pub use broker::{
-    BindingSummary, Broker, ExchangeDeclare, ExchangeSummary, Held, QueueDeclare, QueueSummary,
-    Subscribe,
-};
+pub use broker::{BindingSummary, Broker, ExchangeDeclare, Held, QueueDeclare, Subscribe};
 pub use consumer::{Credit, Delivery, DeliverySink};
 pub use error::Error;
 pub use message::Message;

@@ -44,6 +44,17 @@ pub struct QueueView {
     pub stats: QueueStats,
 }
 
+impl QueueView {
+    /// Bytes held as management counts them (headers and bodies): what entered minus what
+    /// left.
+    pub fn byte_depth(&self) -> u64 {
+        self.stats
+            .enqueues
+            .bytes
+            .saturating_sub(self.stats.dequeues.bytes)
+    }
+}
+
 /// One exchange with its counters.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ExchangeView {

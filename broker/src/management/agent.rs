@@ -113,7 +113,14 @@ impl Agent {
     pub(super) fn objects(&mut self, class: Option<&str>) -> Vec<Object> {
         let view = View::take(&self.ctx, class);
         let mut b = Builder::new(&self.ctx.facts, &view, &mut self.first_seen);
-        b.build(class)
+        let objects = b.build(class);
+        // Forget when gone objects of the classes just built were first seen.
+        let present: std::collections::HashSet<String> = objects.iter().map(Object::name).collect();
+        let prefix = class.map(|c| format!("{PACKAGE}:{c}:"));
+        self.first_seen.retain(|name, _| {
+            present.contains(name) || prefix.as_ref().is_some_and(|p| !name.starts_with(p))
+        });
+        objects
     }
 
     /// Who sent `msg`: the user its connection logged in as, else its `user-id`.

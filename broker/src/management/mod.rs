@@ -113,28 +113,15 @@ enum Input {
 /// How many requests may wait for the agent before more are dropped.
 const BACKLOG: usize = 4096;
 
-/// The model's observer: hands requests to the agent task and turns events into messages
-/// published as soon as the broker lock is free.
+/// The model's observer: hands requests to the agent task, and keeps events to publish as
+/// soon as the broker lock is free (they are turned into messages only then, off the lock).
 #[derive(Debug)]
 pub(crate) struct Tap {
     name: String,
     requests: mpsc::Sender<Input>,
-    outbox: Mutex<Vec<(String, Message)>>,
+    outbox: Mutex<Vec<ModelEvent>>,
     pending: AtomicBool,
     connections: ConnectionRegistry,
-}
-
-impl Tap {
-    fn post(&self, messages: Vec<(String, Message)>) {
-        if messages.is_empty() {
-            return;
-        }
-        self.outbox
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .extend(messages);
-        self.pending.store(true, Ordering::Release);
-    }
 }
 
 impl Observer for Tap {
@@ -168,18 +155,25 @@ impl Observer for Tap {
                 let _ = self.requests.try_send(Input::Refresh);
             }
         }
-        self.post(events::messages(&self.name, &self.connections, event));
+        self.outbox
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(event);
+        self.pending.store(true, Ordering::Release);
     }
 
     fn flush(&self, broker: &Broker) {
-        if !self.pending.swap(false, Ordering::Acquire) {
+        // Every lock release comes here: a plain load keeps the common case cheap.
+        if !self.pending.load(Ordering::Relaxed) || !self.pending.swap(false, Ordering::Acquire) {
             return;
         }
         let out = std::mem::take(&mut *self.outbox.lock().unwrap_or_else(|e| e.into_inner()));
-        for (exchange, msg) in out {
-            // Events nobody listens for are not sent (nor counted as unroutable).
-            if broker.has_route(&exchange, msg.routing_key()) {
-                let _ = broker.publish(&exchange, Arc::new(msg));
+        for event in out {
+            for (exchange, msg) in events::messages(&self.name, &self.connections, event) {
+                // Events nobody listens for are not sent (nor counted as unroutable).
+                if broker.has_route(&exchange, msg.routing_key()) {
+                    let _ = broker.publish(&exchange, Arc::new(msg));
+                }
             }
         }
     }

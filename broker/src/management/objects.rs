@@ -409,10 +409,7 @@ impl<'a> Builder<'a> {
                 .map("arguments", q.args.clone())
                 .queue_stats(s)
                 .u64("msgDepth", q.depth)
-                .u64(
-                    "byteDepth",
-                    s.enqueues.bytes.saturating_sub(s.dequeues.bytes),
-                )
+                .u64("byteDepth", q.byte_depth())
                 .hilo("consumerCount", q.consumers, s.consumers_high)
                 .hilo("bindingCount", q.bindings, s.bindings_high)
                 .hilo(

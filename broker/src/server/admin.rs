@@ -14,9 +14,8 @@ use super::ServerContext;
 use crate::auth::credentials::random_password;
 use crate::auth::{Authenticator, Credentials, PeerInfo};
 use crate::core::journal::journaled;
-use crate::core::{
-    BindingSummary, Broker, Error as CoreError, ExchangeSummary, QueueSummary, SessionId,
-};
+use crate::core::snapshot::{ExchangeView, Parts, QueueView};
+use crate::core::{BindingSummary, Broker, Error as CoreError, SessionId};
 use crate::wire::FieldTable;
 
 /// What a connection counts as it runs, and how management asks it to close. Shared
@@ -309,13 +308,27 @@ impl Admin {
     }
 
     /// Every queue, sorted by name.
-    pub fn queues(&self) -> Vec<QueueSummary> {
-        self.broker.list_queues()
+    pub fn queues(&self) -> Vec<QueueView> {
+        self.broker
+            .snapshot(Parts {
+                queues: true,
+                ..Parts::default()
+            })
+            .queues
     }
 
     /// Every exchange, sorted by name.
-    pub fn exchanges(&self) -> Vec<ExchangeSummary> {
-        self.broker.list_exchanges()
+    pub fn exchanges(&self) -> Vec<ExchangeView> {
+        let mut all = self
+            .broker
+            .snapshot(Parts {
+                exchanges: true,
+                ..Parts::default()
+            })
+            .exchanges;
+        // The nameless default exchange is not listed.
+        all.retain(|e| !e.name.is_empty());
+        all
     }
 
     /// The bindings of `exchange`, or of all exchanges.
