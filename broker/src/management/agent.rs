@@ -237,11 +237,29 @@ impl Agent {
         let mut values = FieldTable::new();
         values.insert("error_code", Value::Uint32(status as u32));
         values.insert("error_text", text);
+        self.reply_map(reply, correlation, agent, "_exception", "_values", values);
+    }
+
+    /// Sends `{key: content}` as a version 2 map reply with `opcode`.
+    fn reply_map(
+        &self,
+        reply: &ReplyAddress,
+        correlation: Option<Bytes>,
+        agent: &str,
+        opcode: &str,
+        key: &str,
+        content: FieldTable,
+    ) {
+        let method = if opcode == "_method_response" {
+            "response"
+        } else {
+            "indication"
+        };
         let mut body = FieldTable::new();
-        body.insert("_values", Value::Map(values));
+        body.insert(key, Value::Map(content));
         let msg = v2_message(
             &reply.key,
-            v2_headers("indication", "_exception", agent),
+            v2_headers(method, opcode, agent),
             correlation,
             "amqp/map",
             map_body(&body),
@@ -374,16 +392,14 @@ impl Agent {
         let result = self.call(body, caller).await;
         match result {
             Ok(out) => {
-                let mut content = FieldTable::new();
-                content.insert("_arguments", Value::Map(out));
-                let msg = v2_message(
-                    &reply.key,
-                    v2_headers("response", "_method_response", agent),
+                self.reply_map(
+                    reply,
                     correlation,
-                    "amqp/map",
-                    map_body(&content),
+                    agent,
+                    "_method_response",
+                    "_arguments",
+                    out,
                 );
-                self.publish(&reply.exchange, msg);
             }
             Err(e) => self.exception(reply, correlation, agent, e.status, &e.text),
         }

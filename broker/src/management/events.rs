@@ -91,7 +91,8 @@ pub fn messages(
     let s = |v: &str| Value::Str16(v.to_string());
     let opt = |v: &Option<String>| Value::Str16(v.clone().unwrap_or_default());
     let disp = |created: bool| s(if created { "created" } else { "existing" });
-    let mut out: Vec<(&str, Vec<(&str, Value)>)> = Vec::new();
+    // (event, the connection that caused it if any, arguments besides rhost and user)
+    let mut out: Vec<(&str, Option<u64>, Vec<(&str, Value)>)> = Vec::new();
     match event {
         ModelEvent::QueueDeclared {
             connection,
@@ -103,12 +104,10 @@ pub fn messages(
             args,
             created,
         } => {
-            let (rhost, user) = who(connections, connection);
             out.push((
                 "queueDeclare",
+                Some(connection),
                 vec![
-                    ("rhost", s(&rhost)),
-                    ("user", s(&user)),
                     ("qName", s(&name)),
                     ("durable", Value::Bool(durable)),
                     ("excl", Value::Bool(exclusive)),
@@ -120,15 +119,7 @@ pub fn messages(
             ));
         }
         ModelEvent::QueueDeleted { connection, name } => {
-            let (rhost, user) = who(connections, connection);
-            out.push((
-                "queueDelete",
-                vec![
-                    ("rhost", s(&rhost)),
-                    ("user", s(&user)),
-                    ("qName", s(&name)),
-                ],
-            ));
+            out.push(("queueDelete", Some(connection), vec![("qName", s(&name))]));
         }
         ModelEvent::ExchangeDeclared {
             connection,
@@ -140,12 +131,10 @@ pub fn messages(
             args,
             created,
         } => {
-            let (rhost, user) = who(connections, connection);
             out.push((
                 "exchangeDeclare",
+                Some(connection),
                 vec![
-                    ("rhost", s(&rhost)),
-                    ("user", s(&user)),
                     ("exName", s(&name)),
                     ("exType", s(&kind)),
                     ("altEx", opt(&alternate)),
@@ -157,14 +146,10 @@ pub fn messages(
             ));
         }
         ModelEvent::ExchangeDeleted { connection, name } => {
-            let (rhost, user) = who(connections, connection);
             out.push((
                 "exchangeDelete",
-                vec![
-                    ("rhost", s(&rhost)),
-                    ("user", s(&user)),
-                    ("exName", s(&name)),
-                ],
+                Some(connection),
+                vec![("exName", s(&name))],
             ));
         }
         ModelEvent::Bound {
@@ -174,12 +159,10 @@ pub fn messages(
             key,
             args,
         } => {
-            let (rhost, user) = who(connections, connection);
             out.push((
                 "bind",
+                Some(connection),
                 vec![
-                    ("rhost", s(&rhost)),
-                    ("user", s(&user)),
                     ("exName", s(&exchange)),
                     ("qName", s(&queue)),
                     ("key", s(&key)),
@@ -193,12 +176,10 @@ pub fn messages(
             queue,
             key,
         } => {
-            let (rhost, user) = who(connections, connection);
             out.push((
                 "unbind",
+                Some(connection),
                 vec![
-                    ("rhost", s(&rhost)),
-                    ("user", s(&user)),
                     ("exName", s(&exchange)),
                     ("qName", s(&queue)),
                     ("key", s(&key)),
@@ -211,12 +192,10 @@ pub fn messages(
             destination,
             exclusive,
         } => {
-            let (rhost, user) = who(connections, connection);
             out.push((
                 "subscribe",
+                Some(connection),
                 vec![
-                    ("rhost", s(&rhost)),
-                    ("user", s(&user)),
                     ("qName", s(&queue)),
                     ("dest", s(&destination)),
                     ("excl", Value::Bool(exclusive)),
@@ -228,14 +207,10 @@ pub fn messages(
             connection,
             destination,
         } => {
-            let (rhost, user) = who(connections, connection);
             out.push((
                 "unsubscribe",
-                vec![
-                    ("rhost", s(&rhost)),
-                    ("user", s(&user)),
-                    ("dest", s(&destination)),
-                ],
+                Some(connection),
+                vec![("dest", s(&destination))],
             ));
         }
         ModelEvent::Threshold {
@@ -252,12 +227,12 @@ pub fn messages(
             ];
             match crossing {
                 Crossing::Up => {
-                    out.push(("queueThresholdCrossedUpward", args.clone()));
+                    out.push(("queueThresholdCrossedUpward", None, args.clone()));
                     if compat {
-                        out.push(("queueThresholdExceeded", args));
+                        out.push(("queueThresholdExceeded", None, args));
                     }
                 }
-                Crossing::Down => out.push(("queueThresholdCrossedDownward", args)),
+                Crossing::Down => out.push(("queueThresholdCrossedDownward", None, args)),
             }
         }
         ModelEvent::ClientConnected {
@@ -266,6 +241,7 @@ pub fn messages(
             properties,
         } => out.push((
             "clientConnect",
+            None,
             vec![
                 ("rhost", s(&address)),
                 ("user", s(&user)),
@@ -278,6 +254,7 @@ pub fn messages(
             properties,
         } => out.push((
             "clientDisconnect",
+            None,
             vec![
                 ("rhost", s(&address)),
                 ("user", s(&user)),
@@ -286,7 +263,11 @@ pub fn messages(
         )),
     }
     out.into_iter()
-        .filter_map(|(name, args)| {
+        .filter_map(|(name, connection, mut args)| {
+            if let Some(connection) = connection {
+                let (rhost, user) = who(connections, connection);
+                args.extend([("rhost", s(&rhost)), ("user", s(&user))]);
+            }
             let class = schema.class(name)?;
             let (_, msg) = event_message(agent, class, &args);
             Some(("qmf.default.topic".to_string(), msg))

@@ -688,7 +688,7 @@ mod tests {
             m.seal();
             broker.publish("", Arc::new(m)).expect("publish");
         }
-        assert_eq!(admin.queues()[0].messages, 3);
+        assert_eq!(admin.queues()[0].depth, 3);
         assert_eq!(admin.purge_queue("q").await, Ok(3));
         assert!(store.recover().expect("recover").messages.is_empty());
         assert!(matches!(
