@@ -81,6 +81,10 @@ fn who(connections: &ConnectionRegistry, connection: u64) -> (String, String) {
     }
 }
 
+/// An event to announce: its class, the connection that caused it if any (whose address
+/// and user become `rhost` and `user`), and its other arguments.
+type Raised = (&'static str, Option<u64>, Vec<(&'static str, Value)>);
+
 /// The messages an event makes: `(exchange, message)` pairs to publish.
 pub fn messages(
     agent: &str,
@@ -91,8 +95,7 @@ pub fn messages(
     let s = |v: &str| Value::Str16(v.to_string());
     let opt = |v: &Option<String>| Value::Str16(v.clone().unwrap_or_default());
     let disp = |created: bool| s(if created { "created" } else { "existing" });
-    // (event, the connection that caused it if any, arguments besides rhost and user)
-    let mut out: Vec<(&str, Option<u64>, Vec<(&str, Value)>)> = Vec::new();
+    let mut out: Vec<Raised> = Vec::new();
     match event {
         ModelEvent::QueueDeclared {
             connection,
