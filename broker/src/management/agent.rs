@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::Bytes;
 use tokio::sync::{mpsc, watch};
 
 use crate::auth::{Action, ObjectKind};
@@ -14,8 +14,7 @@ use crate::core::Message;
 use crate::wire::{FieldTable, Value};
 
 use super::codec::{
-    list_body, map_body, put_short, read_map, v1_header, v1_message, v2_headers, v2_message,
-    ReplyAddress, V1Reader, PRODUCT, VENDOR,
+    list_body, map_body, read_map, v2_headers, v2_message, ReplyAddress, PRODUCT, VENDOR,
 };
 use super::events::key_word;
 use super::methods::{self, MethodError, Status};
@@ -23,7 +22,6 @@ use super::objects::{now_ns, Builder, Object, View};
 use super::schema::{Kind, Schema, PACKAGE};
 use super::v1;
 use super::{Context, Input, ManagementConfig};
-use crate::wire::prim::put_str16;
 
 /// Objects per reply message (qpidd sends the same).
 const OBJECTS_PER_MESSAGE: usize = 100;
@@ -86,7 +84,7 @@ pub(super) struct Agent {
     /// What `getLogHiresTimestamp` reports.
     pub(super) log_hires: bool,
     /// Version 1 object ids handed out.
-    v1_ids: v1::Ids,
+    pub(super) v1_ids: v1::Ids,
 }
 
 /// Who asked, as the ACL knows them.
@@ -412,7 +410,7 @@ impl Agent {
     }
 
     /// Runs a method request already read.
-    async fn call_map(
+    pub(super) async fn call_map(
         &mut self,
         req: FieldTable,
         caller: &Caller,
@@ -556,176 +554,6 @@ impl Agent {
             self.send_objects(&reply, None, &name, objects, "_data_indication");
         }
     }
-
-    /// Answers version 1 requests, one reply message per record (old consoles read only
-    /// the first record they do not understand in a message).
-    async fn handle_v1(&mut self, reply: &ReplyAddress, body: Bytes, caller: &Caller) {
-        let mut r = V1Reader::new(body);
-        let mut out: Vec<BytesMut> = Vec::new();
-        while let Some((opcode, seq)) = r.next_header() {
-            let ok = match opcode {
-                b'B' => {
-                    let mut rec = record(b'b', seq);
-                    rec.put_slice(&self.ctx.facts.system_id.0);
-                    out.push(rec);
-                    true
-                }
-                b'P' => {
-                    let mut rec = record(b'p', seq);
-                    put_short(&mut rec, PACKAGE);
-                    out.push(rec);
-                    out.push(complete(seq, 0, "OK"));
-                    true
-                }
-                b'Q' => match r.str8() {
-                    Ok(package) => {
-                        if package == PACKAGE {
-                            for c in Schema::get().classes() {
-                                let mut rec = record(b'q', seq);
-                                rec.put_u8(c.kind as u8);
-                                c.encode_key(&mut rec);
-                                out.push(rec);
-                            }
-                        }
-                        out.push(complete(seq, 0, "OK"));
-                        true
-                    }
-                    Err(_) => false,
-                },
-                b'S' => self.v1_schema(&mut r, &mut out, seq),
-                b'G' => self.v1_get(&mut r, &mut out, seq, caller),
-                b'M' => self.v1_method(&mut r, &mut out, seq, caller).await,
-                other => {
-                    tracing::debug!(opcode = %char::from(other), "unsupported QMF v1 request");
-                    out.push(complete(seq, 1, "unsupported request"));
-                    // Whatever follows an unknown record cannot be read.
-                    false
-                }
-            };
-            if !ok {
-                break;
-            }
-        }
-        for rec in out {
-            self.publish(&reply.exchange, v1_message(&reply.key, rec.freeze()));
-        }
-    }
-
-    /// `S`: the schema of one class.
-    fn v1_schema(&self, r: &mut V1Reader, out: &mut Vec<BytesMut>, seq: u32) -> bool {
-        let (Ok(package), Ok(class), Ok(_hash)) = (r.str8(), r.str8(), r.bytes(16)) else {
-            return false;
-        };
-        match Schema::get()
-            .class(&class)
-            .filter(|_| v1::is_ours(&package))
-        {
-            Some(c) => {
-                let mut rec = record(b's', seq);
-                c.encode_schema(&mut rec);
-                out.push(rec);
-            }
-            None => out.push(complete(seq, 1, "unknown class")),
-        }
-        true
-    }
-
-    /// `G`: the objects of a class, in version 1's binary form.
-    fn v1_get(
-        &mut self,
-        r: &mut V1Reader,
-        out: &mut Vec<BytesMut>,
-        seq: u32,
-        caller: &Caller,
-    ) -> bool {
-        let Ok(query) = r.map() else {
-            return false;
-        };
-        let class = query
-            .get("_class")
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_string();
-        if !class.is_empty() && self.allowed(caller, Action::Access, ObjectKind::Query, &class) {
-            let now = now_ns();
-            for o in self.objects(Some(&class)) {
-                let mut rec = record(b'g', seq);
-                v1::encode_object(&mut rec, &o, now, &mut self.v1_ids);
-                out.push(rec);
-            }
-        }
-        out.push(complete(seq, 0, "OK"));
-        true
-    }
-
-    /// `M`: a method call on an object named by its version 1 id.
-    async fn v1_method(
-        &mut self,
-        r: &mut V1Reader,
-        out: &mut Vec<BytesMut>,
-        seq: u32,
-        caller: &Caller,
-    ) -> bool {
-        let (Ok(id), Ok(_package), Ok(class), Ok(_hash), Ok(method)) =
-            (r.bytes(16), r.str8(), r.str8(), r.bytes(16), r.str8())
-        else {
-            return false;
-        };
-        let first = u64::from_be_bytes(id[..8].try_into().unwrap_or_default());
-        let second = u64::from_be_bytes(id[8..].try_into().unwrap_or_default());
-        let Some(m) = Schema::get().class(&class).and_then(|c| c.method(&method)) else {
-            let mut rec = record(b'm', seq);
-            rec.put_u32(Status::UnknownMethod as u32);
-            put_str16(&mut rec, "UnknownMethod");
-            out.push(rec);
-            // The arguments cannot be read without the method.
-            return false;
-        };
-        let Ok(args) = v1::read_args(r, m, &self.v1_ids) else {
-            return false;
-        };
-        let result = match self.v1_ids.name(first, second).map(str::to_string) {
-            Some(name) => {
-                let mut oid = FieldTable::new();
-                oid.insert("_object_name", name);
-                let mut req = FieldTable::new();
-                req.insert("_object_id", Value::Map(oid));
-                req.insert("_method_name", method.as_str());
-                req.insert("_arguments", Value::Map(args));
-                self.call_map(req, caller).await
-            }
-            None => Err(MethodError::standard(Status::UnknownObject)),
-        };
-        let mut rec = record(b'm', seq);
-        match result {
-            Ok(outs) => {
-                rec.put_u32(0);
-                put_str16(&mut rec, "OK");
-                v1::encode_out_args(&mut rec, m, &outs, &mut self.v1_ids);
-            }
-            Err(e) => {
-                rec.put_u32(e.status as u32);
-                put_str16(&mut rec, &e.text);
-            }
-        }
-        out.push(rec);
-        true
-    }
-}
-
-/// A version 1 record with its header written.
-fn record(opcode: u8, seq: u32) -> BytesMut {
-    let mut b = BytesMut::new();
-    v1_header(&mut b, opcode, seq);
-    b
-}
-
-/// A version 1 command-complete record.
-fn complete(seq: u32, code: u32, text: &str) -> BytesMut {
-    let mut b = record(b'z', seq);
-    b.put_u32(code);
-    put_short(&mut b, text);
-    b
 }
 
 /// `org.apache.qpid.broker:<class>:<key>` as (class, key).

@@ -15,9 +15,11 @@
 mod agent;
 mod codec;
 mod events;
+mod lifecycle;
 mod methods;
 pub mod objects;
 pub mod schema;
+mod schema_table;
 mod v1;
 
 use std::sync::atomic::{AtomicBool, Ordering};
