@@ -5,6 +5,7 @@ pub mod broker;
 pub mod consumer;
 pub mod error;
 pub mod exchange;
+pub mod groups;
 pub mod journal;
 pub mod message;
 pub mod observer;

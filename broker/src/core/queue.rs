@@ -10,6 +10,7 @@ use clacks_storage::StoreOp;
 
 use super::consumer::{Consumer, Delivery};
 use super::error::Error;
+use super::groups::{GroupState, Groups};
 use super::journal::OpLog;
 use super::message::Message;
 use super::observer::{ModelEvent, Observer, Threshold};
@@ -257,6 +258,8 @@ pub struct Queue {
     pub(super) observer: Option<Arc<dyn Observer>>,
     /// The `qpid.alert_*` threshold and whether the queue is above it.
     threshold: Option<Threshold>,
+    /// Message groups (`qpid.group_header_key`) and who holds them.
+    groups: Option<Groups>,
 }
 
 impl Queue {
@@ -270,6 +273,7 @@ impl Queue {
             alternate: None,
             settings: QueueSettings::from_args(&args)?,
             threshold: Threshold::from_args(&args)?,
+            groups: Groups::from_args(&args),
             args,
             available: BTreeMap::new(),
             acquired: HashMap::new(),
@@ -308,6 +312,14 @@ impl Queue {
     /// Number of consumers.
     pub fn consumer_count(&self) -> usize {
         self.consumers.len()
+    }
+
+    /// The queue's message groups with their messages and holders; `None` for a queue
+    /// without groups.
+    pub fn group_state(&self) -> Option<(String, Vec<GroupState>)> {
+        let g = self.groups.as_ref()?;
+        let all = self.available.values().chain(self.acquired.values());
+        Some((g.key().to_string(), g.state(all.map(|e| &*e.msg))))
     }
 
     /// Messages acquired by consumers and not yet settled.
@@ -629,6 +641,9 @@ impl Queue {
         all.sort_by_key(|(p, _)| *p);
         self.bytes = 0;
         self.lvq.clear();
+        if let Some(g) = &mut self.groups {
+            g.clear();
+        }
         for (_, e) in &all {
             self.stats.dequeued(&e.msg);
         }
@@ -661,6 +676,9 @@ impl Queue {
     /// A delivered message is accepted: it leaves the queue.
     pub fn accept(&mut self, pos: Position) -> Option<Arc<Message>> {
         let e = self.acquired.remove(&pos)?;
+        if let Some(g) = &mut self.groups {
+            g.settled(&e.msg);
+        }
         self.record_dequeue(pos, &e.msg);
         self.bytes -= e.msg.size();
         self.stats.dequeued(&e.msg);
@@ -671,6 +689,9 @@ impl Queue {
     /// An acquired message goes back to its place, marked redelivered if asked.
     pub fn release(&mut self, pos: Position, redelivered: bool) {
         if let Some(mut e) = self.acquired.remove(&pos) {
+            if let Some(g) = &mut self.groups {
+                g.settled(&e.msg);
+            }
             e.redelivered |= redelivered;
             self.stats.releases += 1;
             self.stats.redeliveries += u64::from(redelivered);
@@ -687,8 +708,19 @@ impl Queue {
 
     /// Acquires a message delivered to a browser; false when someone else has it.
     pub fn acquire(&mut self, pos: Position) -> bool {
+        // A message whose group someone holds is theirs to take.
+        let held = match (&self.groups, self.available.get(&pos)) {
+            (Some(g), Some(e)) => g.is_held(&e.msg),
+            _ => false,
+        };
+        if held {
+            return false;
+        }
         match self.available.remove(&pos) {
             Some(e) => {
+                if let Some(g) = &mut self.groups {
+                    g.acquired(&e.msg, None);
+                }
                 self.acquired.insert(pos, e);
                 self.stats.acquires += 1;
                 if self.settings.lvq_key.is_some() {
@@ -700,7 +732,19 @@ impl Queue {
         }
     }
 
-    fn next_for(&mut self, acquire: bool, cursor: Option<Position>) -> Option<Position> {
+    /// The next message for consumer `idx`: for a browser the one after its cursor, else
+    /// the first it may acquire (by priority, fair share and groups).
+    fn next_for(&mut self, idx: usize) -> Option<Position> {
+        let c = &self.consumers[idx];
+        let (acquire, cursor) = (c.acquire, c.cursor);
+        if let (true, Some(g)) = (acquire, &self.groups) {
+            let me = (c.session, c.destination.clone());
+            return self
+                .available
+                .iter()
+                .find(|(_, e)| g.may_take(&e.msg, &me))
+                .map(|(p, _)| *p);
+        }
         if !acquire {
             let from = cursor.map_or(Bound::Unbounded, Bound::Excluded);
             return self
@@ -755,8 +799,7 @@ impl Queue {
             let mut delivered = false;
             for i in 0..n {
                 let idx = (self.next_consumer + i) % n;
-                let (acquire, cursor) = (self.consumers[idx].acquire, self.consumers[idx].cursor);
-                let Some(pos) = self.next_for(acquire, cursor) else {
+                let Some(pos) = self.next_for(idx) else {
                     continue;
                 };
                 let Some(size) = self.available.get(&pos).map(|e| e.msg.credit_size()) else {
@@ -780,6 +823,9 @@ impl Queue {
                             queue: self.name.clone(),
                             seq: pos.seq,
                         });
+                    }
+                    if let Some(g) = &mut self.groups {
+                        g.acquired(&e.msg, Some(&(c.session, c.destination.clone())));
                     }
                     self.acquired.insert(pos, e.clone());
                     self.stats.acquires += 1;

@@ -313,6 +313,21 @@ impl Broker {
         snap
     }
 
+    /// The message groups of `queue` as management's `query` reports them: `None` for a
+    /// queue without groups.
+    ///
+    /// # Errors
+    /// 404 when the queue does not exist.
+    pub fn queue_groups(&self, queue: &str) -> Result<Option<FieldTable>, Error> {
+        let st = self.lock();
+        let q = st
+            .queues
+            .get(queue)
+            .ok_or_else(|| Error::NotFound(format!("queue not found: {queue}")))?;
+        Ok(q.group_state()
+            .map(|(key, groups)| super::groups::state_map(&key, &groups)))
+    }
+
     /// Whether a message with routing key `key` sent to `exchange` (not an xml exchange)
     /// would reach any queue; nothing is counted.
     pub fn has_route(&self, exchange: &str, key: &str) -> bool {

@@ -333,10 +333,12 @@ pub(super) async fn call(
         ("broker", "query") => {
             let (kind, name) = (args.str("type"), args.str("name"));
             match kind.as_str() {
-                "queue" if broker.query_queue(&name).is_some() => {
-                    out.insert("results", Value::Map(FieldTable::new()));
-                }
-                "queue" => return Err(MethodError::standard(Status::UnknownObject)),
+                "queue" => match broker.queue_groups(&name) {
+                    Ok(groups) => {
+                        out.insert("results", Value::Map(groups.unwrap_or_default()));
+                    }
+                    Err(_) => return Err(MethodError::standard(Status::UnknownObject)),
+                },
                 "exchange" | "topic" | "binding" => {
                     return Err(MethodError::standard(Status::NotImplemented))
                 }
