@@ -348,32 +348,29 @@ impl Agent {
         opcode: &str,
     ) {
         let now = now_ns();
-        let maps: Vec<Value> = objects.iter().map(|o| Value::Map(o.to_map(now))).collect();
-        let mut chunks: Vec<Vec<Value>> = maps
-            .chunks(OBJECTS_PER_MESSAGE)
-            .map(<[Value]>::to_vec)
-            .collect();
-        if chunks.is_empty() {
-            chunks.push(Vec::new());
-        }
-        let last = chunks.len() - 1;
-        for (i, chunk) in chunks.into_iter().enumerate() {
-            let method = if opcode == "_query_response" {
-                "response"
-            } else {
-                "indication"
-            };
+        let method = if opcode == "_query_response" {
+            "response"
+        } else {
+            "indication"
+        };
+        // Encoded a message at a time, so a large answer never sits in memory twice over.
+        let chunks = objects.len().div_ceil(OBJECTS_PER_MESSAGE).max(1);
+        let mut rest = objects.as_slice();
+        for i in 0..chunks {
+            let (chunk, tail) = rest.split_at(rest.len().min(OBJECTS_PER_MESSAGE));
+            rest = tail;
             let mut headers = v2_headers(method, opcode, agent);
             headers.insert("qmf.content", "_data");
-            if i < last {
+            if i + 1 < chunks {
                 headers.insert("partial", Value::Void);
             }
+            let maps = chunk.iter().map(|o| Value::Map(o.to_map(now))).collect();
             let msg = v2_message(
                 &reply.key,
                 headers,
                 correlation.clone(),
                 "amqp/list",
-                list_body(chunk),
+                list_body(maps),
             );
             self.publish(&reply.exchange, msg);
         }
