@@ -83,6 +83,11 @@ pub(crate) fn writes(
             StoreOp::DeleteFederation { kind, name } => {
                 out.push((record::federation_key(*kind, name), None))
             }
+            StoreOp::PutPrepared(r) => out.push((
+                record::prepared_key(&r.xid),
+                Some(record::prepared_value(r)),
+            )),
+            StoreOp::DeletePrepared(xid) => out.push((record::prepared_key(xid), None)),
         }
     }
     Ok(out)
@@ -124,6 +129,7 @@ pub(crate) fn recover(
             }
             record::USER => rec.users.push(record::decode_user(key, &v)?),
             record::FEDERATION => rec.federation.push(record::decode_federation(key, &v)?),
+            record::PREPARED => rec.prepared.push(record::decode_prepared(key, &v)?),
             other => return Err(StoreError::Corrupt(format!("unknown record kind {other}"))),
         }
     }

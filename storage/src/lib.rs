@@ -143,6 +143,20 @@ pub enum StoreOp {
         /// Its name.
         name: String,
     },
+    /// A distributed transaction branch was prepared: its work, kept until it is committed
+    /// or rolled back.
+    PutPrepared(PreparedRecord),
+    /// A prepared branch was committed or rolled back (by its encoded xid).
+    DeletePrepared(Bytes),
+}
+
+/// A prepared distributed-transaction branch, in the broker's own encoding.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PreparedRecord {
+    /// The branch's xid, encoded.
+    pub xid: Bytes,
+    /// Its work (enqueues and dequeues), as the broker encodes it.
+    pub data: Bytes,
 }
 
 /// What a federation record describes.
@@ -180,6 +194,8 @@ pub struct Recovered {
     pub users: Vec<UserRecord>,
     /// Durable federation links and routes.
     pub federation: Vec<FederationRecord>,
+    /// Prepared distributed-transaction branches, in doubt.
+    pub prepared: Vec<PreparedRecord>,
 }
 
 /// Why the store could not do what was asked.

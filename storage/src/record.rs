@@ -12,6 +12,7 @@
 //! | `D` len queue, seq u64 | empty: the message was delivered |
 //! | `U` name | `1`, the user's credentials as the broker encodes them |
 //! | `F` `L`/`R` name | `1`, a federation link or route as the broker encodes it |
+//! | `X` xid | `1`, a prepared transaction branch's work as the broker encodes it |
 //!
 //! Names are at most 255 bytes (0-10 `str8`), so one length byte prefixes them. Messages are
 //! cut into chunks so that sled never moves a value into its separate blob files.
@@ -34,6 +35,36 @@ pub(crate) const MESSAGE: u8 = b'M';
 pub(crate) const DELIVERED: u8 = b'D';
 pub(crate) const USER: u8 = b'U';
 pub(crate) const FEDERATION: u8 = b'F';
+pub(crate) const PREPARED: u8 = b'X';
+
+pub(crate) fn prepared_key(xid: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(xid.len() + 1);
+    k.push(PREPARED);
+    k.extend_from_slice(xid);
+    k
+}
+
+pub(crate) fn prepared_value(r: &crate::PreparedRecord) -> Vec<u8> {
+    let mut v = Vec::with_capacity(r.data.len() + 1);
+    v.push(VERSION);
+    v.extend_from_slice(&r.data);
+    v
+}
+
+pub(crate) fn decode_prepared(
+    key: &[u8],
+    value: &[u8],
+) -> Result<crate::PreparedRecord, StoreError> {
+    match value.split_first() {
+        Some((&VERSION, data)) => Ok(crate::PreparedRecord {
+            xid: Bytes::copy_from_slice(key),
+            data: Bytes::copy_from_slice(data),
+        }),
+        _ => Err(StoreError::Corrupt(
+            "prepared branch of unknown version".into(),
+        )),
+    }
+}
 
 pub(crate) fn federation_key(kind: FederationKind, name: &str) -> Vec<u8> {
     let mut k = vec![FEDERATION, federation_kind_byte(kind)];

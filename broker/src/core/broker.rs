@@ -189,6 +189,8 @@ pub struct Broker {
     timestamping: std::sync::atomic::AtomicBool,
     /// Management, once it watches (also kept in the state for calls under the lock).
     observer: std::sync::OnceLock<Arc<dyn Observer>>,
+    /// Distributed transaction branches (taken before the state lock, never after).
+    pub(super) dtx: Mutex<super::dtx::Branches>,
 }
 
 /// The locked state; on release, the durable changes made under it go to the store as one
@@ -257,6 +259,7 @@ impl Broker {
             journal: None,
             timestamping: std::sync::atomic::AtomicBool::new(false),
             observer: std::sync::OnceLock::new(),
+            dtx: Mutex::new(super::dtx::Branches::default()),
         }
     }
 
@@ -316,6 +319,7 @@ impl Broker {
             }
         }
         drop(st);
+        broker.dtx_restore(recovered.prepared, std::time::Instant::now());
         Ok(broker)
     }
 
@@ -390,6 +394,22 @@ impl Broker {
         st.system_exchanges.push(name.to_string());
     }
 
+    /// Takes messages back out of their queues for recovered prepared transaction branches
+    /// that accepted them: (queue, sequence) to where they are held now.
+    pub(super) fn hold_recovered(&self, accepts: &[(String, u64)]) -> Vec<Held> {
+        let mut st = self.lock();
+        accepts
+            .iter()
+            .filter_map(|(queue, seq)| {
+                let position = st.queues.get_mut(queue)?.hold_seq(*seq)?;
+                Some(Held {
+                    queue: queue.clone(),
+                    position,
+                })
+            })
+            .collect()
+    }
+
     /// Records the name and channel a session attached with (for management views).
     pub fn describe_session(&self, id: SessionId, name: &str, channel: u16) {
         self.lock()
@@ -400,6 +420,7 @@ impl Broker {
     /// Periodic work that needs the clock: expired messages go, and auto-delete queues
     /// whose timeout ran out are deleted.
     pub fn tick(&self, now: std::time::Instant) {
+        self.dtx_expire(now);
         let mut st = self.lock();
         let mut due = Vec::new();
         for q in st.queues.values_mut() {
@@ -1002,7 +1023,24 @@ impl Broker {
         enqueues: Vec<(Vec<String>, Arc<Message>)>,
         accepts: &[Held],
     ) -> Result<(), Error> {
+        self.commit_work(enqueues, accepts, None)
+    }
+
+    /// [`Broker::commit_tx`] with one more durable change in the same batch (a prepared
+    /// transaction branch's record going away).
+    ///
+    /// # Errors
+    /// 506 when a queue is full under the reject policy.
+    pub(super) fn commit_work(
+        &self,
+        enqueues: Vec<(Vec<String>, Arc<Message>)>,
+        accepts: &[Held],
+        also: Option<StoreOp>,
+    ) -> Result<(), Error> {
         let mut st = self.lock();
+        if let Some(op) = also {
+            st.record(op);
+        }
         for (queues, msg) in &enqueues {
             st.enqueue_counted(queues, msg, true)?;
         }
@@ -1512,7 +1550,7 @@ impl State {
     }
 
     /// Adds a durable change to the batch of the current lock (none without a store).
-    fn record(&self, op: StoreOp) {
+    pub(super) fn record(&self, op: StoreOp) {
         if let Some(log) = &self.log {
             log.push(op);
         }

@@ -34,6 +34,10 @@ pub enum Error {
     /// A command in the wrong state (503).
     #[error("{0}")]
     CommandInvalid(String),
+    /// An object in the wrong state for the command, such as a transaction branch not
+    /// ended (409).
+    #[error("{0}")]
+    IllegalState(String),
     /// The operation is not implemented (540).
     #[error("{0}")]
     NotImplemented(String),
@@ -55,6 +59,7 @@ impl Error {
             Error::InvalidArgument(_) => ExecutionErrorCode::INVALID_ARGUMENT,
             Error::LimitExceeded(_) => ExecutionErrorCode::RESOURCE_LIMIT_EXCEEDED,
             Error::CommandInvalid(_) => ExecutionErrorCode::COMMAND_INVALID,
+            Error::IllegalState(_) => ExecutionErrorCode::ILLEGAL_STATE,
             Error::NotImplemented(_) => ExecutionErrorCode::NOT_IMPLEMENTED,
             Error::Internal(_) => ExecutionErrorCode::INTERNAL_ERROR,
         }
@@ -78,6 +83,7 @@ mod tests {
             (Error::IllegalArgument(String::new()), 531),
             (Error::LimitExceeded(String::new()), 506),
             (Error::CommandInvalid(String::new()), 503),
+            (Error::IllegalState(String::new()), 409),
             (Error::NotImplemented(String::new()), 540),
             (Error::Internal(String::new()), 541),
         ];

@@ -3,6 +3,7 @@
 
 pub mod broker;
 pub mod consumer;
+pub mod dtx;
 pub mod error;
 pub mod exchange;
 pub mod groups;

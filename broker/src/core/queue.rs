@@ -322,6 +322,13 @@ impl Queue {
         Some((g.key().to_string(), g.state(all.map(|e| &*e.msg))))
     }
 
+    /// Acquires the available message with arrival number `seq` for a recovered
+    /// transaction branch; where it is held.
+    pub fn hold_seq(&mut self, seq: u64) -> Option<Position> {
+        let pos = self.available.keys().find(|p| p.seq == seq).copied()?;
+        self.acquire(pos).then_some(pos)
+    }
+
     /// Messages acquired by consumers and not yet settled.
     pub fn unacked(&self) -> usize {
         self.acquired.len()

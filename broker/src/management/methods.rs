@@ -76,6 +76,7 @@ impl MethodError {
             Error::InvalidArgument(_) => "invalid-argument",
             Error::LimitExceeded(_) => "resource-limit-exceeded",
             Error::CommandInvalid(_) => "command-invalid",
+            Error::IllegalState(_) => "illegal-state",
             Error::NotImplemented(_) => "not-implemented",
             Error::Internal(_) => "internal-error",
         };

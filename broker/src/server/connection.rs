@@ -503,7 +503,8 @@ impl Conn<'_> {
     }
 
     fn end_session(&mut self, channel: u16) {
-        if let Some(s) = self.sessions.remove(&channel) {
+        if let Some(mut s) = self.sessions.remove(&channel) {
+            s.close_dtx(&self.ctx.broker);
             self.ctx.broker.end_session(s.id, &s.held());
         }
         self.assembler.reset_channel(channel);

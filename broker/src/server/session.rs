@@ -1,6 +1,8 @@
 //! One attached session: command ids and completion in both directions, held deliveries,
 //! transactions, and the adapter from each 0-10 command onto `core`.
 
+mod dtx;
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -78,6 +80,8 @@ pub(crate) struct Session {
     next_out: SequenceNo,
     records: BTreeMap<u32, Record>,
     tx: Option<TxBuffer>,
+    /// Distributed transactions: the branch this session works in, and those it suspended.
+    dtx: dtx::DtxState,
     /// Commands whose changes the store has not yet confirmed, by id.
     waiting: BTreeMap<u32, Waiting>,
     /// `execution.sync` commands held until the commands before them complete.
@@ -91,6 +95,9 @@ struct Waiting {
     sync: bool,
     explicit_accept: bool,
     codes: (u8, u8),
+    /// The command's result, held back until its changes are durable (a prepared
+    /// transaction branch is only prepared once it is on disk).
+    result: Option<Struct32>,
 }
 
 /// Tells a connection when the store has made a command's changes durable.
@@ -136,6 +143,7 @@ impl Session {
             next_out: SequenceNo(0),
             records: BTreeMap::new(),
             tx: None,
+            dtx: dtx::DtxState::default(),
             waiting: BTreeMap::new(),
             syncs_waiting: Vec::new(),
             failed: false,
@@ -286,16 +294,6 @@ impl Session {
         let (outcome, ticket) = journaled(|| self.execute(env, command, content));
         match outcome {
             Ok(result) => {
-                if let Some(value) = result {
-                    self.send_command(
-                        env,
-                        &Command::ExecutionResult(ExecutionResult {
-                            command_id: Some(id),
-                            value: Some(value),
-                        }),
-                        None,
-                    );
-                }
                 if let (Some(ticket), Some(durable)) = (ticket, env.durable) {
                     // Complete only once the store has it: the promise to the publisher.
                     self.waiting.insert(
@@ -304,10 +302,14 @@ impl Session {
                             sync,
                             explicit_accept,
                             codes,
+                            result,
                         },
                     );
                     durable.notify(ticket, env.channel, self.id, id);
                     return Some(false);
+                }
+                if let Some(value) = result {
+                    self.send_result(env, id, value);
                 }
                 self.complete(id, explicit_accept);
                 Some(sync)
@@ -317,6 +319,22 @@ impl Session {
                 None
             }
         }
+    }
+
+    fn send_result(&mut self, env: &mut SessionEnv<'_>, id: SequenceNo, value: Struct32) {
+        self.send_command(
+            env,
+            &Command::ExecutionResult(ExecutionResult {
+                command_id: Some(id),
+                value: Some(value),
+            }),
+            None,
+        );
+    }
+
+    /// The session is going away: a transaction branch it still works in fails.
+    pub fn close_dtx(&mut self, broker: &Broker) {
+        self.dtx.closed(broker);
     }
 
     fn complete(&mut self, id: SequenceNo, explicit_accept: bool) {
@@ -348,6 +366,9 @@ impl Session {
             };
             self.exception(env, &error, Some(id), w.codes);
             return None;
+        }
+        if let Some(value) = w.result {
+            self.send_result(env, id, value);
         }
         self.complete(id, w.explicit_accept);
         let mut sync = w.sync;
@@ -418,7 +439,12 @@ impl Session {
             }
             Command::MessageAccept(a) => {
                 let set = a.transfers.unwrap_or_default();
-                if let Some(tx) = &mut self.tx {
+                if let Some((_, buffer)) = self.dtx.current.clone() {
+                    // Held acquired by the branch until its outcome.
+                    let held = self.settle(&set, |r| r.acquired);
+                    let left = broker.dtx_accept(buffer, held);
+                    broker.accept(&left);
+                } else if let Some(tx) = &mut self.tx {
                     for &(lo, hi) in set.ranges() {
                         tx.accepts
                             .extend(range_mut(&mut self.records, lo, hi).map(|(id, _)| id));
@@ -552,7 +578,7 @@ impl Session {
                 *tx = TxBuffer::default();
                 Ok(None)
             }
-            Command::DtxSelect(_)
+            c @ (Command::DtxSelect(_)
             | Command::DtxStart(_)
             | Command::DtxEnd(_)
             | Command::DtxCommit(_)
@@ -561,9 +587,7 @@ impl Session {
             | Command::DtxPrepare(_)
             | Command::DtxRecover(_)
             | Command::DtxRollback(_)
-            | Command::DtxSetTimeout(_) => Err(Error::NotImplemented(
-                "distributed transactions (dtx) are not supported".into(),
-            )),
+            | Command::DtxSetTimeout(_)) => self.dtx.command(broker, c),
             Command::ExchangeDeclare(d) => {
                 broker.declare_exchange(ExchangeDeclare {
                     name: d.exchange.unwrap_or_default(),
@@ -731,6 +755,11 @@ impl Session {
         }
         msg.seal();
         let msg = Arc::new(msg);
+        if let Some((_, buffer)) = &self.dtx.current {
+            let queues = env.broker.route(&exchange, &msg)?;
+            env.broker.dtx_enqueue(*buffer, queues, msg);
+            return Ok(());
+        }
         if let Some(tx) = &mut self.tx {
             let queues = env.broker.route(&exchange, &msg)?;
             tx.enqueues.push((queues, msg));
