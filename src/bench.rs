@@ -40,6 +40,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     if let Some(method) = &args.rpc {
         return rpc(&args, method).await;
     }
+    if args.dtx {
+        return crate::bench_dtx::run(&args).await;
+    }
     if args.size < 8 {
         bail!("--size must be at least 8 (the send timestamp)");
     }
@@ -76,6 +79,15 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         .declare_queue(QueueDeclare {
             queue: Some(queue.clone()),
             durable: args.durable,
+            arguments: (args.groups > 0).then(|| {
+                let mut a = FieldTable::new();
+                a.insert("qpid.group_header_key", GROUP_HEADER);
+                a.insert(
+                    "qpid.shared_msg_group",
+                    clacks_broker::wire::Value::Int64(1),
+                );
+                a
+            }),
             ..QueueDeclare::default()
         })
         .await
@@ -143,6 +155,8 @@ struct Route {
 }
 
 use clacks_agent::names::EVENT_KEY as XML_KEY;
+/// The header that names a message's group in `--groups` runs.
+const GROUP_HEADER: &str = "bench-group";
 /// The routing key of `--consume-from` runs, for the federation route to carry.
 const FEDERATED_KEY: &str = "clacks-bench";
 use clacks_agent::events::EVENTS_NS;
@@ -301,6 +315,7 @@ async fn measure(
             size: args.size,
             durable: args.durable,
             window: args.window.max(1),
+            groups: args.groups,
         };
         producing.push(tokio::spawn(p.produce()));
     }
@@ -334,6 +349,8 @@ struct Producer {
     size: usize,
     durable: bool,
     window: usize,
+    /// Spread messages over this many groups (0: no group header).
+    groups: u32,
 }
 
 impl Producer {
@@ -341,7 +358,7 @@ impl Producer {
     async fn produce(self) -> anyhow::Result<u64> {
         let padding = vec![b'x'; self.size - 8];
         let mut in_flight = VecDeque::with_capacity(self.window);
-        for _ in 0..self.count {
+        for i in 0..self.count {
             let body = if self.xml {
                 bytes::Bytes::from(xml_body(now_ns(), self.size))
             } else {
@@ -350,9 +367,12 @@ impl Producer {
                 body.extend_from_slice(&padding);
                 body.freeze()
             };
-            let m = Message::new(body)
+            let mut m = Message::new(body)
                 .with_routing_key(self.key.clone())
                 .with_durable(self.durable);
+            if self.groups > 0 {
+                m = m.with_header(GROUP_HEADER, format!("g{}", i % u64::from(self.groups)));
+            }
             in_flight.push_back(self.session.transfer(&self.exchange, m).await?);
             if in_flight.len() >= self.window {
                 if let Some(c) = in_flight.pop_front() {
@@ -447,7 +467,7 @@ fn now_ns() -> u64 {
 }
 
 /// Nearest-rank percentile of sorted values.
-fn percentile(sorted: &[u64], p: f64) -> u64 {
+pub(crate) fn percentile(sorted: &[u64], p: f64) -> u64 {
     if sorted.is_empty() {
         return 0;
     }

@@ -523,6 +523,13 @@ pub struct BenchArgs {
     /// Concurrent callers for `--rpc`.
     #[arg(long, default_value_t = 1, value_name = "N")]
     pub callers: u32,
+    /// A grouped queue (`qpid.group_header_key`): messages spread over this many groups.
+    #[arg(long, default_value_t = 0, value_name = "N", conflicts_with_all = ["rpc", "xml_bindings", "consume_from"])]
+    pub groups: u32,
+    /// Distributed transactions: each of --count branches publishes one message, then is
+    /// ended, prepared and committed in two phases; prints branches per second.
+    #[arg(long, conflicts_with_all = ["rpc", "xml_bindings", "consume_from", "groups"])]
+    pub dtx: bool,
     /// The Clacks domain for `--rpc`.
     #[arg(long, env = "CLACKS_DOMAIN", default_value = "org.clacks")]
     pub domain: String,

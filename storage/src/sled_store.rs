@@ -211,6 +211,10 @@ mod tests {
                     name: "hub".into(),
                     data: Bytes::from_static(b"{route}"),
                 }),
+                StoreOp::PutPrepared(crate::PreparedRecord {
+                    xid: Bytes::from_static(b"xid-1"),
+                    data: Bytes::from_static(b"work"),
+                }),
             ])
             .expect("apply");
             // A second process (here: a second open) is refused.
@@ -246,6 +250,13 @@ mod tests {
                 (crate::FederationKind::Route, "hub", &b"{route}"[..])
             ]
         );
+        assert_eq!(
+            r.prepared,
+            [crate::PreparedRecord {
+                xid: Bytes::from_static(b"xid-1"),
+                data: Bytes::from_static(b"work"),
+            }]
+        );
         s.apply(&[
             StoreOp::Dequeue {
                 queue: "q".into(),
@@ -267,6 +278,7 @@ mod tests {
                 kind: crate::FederationKind::Route,
                 name: "hub".into(),
             },
+            StoreOp::DeletePrepared(Bytes::from_static(b"xid-1")),
         ])
         .expect("apply");
         assert_eq!(s.recover().expect("recover"), Recovered::default());
