@@ -137,6 +137,9 @@ pub struct Branches {
     branches: HashMap<Xid, Branch>,
     buffers: HashMap<BufferId, Buffer>,
     next: u64,
+    /// Messages of branches that went away under the table's lock, to be released once
+    /// it is let go (releasing takes the broker state lock).
+    leftover: Vec<Held>,
 }
 
 impl Branches {
@@ -190,6 +193,9 @@ impl Branches {
             .get(xid)
             .ok_or_else(|| Error::NotFound(format!("unknown transaction branch {xid:?}")))?;
         if b.expired {
+            // What it took after timing out (a session still working in it) goes back.
+            let work = self.take_work(xid);
+            self.leftover.extend(work.accepts);
             self.remove(xid);
             return Ok(Some(XaStatus::RbTimeout));
         }
@@ -278,6 +284,15 @@ fn read_u32(b: &mut Bytes) -> Option<u32> {
 impl Broker {
     fn branches(&self) -> std::sync::MutexGuard<'_, Branches> {
         self.dtx.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Lets go of the branch table, then releases what branches left behind.
+    fn unlock(&self, mut d: std::sync::MutexGuard<'_, Branches>) {
+        let left = std::mem::take(&mut d.leftover);
+        drop(d);
+        if !left.is_empty() {
+            self.release(&left, true);
+        }
     }
 
     /// `dtx.start` without join or resume: a new branch and this session's buffer in it.
@@ -391,7 +406,14 @@ impl Broker {
 
     /// A message published in a buffer: routed now, enqueued at commit.
     pub fn dtx_enqueue(&self, buffer: BufferId, queues: Vec<String>, msg: Arc<Message>) {
-        if let Some(b) = self.branches().buffers.get_mut(&buffer) {
+        let mut d = self.branches();
+        let live = d
+            .buffers
+            .get(&buffer)
+            .and_then(|b| d.branches.get(&b.xid))
+            .is_some_and(|br| !br.expired);
+        // A timed-out branch's publishes are dropped, as its rollback would drop them.
+        if let (true, Some(b)) = (live, d.buffers.get_mut(&buffer)) {
             b.work.enqueues.push((queues, msg));
         }
     }
@@ -399,13 +421,20 @@ impl Broker {
     /// Messages accepted in a buffer: they stay acquired until the outcome. Returns those
     /// the buffer did not take (its branch is gone), for the caller to settle as usual.
     pub fn dtx_accept(&self, buffer: BufferId, held: Vec<Held>) -> Vec<Held> {
-        match self.branches().buffers.get_mut(&buffer) {
-            Some(b) => {
-                b.work.accepts.extend(held);
-                Vec::new()
-            }
-            None => held,
+        let mut d = self.branches();
+        let Some(b) = d.buffers.get(&buffer) else {
+            return held;
+        };
+        if d.branches.get(&b.xid).is_none_or(|br| br.expired) {
+            // The branch timed out: what its session accepts now is rolled back too.
+            d.leftover.extend(held);
+            self.unlock(d);
+            return Vec::new();
         }
+        if let Some(b) = d.buffers.get_mut(&buffer) {
+            b.work.accepts.extend(held);
+        }
+        Vec::new()
     }
 
     /// `dtx.prepare`: the branch's work is written to the store as one record (the caller
@@ -416,6 +445,7 @@ impl Broker {
     pub fn dtx_prepare(&self, xid: &Xid) -> Result<XaStatus, Error> {
         let mut d = self.branches();
         if let Some(status) = d.check(xid)? {
+            self.unlock(d);
             return Ok(status);
         }
         let rolledback = d.branches.get(xid).is_some_and(|b| b.rolledback);
@@ -457,6 +487,7 @@ impl Broker {
     pub fn dtx_commit(&self, xid: &Xid, one_phase: bool) -> Result<XaStatus, Error> {
         let mut d = self.branches();
         if let Some(status) = d.check(xid)? {
+            self.unlock(d);
             return Ok(status);
         }
         let (prepared, rolledback) = d
@@ -495,6 +526,7 @@ impl Broker {
     pub fn dtx_rollback(&self, xid: &Xid) -> Result<XaStatus, Error> {
         let mut d = self.branches();
         if let Some(status) = d.check(xid)? {
+            self.unlock(d);
             return Ok(status);
         }
         let prepared = d.branches.get(xid).is_some_and(|b| b.prepared);
