@@ -523,9 +523,17 @@ impl Queue {
     /// message itself is the one a ring queue drops (it ranks below everything held).
     fn make_room(&mut self, size: u64, band: u8) -> Result<bool, Error> {
         self.check_room(size)?;
+        if self.settings.max_count.is_none() && self.settings.max_size.is_none() {
+            return Ok(true);
+        }
         // A ring counts what it can still drop: messages held by consumers are not its to
-        // discard, so they do not count against it either.
-        let held_bytes: u64 = self.acquired.values().map(|e| e.msg.size()).sum();
+        // discard, so they do not count against it either. (Summed only for a size limit:
+        // this runs for every message.)
+        let held_bytes: u64 = if self.settings.max_size.is_some() {
+            self.acquired.values().map(|e| e.msg.size()).sum()
+        } else {
+            0
+        };
         loop {
             let over = self
                 .settings
