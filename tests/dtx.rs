@@ -8,23 +8,14 @@ mod common;
 use std::time::Duration;
 
 use bytes::Bytes;
-use clacks_broker::client::{ConnectOptions, Connection, Message, Session, SubscribeOptions};
+use clacks_broker::client::{Message, Session, SubscribeOptions};
 use clacks_broker::wire::{
     Command, DtxCommit, DtxEnd, DtxPrepare, DtxRecover, DtxRollback, DtxSelect, DtxStart,
     QueueDeclare, RecoverResult, Value, XaResult, Xid,
 };
-use common::{bodies, Binary};
+use common::{bodies, guest_session, Binary};
 
 const DEADLINE: Duration = Duration::from_secs(30);
-
-async fn session(b: &Binary) -> (Connection, Session) {
-    let url = format!("amqp://guest:guest@{}", b.addr);
-    let conn = Connection::open(ConnectOptions::parse(&url).expect("url"))
-        .await
-        .expect("connect");
-    let s = conn.session_unique().await.expect("session");
-    (conn, s)
-}
 
 fn xid(name: &str) -> Xid {
     Xid {
@@ -87,7 +78,7 @@ async fn depth(s: &Session, queue: &str) -> u32 {
 /// read after one more kill.
 async fn prepared_branch_across_kill(commit: bool) -> (Vec<String>, Vec<String>) {
     let b = Binary::start("");
-    let (_c, s) = session(&b).await;
+    let (_c, s) = guest_session(&b).await;
     for q in ["dtx-src", "dtx-dst"] {
         s.declare_queue(QueueDeclare {
             queue: Some(q.into()),
@@ -101,7 +92,7 @@ async fn prepared_branch_across_kill(commit: bool) -> (Vec<String>, Vec<String>)
     persistent(&s, "dtx-src", "m2").await;
     s.sync().await.expect("sync");
 
-    let (_wc, w) = session(&b).await;
+    let (_wc, w) = guest_session(&b).await;
     w.call(DtxSelect {}).await.expect("select");
     let x = xid(if commit {
         "crash-commit"
@@ -156,7 +147,7 @@ async fn prepared_branch_across_kill(commit: bool) -> (Vec<String>, Vec<String>)
     );
 
     let b = Binary::start_in(b.kill(), "");
-    let (_c, s) = session(&b).await;
+    let (_c, s) = guest_session(&b).await;
     let doubt = in_doubt(&s).await;
     assert!(
         doubt.contains(
@@ -195,7 +186,7 @@ async fn prepared_branch_across_kill(commit: bool) -> (Vec<String>, Vec<String>)
 
     // The outcome itself must be durable: read it after one more crash.
     let b = Binary::start_in(b.kill(), "");
-    let (_c, s) = session(&b).await;
+    let (_c, s) = guest_session(&b).await;
     assert!(in_doubt(&s).await.is_empty());
     (bodies(&s, "dtx-src").await, bodies(&s, "dtx-dst").await)
 }
@@ -234,7 +225,7 @@ async fn refused(s: &Session, c: impl Into<Command>) -> u16 {
 async fn hostile_dtx_use_gets_clean_exceptions() {
     let b = Binary::start("");
     // Each refusal ends its session: a fresh one for each.
-    let fresh = || async { session(&b).await };
+    let fresh = || async { guest_session(&b).await };
 
     let (_c, s) = fresh().await;
     let start = |x: Option<Xid>| DtxStart {

@@ -8,25 +8,14 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use clacks_broker::client::{
-    ConnectOptions, Connection, Message, Session, SubscribeOptions, Subscription,
-};
+use clacks_broker::client::{Connection, Message, SubscribeOptions, Subscription};
 use clacks_broker::wire::{FieldTable, QueueDeclare, Value};
-use common::Binary;
+use common::{guest_session, Binary};
 
 const DEADLINE: Duration = Duration::from_secs(60);
 /// Fewer groups than consumers, so that without groups two would work one at once.
 const GROUPS: usize = 2;
 const PER_GROUP: usize = 20;
-
-async fn session(b: &Binary) -> (Connection, Session) {
-    let url = format!("amqp://guest:guest@{}", b.addr);
-    let conn = Connection::open(ConnectOptions::parse(&url).expect("url"))
-        .await
-        .expect("connect");
-    let s = conn.session_unique().await.expect("session");
-    (conn, s)
-}
 
 /// What the consumers did, checked as they do it.
 #[derive(Default)]
@@ -107,7 +96,7 @@ async fn consume(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn groups_are_worked_in_order_by_one_consumer_at_a_time() {
     let b = Binary::start("");
-    let (_pconn, producer) = session(&b).await;
+    let (_pconn, producer) = guest_session(&b).await;
     let mut args = FieldTable::new();
     args.insert("qpid.group_header_key", "customer");
     args.insert("qpid.shared_msg_group", Value::Int64(1));
@@ -135,7 +124,7 @@ async fn groups_are_worked_in_order_by_one_consumer_at_a_time() {
     // All three subscribe before any starts working, so that they share the queue.
     let mut consumers = Vec::new();
     for _ in 0..3 {
-        let (conn, s) = session(&b).await;
+        let (conn, s) = guest_session(&b).await;
         let sub = s
             .subscribe(
                 "work",

@@ -229,6 +229,22 @@ pub async fn bodies(s: &clacks_broker::client::Session, queue: &str) -> Vec<Stri
     out
 }
 
+/// A connection to `b` as guest and a session on it.
+pub async fn guest_session(
+    b: &Binary,
+) -> (
+    clacks_broker::client::Connection,
+    clacks_broker::client::Session,
+) {
+    let url = format!("amqp://guest:guest@{}", b.addr);
+    let opts = clacks_broker::client::ConnectOptions::parse(&url).expect("url");
+    let conn = clacks_broker::client::Connection::open(opts)
+        .await
+        .expect("connect");
+    let s = conn.session_unique().await.expect("session");
+    (conn, s)
+}
+
 /// Where tests/qpid-setup.sh put Qpid's Python client; the test command runs it first.
 pub fn qpidpy() -> PathBuf {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/qpidpy");
