@@ -152,8 +152,8 @@ pub struct Subscribe {
 /// A message held by a session: where it lives.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Held {
-    /// Queue name.
-    pub queue: String,
+    /// Queue name (shared with the queue, not copied per message).
+    pub queue: Arc<str>,
     /// Position in the queue.
     pub position: Position,
 }
@@ -403,7 +403,7 @@ impl Broker {
             .filter_map(|(queue, seq)| {
                 let position = st.queues.get_mut(queue)?.hold_seq(*seq)?;
                 Some(Held {
-                    queue: queue.clone(),
+                    queue: Arc::from(queue.as_str()),
                     position,
                 })
             })
@@ -1045,7 +1045,7 @@ impl Broker {
             st.enqueue_counted(queues, msg, true)?;
         }
         for h in accepts {
-            if let Some(q) = st.queues.get_mut(&h.queue) {
+            if let Some(q) = st.queues.get_mut(&*h.queue) {
                 if let Some(msg) = q.accept(h.position) {
                     q.stats.txn_dequeues.add(msg.credit_size());
                 }
@@ -1096,7 +1096,7 @@ impl Broker {
             session,
             connection,
             epoch: 0,
-            destination: s.destination.clone(),
+            destination: Arc::from(s.destination.as_str()),
             acquire: s.acquire,
             accept_explicit: s.accept_explicit,
             exclusive: s.exclusive,
@@ -1239,7 +1239,7 @@ impl Broker {
     pub fn accept(&self, held: &[Held]) {
         let mut st = self.lock();
         for h in held {
-            if let Some(q) = st.queues.get_mut(&h.queue) {
+            if let Some(q) = st.queues.get_mut(&*h.queue) {
                 q.accept(h.position);
             }
         }
@@ -1250,7 +1250,7 @@ impl Broker {
         let mut st = self.lock();
         let mut touched = Vec::new();
         for h in held {
-            if let Some(q) = st.queues.get_mut(&h.queue) {
+            if let Some(q) = st.queues.get_mut(&*h.queue) {
                 q.release(h.position, redelivered);
                 touched.push(h.queue.clone());
             }
@@ -1262,7 +1262,7 @@ impl Broker {
     pub fn reject(&self, held: &[Held]) {
         let mut st = self.lock();
         for h in held {
-            let Some(q) = st.queues.get_mut(&h.queue) else {
+            let Some(q) = st.queues.get_mut(&*h.queue) else {
                 continue;
             };
             let alt = q.alternate.clone();
@@ -1278,7 +1278,7 @@ impl Broker {
         held.iter()
             .filter(|h| {
                 st.queues
-                    .get_mut(&h.queue)
+                    .get_mut(&*h.queue)
                     .is_some_and(|q| q.acquire(h.position))
             })
             .cloned()
@@ -1293,7 +1293,7 @@ impl Broker {
         // alternate exchange in order.
         let mut touched = Vec::new();
         for h in held {
-            if let Some(q) = st.queues.get_mut(&h.queue) {
+            if let Some(q) = st.queues.get_mut(&*h.queue) {
                 q.release(h.position, true);
                 touched.push(h.queue.clone());
             }
@@ -1489,9 +1489,9 @@ impl State {
         }
     }
 
-    fn dispatch_queues(&mut self, names: &[String]) {
+    fn dispatch_queues<S: AsRef<str>>(&mut self, names: &[S]) {
         for n in names {
-            if let Some(q) = self.queues.get_mut(n) {
+            if let Some(q) = self.queues.get_mut(n.as_ref()) {
                 q.dispatch();
             }
         }

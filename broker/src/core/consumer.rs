@@ -98,10 +98,10 @@ pub trait DeliverySink: Send + Sync {
 pub struct Delivery {
     /// The consumer's session.
     pub session: SessionId,
-    /// The consumer's destination.
-    pub destination: String,
-    /// The queue it came from.
-    pub queue: String,
+    /// The consumer's destination (shared, not copied, per delivery).
+    pub destination: Arc<str>,
+    /// The queue it came from (shared, not copied, per delivery).
+    pub queue: Arc<str>,
     /// Its position (id) in that queue.
     pub position: Position,
     /// The message.
@@ -137,7 +137,7 @@ pub struct Consumer {
     /// Bumped by stop and set-flow-mode: older deliveries no longer move the window.
     pub epoch: u64,
     /// The destination named in `message.subscribe`.
-    pub destination: String,
+    pub destination: Arc<str>,
     /// Pre-acquired (true) or browsing (false).
     pub acquire: bool,
     /// Accept-mode explicit.

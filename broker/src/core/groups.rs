@@ -13,7 +13,7 @@ use crate::wire::{FieldTable, Value};
 pub const DEFAULT_GROUP: &str = "qpid.no-group";
 
 /// A consumer, as groups know it: its session and destination.
-pub type ConsumerId = (SessionId, String);
+pub type ConsumerId = (SessionId, std::sync::Arc<str>);
 
 /// Who holds a group, and how many of its messages.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -173,10 +173,7 @@ mod tests {
         let mut args = FieldTable::new();
         args.insert("qpid.group_header_key", "THE-GROUP");
         let mut g = Groups::from_args(&args).expect("groups");
-        let (c1, c2) = (
-            (SessionId(1), "a".to_string()),
-            (SessionId(2), "b".to_string()),
-        );
+        let (c1, c2) = ((SessionId(1), "a".into()), (SessionId(2), "b".into()));
         let (a0, a1, b) = (msg(Some("A")), msg(Some("A")), msg(Some("B")));
         g.acquired(&a0, Some(&c1));
         assert!(g.may_take(&a1, &c1) && !g.may_take(&a1, &c2) && g.may_take(&b, &c2));

@@ -219,6 +219,8 @@ pub struct Entry {
 pub struct Queue {
     /// Name.
     pub name: String,
+    /// The name again, shared by every delivery and held message instead of copied.
+    pub shared_name: Arc<str>,
     /// Whether it survives a restart.
     pub durable: bool,
     /// The session that owns it exclusively, if any.
@@ -267,6 +269,7 @@ impl Queue {
     pub fn new(name: &str, args: FieldTable) -> Result<Queue, Error> {
         Ok(Queue {
             name: name.to_string(),
+            shared_name: Arc::from(name),
             durable: false,
             owner: None,
             auto_delete: false,
@@ -862,7 +865,7 @@ impl Queue {
                 c.sink.deliver(Delivery {
                     session: c.session,
                     destination: c.destination.clone(),
-                    queue: self.name.clone(),
+                    queue: self.shared_name.clone(),
                     position: pos,
                     msg: entry.msg,
                     redelivered: entry.redelivered,
@@ -889,14 +892,14 @@ impl Queue {
     ) -> Option<&mut Consumer> {
         self.consumers
             .iter_mut()
-            .find(|c| c.session == session && c.destination == destination)
+            .find(|c| c.session == session && &*c.destination == destination)
     }
 
     /// Removes a consumer; returns whether it was there.
     pub(super) fn remove_consumer(&mut self, session: SessionId, destination: &str) -> bool {
         let before = self.consumers.len();
         self.consumers
-            .retain(|c| !(c.session == session && c.destination == destination));
+            .retain(|c| !(c.session == session && &*c.destination == destination));
         self.next_consumer = 0;
         self.consumers.len() != before
     }
@@ -948,7 +951,7 @@ mod tests {
         }
         q.dispatch();
         let got = sink.0.lock().expect("lock");
-        let dests: Vec<&str> = got.iter().map(|d| d.destination.as_str()).collect();
+        let dests: Vec<&str> = got.iter().map(|d| &*d.destination).collect();
         assert_eq!(dests, ["a", "b", "a", "b"]);
         assert_eq!(q.message_count(), 0);
         assert_eq!(q.depth(), 4);

@@ -226,7 +226,7 @@ impl Broker {
                     .extend(q.consumers.iter().map(|c| SubscriptionView {
                         session: c.session,
                         queue: q.name.clone(),
-                        destination: c.destination.clone(),
+                        destination: c.destination.to_string(),
                         browsing: !c.acquire,
                         acknowledged: c.accept_explicit,
                         exclusive: c.exclusive,

@@ -49,7 +49,7 @@ pub(crate) struct SessionEnv<'a> {
 #[derive(Debug)]
 struct Record {
     held: Held,
-    destination: String,
+    destination: Arc<str>,
     acquired: bool,
     accept_explicit: bool,
     size: u64,
@@ -236,7 +236,7 @@ impl Session {
         let id = self.next_out;
         let header = d.msg.delivery_header(d.redelivered);
         let transfer = Command::MessageTransfer(MessageTransfer {
-            destination: Some(d.destination.clone()),
+            destination: Some(d.destination.to_string()),
             accept_mode: Some(crate::wire::MessageAcceptMode(u8::from(!d.accept_explicit))),
             acquire_mode: Some(crate::wire::MessageAcquireMode(u8::from(!d.acquired))),
         });
