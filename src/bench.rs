@@ -274,9 +274,17 @@ async fn measure(
     for _ in 0..args.consumers {
         let conn = Connection::open(consumer_opts.clone()).await?;
         let session = conn.session_unique().await?;
-        let options = SubscribeOptions {
-            capacity: Some(args.capacity.max(1)),
-            ..SubscribeOptions::default()
+        let options = if args.perftest {
+            SubscribeOptions {
+                accept_mode: clacks_broker::wire::MessageAcceptMode::NONE,
+                capacity: None,
+                ..SubscribeOptions::default()
+            }
+        } else {
+            SubscribeOptions {
+                capacity: Some(args.capacity.max(1)),
+                ..SubscribeOptions::default()
+            }
         };
         let sub = session.subscribe(queue, options).await?;
         let run = Consumer {
@@ -285,6 +293,7 @@ async fn measure(
             sub,
             total: args.count,
             batch: u64::from((args.capacity / 2).max(1)),
+            accepting: !args.perftest,
             xml: route.xml,
             received: received.clone(),
             done_tx: done_tx.clone(),
@@ -314,7 +323,12 @@ async fn measure(
             count: share,
             size: args.size,
             durable: args.durable,
-            window: args.window.max(1),
+            // The perftest publisher never waits before the end.
+            window: if args.perftest {
+                usize::try_from(share).unwrap_or(usize::MAX).max(1)
+            } else {
+                args.window.max(1)
+            },
             groups: args.groups,
         };
         producing.push(tokio::spawn(p.produce()));
@@ -399,6 +413,8 @@ struct Consumer {
     sub: Subscription,
     total: u64,
     batch: u64,
+    /// Accept what arrives (false: the subscription is accept-mode none).
+    accepting: bool,
     xml: bool,
     received: Arc<AtomicU64>,
     done_tx: Arc<watch::Sender<bool>>,
@@ -438,8 +454,10 @@ impl Consumer {
             let now = now_ns();
             latencies.push(now.saturating_sub(stamp));
             last = Some(Instant::now());
-            unacked.add(d.id);
-            unacked_count += 1;
+            if self.accepting {
+                unacked.add(d.id);
+                unacked_count += 1;
+            }
             if unacked_count >= self.batch {
                 drop(self.session.accept(std::mem::take(&mut unacked)).await?);
                 unacked_count = 0;

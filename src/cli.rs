@@ -523,6 +523,10 @@ pub struct BenchArgs {
     /// Concurrent callers for `--rpc`.
     #[arg(long, default_value_t = 1, value_name = "N")]
     pub callers: u32,
+    /// Qpid's perftest pattern: producers stream without waiting (completions are awaited
+    /// once, at the end), consumers take messages with accept-mode none and unlimited credit.
+    #[arg(long, conflicts_with_all = ["rpc", "xml_bindings"])]
+    pub perftest: bool,
     /// A grouped queue (`qpid.group_header_key`): messages spread over this many groups.
     #[arg(long, default_value_t = 0, value_name = "N", conflicts_with_all = ["rpc", "xml_bindings", "consume_from"])]
     pub groups: u32,
