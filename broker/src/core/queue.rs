@@ -446,7 +446,10 @@ impl Queue {
         };
         let (depth, bytes) = (
             self.available.len() as u64 + self.acquired.len() as u64,
-            self.stats.enqueues.bytes - self.stats.dequeues.bytes,
+            self.stats
+                .enqueues
+                .bytes
+                .saturating_sub(self.stats.dequeues.bytes),
         );
         let compat = t.compat;
         for crossing in t.crossed(depth, bytes).into_iter().flatten() {
