@@ -3,6 +3,7 @@
 //! `qpid.no-group`), and a group belongs to one consumer while that consumer holds any of
 //! its acquired messages. Other consumers pass its messages by; browsers see everything.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 
 use super::message::Message;
@@ -56,21 +57,25 @@ impl Groups {
         &self.key
     }
 
-    /// The group `msg` belongs to.
-    pub fn group_of(&self, msg: &Message) -> String {
+    /// The group `msg` belongs to (borrowed from its header when that is a string, as it
+    /// almost always is: this runs for every message a grouped queue hands out).
+    pub fn group_of<'a>(&self, msg: &'a Message) -> Cow<'a, str> {
         match msg.headers().and_then(|h| h.get(&self.key)) {
-            Some(v) => v
-                .as_str()
-                .map(str::to_string)
-                .or_else(|| v.as_i64().map(|n| n.to_string()))
-                .unwrap_or_else(|| format!("{v:?}")),
-            None => DEFAULT_GROUP.to_string(),
+            Some(v) => match v.as_str() {
+                Some(s) => Cow::Borrowed(s),
+                None => Cow::Owned(
+                    v.as_i64()
+                        .map(|n| n.to_string())
+                        .unwrap_or_else(|| format!("{v:?}")),
+                ),
+            },
+            None => Cow::Borrowed(DEFAULT_GROUP),
         }
     }
 
     /// Whether `consumer` may acquire `msg`: its group is free, or already its own.
     pub fn may_take(&self, msg: &Message, consumer: &ConsumerId) -> bool {
-        match self.held.get(&self.group_of(msg)) {
+        match self.held.get(self.group_of(msg).as_ref()) {
             None => true,
             Some(h) => h.consumer.as_ref() == Some(consumer),
         }
@@ -78,12 +83,15 @@ impl Groups {
 
     /// Whether anyone holds `msg`'s group.
     pub fn is_held(&self, msg: &Message) -> bool {
-        self.held.contains_key(&self.group_of(msg))
+        self.held.contains_key(self.group_of(msg).as_ref())
     }
 
     /// `msg` was acquired (by `consumer`, when a consumer took it).
     pub fn acquired(&mut self, msg: &Message, consumer: Option<&ConsumerId>) {
-        let h = self.held.entry(self.group_of(msg)).or_default();
+        let h = self
+            .held
+            .entry(self.group_of(msg).into_owned())
+            .or_default();
         if h.acquired == 0 {
             h.consumer = consumer.cloned();
         }
@@ -94,10 +102,10 @@ impl Groups {
     /// message left, the group is free.
     pub fn settled(&mut self, msg: &Message) {
         let group = self.group_of(msg);
-        if let Some(h) = self.held.get_mut(&group) {
+        if let Some(h) = self.held.get_mut(group.as_ref()) {
             h.acquired = h.acquired.saturating_sub(1);
             if h.acquired == 0 {
-                self.held.remove(&group);
+                self.held.remove(group.as_ref());
             }
         }
     }
@@ -111,7 +119,7 @@ impl Groups {
     pub fn state<'a>(&self, messages: impl Iterator<Item = &'a Message>) -> Vec<GroupState> {
         let mut counts: BTreeMap<String, u64> = BTreeMap::new();
         for m in messages {
-            *counts.entry(self.group_of(m)).or_default() += 1;
+            *counts.entry(self.group_of(m).into_owned()).or_default() += 1;
         }
         counts
             .into_iter()
