@@ -391,7 +391,9 @@ impl Broker {
                 st.exchanges.insert(name.to_string(), ex);
             }
         }
-        st.system_exchanges.push(name.to_string());
+        if !st.system_exchanges.iter().any(|n| n == name) {
+            st.system_exchanges.push(name.to_string());
+        }
     }
 
     /// Takes messages back out of their queues for recovered prepared transaction branches

@@ -6,7 +6,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use crate::core::Message;
 #[cfg(test)]
 use crate::wire::prim::get_list;
-use crate::wire::prim::{get_map, put_list, put_map, put_str8};
+use crate::wire::prim::{get_map, put_list, put_map};
 use crate::wire::{FieldTable, List, MessageProperties, ReplyTo, Value};
 
 /// The vendor and product the tools look for.
@@ -178,21 +178,17 @@ impl V1Reader {
     }
 }
 
-/// Writes a `str8` clipped to its length limit.
-pub fn put_short(buf: &mut BytesMut, s: &str) {
-    put_str8(buf, s);
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::wire::prim::put_str8;
 
     #[test]
     fn v1_records_read_back_one_after_another() {
         let mut buf = BytesMut::new();
         v1_header(&mut buf, b'P', 7);
         v1_header(&mut buf, b'Q', 8);
-        put_short(&mut buf, "org.apache.qpid.broker");
+        put_str8(&mut buf, "org.apache.qpid.broker");
         let mut r = V1Reader::new(buf.freeze());
         assert_eq!(r.next_header(), Some((b'P', 7)));
         assert_eq!(r.next_header(), Some((b'Q', 8)));

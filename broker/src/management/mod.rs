@@ -28,6 +28,7 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 
+use crate::client::random_uuid;
 use crate::core::observer::{ModelEvent, Observer};
 use crate::core::{Broker, Message};
 use crate::federation::Federation;
@@ -219,6 +220,7 @@ impl Management {
             max_connections: admin.config().max_connections,
             started: std::time::SystemTime::now(),
             publish_interval: config.publish_interval.as_secs().max(1),
+            node: (kernel_value("hostname"), kernel_value("osrelease")),
         };
         let ctx = Context {
             admin,
@@ -239,18 +241,11 @@ impl Management {
     }
 }
 
-/// A random version 4 UUID.
-fn random_uuid() -> Uuid {
-    let mut b = [0u8; 16];
-    if getrandom::fill(&mut b).is_err() {
-        // No entropy source: a time-based value still tells instances apart.
-        let t = objects::now_ns().to_be_bytes();
-        b[..8].copy_from_slice(&t);
-        b[8..].copy_from_slice(&std::process::id().to_be_bytes().repeat(2));
-    }
-    b[6] = (b[6] & 0x0f) | 0x40;
-    b[8] = (b[8] & 0x3f) | 0x80;
-    Uuid(b)
+/// A value the kernel publishes under `/proc/sys/kernel` (empty when it cannot be read).
+fn kernel_value(name: &str) -> String {
+    std::fs::read_to_string(format!("/proc/sys/kernel/{name}"))
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
 }
 
 /// The machine's id (from `/etc/machine-id` when there is one, else random).

@@ -100,6 +100,8 @@ pub struct BrokerFacts {
     pub started: SystemTime,
     /// Seconds between unsolicited updates.
     pub publish_interval: u64,
+    /// The machine's host name and kernel release (read once, at start).
+    pub node: (String, String),
 }
 
 /// Everything objects are made from, taken at one moment.
@@ -332,16 +334,11 @@ impl<'a> Builder<'a> {
     }
 
     fn system(&mut self) -> Option<Object> {
-        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-            .map(|s| s.trim().to_string())
-            .unwrap_or_default();
-        let release = std::fs::read_to_string("/proc/sys/kernel/osrelease")
-            .map(|s| s.trim().to_string())
-            .unwrap_or_default();
+        let (host, release) = &self.facts.node;
         let mut v = Values::default()
             .str("osName", std::env::consts::OS)
-            .str("nodeName", host)
-            .str("release", release)
+            .str("nodeName", host.clone())
+            .str("release", release.clone())
             .str("version", "")
             .str("machine", std::env::consts::ARCH);
         v.0.insert("systemId", Value::Uuid(self.facts.system_id));
@@ -653,20 +650,15 @@ impl<'a> Builder<'a> {
     }
 }
 
-/// A link URL's transport, host and port (`amqp[s]://[user[:pw]@]host[:port]`).
+/// A link URL's transport (`tcp` or `ssl`), host and port, as the client reads it.
 pub fn split_url(url: &str) -> (String, String, u16) {
-    let (scheme, rest) = url.split_once("://").unwrap_or(("amqp", url));
-    let transport = if scheme == "amqps" { "ssl" } else { "tcp" };
-    let hostport = rest.rsplit_once('@').map_or(rest, |(_, h)| h);
-    let hostport = hostport.split('/').next().unwrap_or(hostport);
-    let default_port = if transport == "ssl" { 5671 } else { 5672 };
-    let (host, port) = match hostport.rsplit_once(':') {
-        Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => {
-            (h.to_string(), p.parse().unwrap_or(default_port))
+    match crate::client::ConnectOptions::parse(url) {
+        Ok(o) => {
+            let transport = if o.tls.is_some() { "ssl" } else { "tcp" };
+            (transport.to_string(), o.host, o.port)
         }
-        _ => (hostport.to_string(), default_port),
-    };
-    (transport.to_string(), host, port)
+        Err(_) => ("tcp".to_string(), url.to_string(), 0),
+    }
 }
 
 #[cfg(test)]

@@ -432,17 +432,13 @@ fn leak(s: String) -> &'static str {
     Box::leak(s.into_boxed_str())
 }
 
-/// A 128-bit digest of a class definition (FNV-1a, twice with different offsets): it only
-/// has to change when the definition does.
+/// A 128-bit digest of a class definition (the first half of its SHA-256): it only has
+/// to change when the definition does.
 fn digest(data: &[u8]) -> Uuid {
-    let fnv = |offset: u64| {
-        data.iter().fold(offset, |h, b| {
-            (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
-        })
-    };
+    use sha2::Digest;
+    let sum = sha2::Sha256::digest(data);
     let mut out = [0u8; 16];
-    out[..8].copy_from_slice(&fnv(0xcbf2_9ce4_8422_2325).to_be_bytes());
-    out[8..].copy_from_slice(&fnv(0x8422_2325_cbf2_9ce4).to_be_bytes());
+    out.copy_from_slice(&sum[..16]);
     Uuid(out)
 }
 

@@ -11,7 +11,7 @@ use crate::wire::prim::{put_map, put_str16, put_str8};
 use crate::wire::{FieldTable, Value};
 
 use super::agent::{Agent, Caller};
-use super::codec::{put_short, v1_header, v1_message, Malformed, ReplyAddress, V1Reader};
+use super::codec::{v1_header, v1_message, Malformed, ReplyAddress, V1Reader};
 use super::methods::{MethodError, Status};
 use super::objects::{now_ns, Object};
 use super::schema::{Method, Schema, Type, PACKAGE};
@@ -205,7 +205,7 @@ impl Agent {
                 }
                 b'P' => {
                     let mut rec = record(b'p', seq);
-                    put_short(&mut rec, PACKAGE);
+                    put_str8(&mut rec, PACKAGE);
                     out.push(rec);
                     out.push(complete(seq, 0, "OK"));
                     true
@@ -354,7 +354,7 @@ fn record(opcode: u8, seq: u32) -> BytesMut {
 fn complete(seq: u32, code: u32, text: &str) -> BytesMut {
     let mut b = record(b'z', seq);
     b.put_u32(code);
-    put_short(&mut b, text);
+    put_str8(&mut b, text);
     b
 }
 
