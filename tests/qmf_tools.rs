@@ -518,6 +518,9 @@ ask('_method_request', {'_method_name': 'echo'})
 method('create', {'type': 'queue'})
 method('create', {'type': 'gadget', 'name': 'g'})
 method('queueMoveMessages', {'srcQueue': 'nope', 'destQueue': 'nope2', 'qty': 0})
+v1 = s.sender("qpid.management/broker")
+for junk in ["AM2S\x00\x00\x00\x01\x05abc", "AM2M\x00\x00\x00\x02", "AM2G\x00\x00\x00\x03\xff\xff", "AM2", "not qmf at all"]:
+    v1.send(Message(junk, reply_to="amq.direct/nowhere"))
 method('echo', {'sequence': 7, 'body': 'still here'})
 ask('_query_request', {'_what': 'OBJECT', '_schema_id': {'_class_name': 'broker'}})
 "#,

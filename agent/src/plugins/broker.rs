@@ -125,6 +125,7 @@ impl BrokerPlugin {
                             "byteDequeues": s.dequeues.bytes,
                             "acquires": s.acquires,
                             "releases": s.releases,
+                            "redeliveries": s.redeliveries,
                             "discards": s.discards_ttl + s.discards_ring + s.discards_lvq
                                 + s.discards_overflow + s.discards_subscriber + s.discards_purge,
                         })
