@@ -330,6 +330,11 @@ async fn measure(
                 args.window.max(1)
             },
             groups: args.groups,
+            // Each producer sends its share of the rate.
+            interval: args
+                .rate
+                .filter(|r| *r > 0.0)
+                .map(|r| Duration::from_secs_f64(f64::from(args.producers) / r)),
         };
         producing.push(tokio::spawn(p.produce()));
     }
@@ -365,6 +370,8 @@ struct Producer {
     window: usize,
     /// Spread messages over this many groups (0: no group header).
     groups: u32,
+    /// With `--rate`: the pause between two sends of this producer.
+    interval: Option<Duration>,
 }
 
 impl Producer {
@@ -372,7 +379,13 @@ impl Producer {
     async fn produce(self) -> anyhow::Result<u64> {
         let padding = vec![b'x'; self.size - 8];
         let mut in_flight = VecDeque::with_capacity(self.window);
+        let start = tokio::time::Instant::now();
         for i in 0..self.count {
+            if let Some(gap) = self.interval {
+                // Paced from the start, so that a late send does not shift the rest.
+                let due = start + gap.mul_f64(i as f64);
+                tokio::time::sleep_until(due).await;
+            }
             let body = if self.xml {
                 bytes::Bytes::from(xml_body(now_ns(), self.size))
             } else {
@@ -514,7 +527,7 @@ fn render(args: &BenchArgs, queue: &str, mut r: Report) -> String {
         "bench: queue {queue}, {} producer(s), {} consumer(s), {} messages of {} bytes, {}{via}\n\
          sent:     {} msgs in {:.3} s = {:.0} msg/s\n\
          received: {} msgs in {:.3} s = {:.0} msg/s ({:.1} MB/s)\n\
-         latency:  p50 {:.3} ms  p99 {:.3} ms  max {:.3} ms\n",
+         latency:  p50 {:.3} ms  p99 {:.3} ms  max {:.3} ms  avg {:.3} ms\n",
         args.producers,
         args.consumers,
         args.count,
@@ -530,6 +543,7 @@ fn render(args: &BenchArgs, queue: &str, mut r: Report) -> String {
         ms(percentile(&r.latencies, 50.0)),
         ms(percentile(&r.latencies, 99.0)),
         ms(r.latencies.last().copied().unwrap_or(0)),
+        ms(r.latencies.iter().sum::<u64>() / received.max(1)),
     )
 }
 

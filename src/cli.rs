@@ -523,6 +523,10 @@ pub struct BenchArgs {
     /// Concurrent callers for `--rpc`.
     #[arg(long, default_value_t = 1, value_name = "N")]
     pub callers: u32,
+    /// Send at this steady rate (messages per second, shared by the producers), as Qpid's
+    /// latency test does; the latency line then shows the average too.
+    #[arg(long, value_name = "MSGS_PER_SEC", conflicts_with_all = ["rpc", "perftest"])]
+    pub rate: Option<f64>,
     /// Qpid's perftest pattern: producers stream without waiting (completions are awaited
     /// once, at the end), consumers take messages with accept-mode none and unlimited credit.
     #[arg(long, conflicts_with_all = ["rpc", "xml_bindings"])]
