@@ -1373,16 +1373,27 @@ impl State {
     /// The queue `name`, if it exists and `session` may use it (not another's exclusive
     /// queue); `action` names the attempt in the error.
     fn usable_queue(&self, session: SessionId, name: &str, action: &str) -> Result<&Queue, Error> {
-        let q = self
-            .queues
-            .get(name)
-            .ok_or_else(|| Error::NotFound(format!("queue not found: {name}")))?;
+        let q = self.queue(name)?;
         if q.owner.is_some_and(|o| o != session) {
             return Err(Error::ResourceLocked(format!(
                 "cannot {action} queue {name}: exclusive to another session"
             )));
         }
         Ok(q)
+    }
+
+    /// The queue `name`, or 404.
+    pub(super) fn queue(&self, name: &str) -> Result<&Queue, Error> {
+        self.queues
+            .get(name)
+            .ok_or_else(|| Error::NotFound(format!("queue not found: {name}")))
+    }
+
+    /// The queue `name` to change, or 404.
+    pub(super) fn queue_mut(&mut self, name: &str) -> Result<&mut Queue, Error> {
+        self.queues
+            .get_mut(name)
+            .ok_or_else(|| Error::NotFound(format!("queue not found: {name}")))
     }
 
     fn exchange_mut(&mut self, name: &str) -> Result<&mut Exchange, Error> {

@@ -18,6 +18,7 @@ use clacks_storage::{PreparedRecord, StoreOp};
 use super::broker::{Broker, Held};
 use super::error::Error;
 use super::message::Message;
+use crate::wire::prim::{get_str8, get_vbin8, put_str8, put_vbin8};
 
 /// Seconds a new branch may live before it is rolled back.
 pub const DEFAULT_TIMEOUT: u32 = 60;
@@ -50,8 +51,8 @@ impl Xid {
     pub fn encode(&self) -> Bytes {
         let mut b = BytesMut::with_capacity(6 + self.global.len() + self.branch.len());
         b.put_u32(self.format);
-        put_short(&mut b, &self.global);
-        put_short(&mut b, &self.branch);
+        put_vbin8(&mut b, &self.global);
+        put_vbin8(&mut b, &self.branch);
         b.freeze()
     }
 
@@ -65,26 +66,14 @@ impl Xid {
             return Err(corrupt());
         }
         let format = b.get_u32();
-        let global = get_short(&mut b).ok_or_else(corrupt)?;
-        let branch = get_short(&mut b).ok_or_else(corrupt)?;
+        let global = get_vbin8(&mut b).map_err(|_| corrupt())?;
+        let branch = get_vbin8(&mut b).map_err(|_| corrupt())?;
         Ok(Xid {
             format,
             global,
             branch,
         })
     }
-}
-
-fn put_short(b: &mut BytesMut, v: &[u8]) {
-    let n = v.len().min(255);
-    b.put_u8(n as u8);
-    b.put_slice(&v[..n]);
-}
-
-fn get_short(b: &mut Bytes) -> Option<Bytes> {
-    let n = usize::from(*b.first()?);
-    b.advance(1);
-    (b.remaining() >= n).then(|| b.split_to(n))
 }
 
 /// The outcome codes qpidd gives (a subset of the spec's `xa-status`).
@@ -228,7 +217,7 @@ fn encode_work(w: &Work) -> Bytes {
     for (queues, msg) in &w.enqueues {
         b.put_u16(u16::try_from(queues.len()).unwrap_or(u16::MAX));
         for q in queues {
-            put_short(&mut b, q.as_bytes());
+            put_str8(&mut b, q);
         }
         let data = msg.encode_stored();
         b.put_u32(u32::try_from(data.len()).unwrap_or(u32::MAX));
@@ -236,7 +225,7 @@ fn encode_work(w: &Work) -> Bytes {
     }
     b.put_u32(u32::try_from(w.accepts.len()).unwrap_or(u32::MAX));
     for h in &w.accepts {
-        put_short(&mut b, h.queue.as_bytes());
+        put_str8(&mut b, &h.queue);
         b.put_u64(h.position.seq);
     }
     b.freeze()
@@ -246,7 +235,7 @@ fn encode_work(w: &Work) -> Bytes {
 type StoredWork = (Vec<(Vec<String>, Message)>, Vec<(String, u64)>);
 
 fn decode_work(mut b: Bytes) -> Option<StoredWork> {
-    let text = |b: &mut Bytes| get_short(b).and_then(|s| String::from_utf8(s.to_vec()).ok());
+    let text = |b: &mut Bytes| get_str8(b).ok();
     let mut enqueues = Vec::new();
     let n = read_u32(&mut b)?;
     for _ in 0..n {

@@ -121,8 +121,6 @@ pub struct SessionView {
     pub name: String,
     /// Its channel.
     pub channel: u16,
-    /// Messages delivered to it and not yet settled.
-    pub unacked: u64,
 }
 
 /// Broker-wide figures.
@@ -303,7 +301,6 @@ impl Broker {
                     connection: *connection,
                     name,
                     channel,
-                    unacked: 0,
                 });
             }
             snap.sessions.sort_by_key(|s| s.id);
@@ -320,10 +317,7 @@ impl Broker {
     /// 404 when the queue does not exist.
     pub fn queue_groups(&self, queue: &str) -> Result<Option<FieldTable>, Error> {
         let st = self.lock();
-        let q = st
-            .queues
-            .get(queue)
-            .ok_or_else(|| Error::NotFound(format!("queue not found: {queue}")))?;
+        let q = st.queue(queue)?;
         Ok(q.group_state()
             .map(|(key, groups)| super::groups::state_map(&key, &groups)))
     }
@@ -351,10 +345,7 @@ impl Broker {
         filter: impl Fn(&Message) -> bool,
     ) -> Result<usize, Error> {
         let mut st = self.lock();
-        let q = st
-            .queues
-            .get_mut(queue)
-            .ok_or_else(|| Error::NotFound(format!("queue not found: {queue}")))?;
+        let q = st.queue_mut(queue)?;
         let n = q.take_matching(limit, filter).len();
         q.stats.discards_purge += n as u64;
         Ok(n)
@@ -373,11 +364,8 @@ impl Broker {
         filter: impl Fn(&Message) -> bool,
     ) -> Result<usize, Error> {
         let mut st = self.lock();
-        for name in [from, to] {
-            if !st.queues.contains_key(name) {
-                return Err(Error::NotFound(format!("queue not found: {name}")));
-            }
-        }
+        st.queue(from)?;
+        st.queue(to)?;
         let taken = match st.queues.get_mut(from) {
             Some(q) => q.take_matching(limit, filter),
             None => Vec::new(),
@@ -407,10 +395,7 @@ impl Broker {
         filter: impl Fn(&Message) -> bool,
     ) -> Result<usize, Error> {
         let mut st = self.lock();
-        let q = st
-            .queues
-            .get(queue)
-            .ok_or_else(|| Error::NotFound(format!("queue not found: {queue}")))?;
+        let q = st.queue(queue)?;
         let target = match exchange {
             Some(e) => e.to_string(),
             None => q.alternate.clone().ok_or_else(|| {

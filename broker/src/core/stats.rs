@@ -69,8 +69,6 @@ pub struct QueueStats {
     pub reroutes: u64,
     /// The most consumers the queue had at once.
     pub consumers_high: u32,
-    /// The most bindings the queue had at once.
-    pub bindings_high: u32,
 }
 
 impl QueueStats {

@@ -121,6 +121,24 @@ impl Agent {
         objects
     }
 
+    /// Whether the object `class`/`key` exists: looked up directly for the classes methods
+    /// are mostly called on, rather than building the whole class.
+    fn exists(&mut self, class: &str, key: &str) -> bool {
+        let broker = self.ctx.admin.broker();
+        match class {
+            "broker" => key == super::objects::BROKER_KEY,
+            "queue" => broker.query_queue(key).is_some(),
+            "exchange" => broker.query_exchange(key).is_some(),
+            "connection" => self
+                .ctx
+                .admin
+                .connections()
+                .iter()
+                .any(|c| super::objects::connection_address(c) == key),
+            _ => self.objects(Some(class)).into_iter().any(|o| o.key == key),
+        }
+    }
+
     /// Who sent `msg`: the user its connection logged in as, else its `user-id`.
     fn caller(&self, msg: &Message) -> Caller {
         let mut names = Vec::new();
@@ -436,8 +454,7 @@ impl Agent {
             .class(class)
             .filter(|c| c.kind == Kind::Table)
             .ok_or_else(missing)?;
-        let exists = self.objects(Some(class)).into_iter().any(|o| o.key == key);
-        if !exists {
+        if !self.exists(class, key) {
             return Err(missing());
         }
         let Some(m) = schema_class.method(method) else {

@@ -408,7 +408,7 @@ impl<'a> Builder<'a> {
                 .u64("msgDepth", q.depth)
                 .u64("byteDepth", q.byte_depth())
                 .hilo("consumerCount", q.consumers, s.consumers_high)
-                .hilo("bindingCount", q.bindings, s.bindings_high)
+                .hilo("bindingCount", q.bindings, q.bindings)
                 .hilo(
                     "unackedMessages",
                     u32::try_from(q.unacked).unwrap_or(u32::MAX),
@@ -547,7 +547,8 @@ impl<'a> Builder<'a> {
                 .reference("connectionRef", "connection", &connection_address(conn))
                 .u32("detachedLifespan", 0)
                 .bool("attached", true)
-                .u64("unackedMessages", s.unacked)
+                // The model does not keep per-session unsettled counts; qpid-stat shows 0.
+                .u64("unackedMessages", 0)
                 .u64("TxnStarts", 0)
                 .u64("TxnCommits", 0)
                 .u64("TxnRejects", 0)
