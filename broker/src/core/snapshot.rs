@@ -364,21 +364,32 @@ impl Broker {
         filter: impl Fn(&Message) -> bool,
     ) -> Result<usize, Error> {
         let mut st = self.lock();
-        st.queue(from)?;
         st.queue(to)?;
-        let taken = match st.queues.get_mut(from) {
-            Some(q) => q.take_matching(limit, filter),
-            None => Vec::new(),
-        };
+        let mut taken = st.queue_mut(from)?.take_matching(limit, filter).into_iter();
+        let dest = st.queue_mut(to)?;
         let mut moved = 0;
-        if let Some(q) = st.queues.get_mut(to) {
-            for msg in taken {
-                q.enqueue(msg)?;
-                moved += 1;
+        let mut refused = None;
+        for msg in taken.by_ref() {
+            if let Err(e) = dest.enqueue(Arc::clone(&msg)) {
+                refused = Some((e, msg));
+                break;
             }
-            q.dispatch();
+            moved += 1;
         }
-        Ok(moved)
+        dest.dispatch();
+        let Some((error, first)) = refused else {
+            return Ok(moved);
+        };
+        // What the destination refused goes back where it came from rather than being lost;
+        // the source held it a moment ago, so it has the room.
+        let source = st.queue_mut(from)?;
+        for msg in std::iter::once(first).chain(taken) {
+            if let Err(e) = source.enqueue(msg) {
+                tracing::warn!(queue = from, error = %e, "cannot return a message a move could not place");
+            }
+        }
+        source.dispatch();
+        Err(error)
     }
 
     /// Takes up to `limit` (0: all) available messages that `filter` accepts off `queue`
@@ -405,9 +416,7 @@ impl Broker {
         if !target.is_empty() && !st.exchanges.contains_key(&target) {
             return Err(Error::NotFound(format!("exchange not found: {target}")));
         }
-        let Some(q) = st.queues.get_mut(queue) else {
-            return Ok(0);
-        };
+        let q = st.queue_mut(queue)?;
         let taken = q.take_matching(limit, filter);
         q.stats.reroutes += taken.len() as u64;
         // Under the same lock, so the store sees the move as one batch. A rerouted message
@@ -426,5 +435,45 @@ impl Broker {
             }
         }
         Ok(taken.len())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::broker::QueueDeclare;
+
+    #[test]
+    fn a_move_the_destination_refuses_loses_nothing() {
+        let b = Broker::new();
+        let s = b.new_session(b.new_connection());
+        let mut small = FieldTable::new();
+        small.insert("qpid.max_count", 2i64);
+        small.insert("qpid.policy_type", "reject");
+        for (name, args) in [("src", FieldTable::new()), ("dst", small)] {
+            b.declare_queue(
+                s,
+                QueueDeclare {
+                    name: name.into(),
+                    args,
+                    ..QueueDeclare::default()
+                },
+            )
+            .expect("declare");
+        }
+        for i in 0..5 {
+            let body = format!("m{i}");
+            b.publish("", Arc::new(Message::new("src", body.into_bytes())))
+                .expect("publish");
+        }
+        let moved = b.move_messages("src", "dst", 0, |_| true);
+        assert!(matches!(moved, Err(Error::LimitExceeded(_))), "{moved:?}");
+        let depths: Vec<(String, u64)> = b
+            .snapshot(Parts::ALL)
+            .queues
+            .into_iter()
+            .map(|q| (q.name, q.depth))
+            .collect();
+        assert_eq!(depths, [("dst".to_string(), 2), ("src".to_string(), 3)]);
     }
 }
