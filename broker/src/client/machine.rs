@@ -192,6 +192,10 @@ pub(crate) struct Machine<W> {
     out: BytesMut,
     events: VecDeque<Event<W>>,
     sessions: HashMap<u16, SessionState<W>>,
+    /// Why the session last on a channel failed, until the channel is attached again: a
+    /// request made after the broker detached it (a command pipelined behind the one
+    /// that failed) gets that reason, not a bare "not attached".
+    failed_sessions: HashMap<u16, ClientError>,
     mechanism: Option<Mechanism>,
     /// The SCRAM exchange in progress.
     scram: Option<rsasl::prelude::Session>,
@@ -219,6 +223,7 @@ impl<W> Machine<W> {
             out,
             events: VecDeque::new(),
             sessions: HashMap::new(),
+            failed_sessions: HashMap::new(),
             mechanism: None,
             scram: None,
             scram_verified: false,
@@ -377,6 +382,7 @@ impl<W> Machine<W> {
             }
             .into(),
         );
+        self.failed_sessions.remove(&channel);
         self.sessions.insert(channel, SessionState::new(name));
         Ok(channel)
     }
@@ -513,9 +519,15 @@ impl<W> Machine<W> {
 
     fn check_session(&self, channel: u16) -> Result<(), ClientError> {
         match self.sessions.get(&channel) {
-            None => Err(ClientError::Detached {
-                code: SessionDetachCode::NOT_ATTACHED.0,
-            }),
+            None => {
+                Err(self
+                    .failed_sessions
+                    .get(&channel)
+                    .cloned()
+                    .unwrap_or(ClientError::Detached {
+                        code: SessionDetachCode::NOT_ATTACHED.0,
+                    }))
+            }
             Some(s) => match (s.phase, &s.error) {
                 (_, Some(e)) => Err(e.clone()),
                 (SessionPhase::Detaching, None) => Err(ClientError::Detached {
@@ -1075,6 +1087,9 @@ impl<W> Machine<W> {
         };
         self.assembler.reset_channel(channel);
         let fail = error.clone().unwrap_or(ClientError::Detached { code: 0 });
+        if let Some(e) = &error {
+            self.failed_sessions.insert(channel, e.clone());
+        }
         for p in s.pending.into_values() {
             self.events
                 .push_back(Event::Done(p.token, Err(fail.clone())));

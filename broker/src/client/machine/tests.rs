@@ -360,13 +360,23 @@ fn exceptions_fail_the_session() {
         &ev[2],
         Event::Done(2, Err(ClientError::Session { code: 404, .. }))
     ));
-    // Once the broker detached, the channel has no session.
+    // Once the broker detached, a command pipelined behind the failed one learns why.
     m.send_command(ch, &declare, true, Some(3));
     let ev = events(&mut m);
     assert!(
         matches!(
             &ev[..],
-            [Event::Done(3, Err(ClientError::Detached { code: 3 }))]
+            [Event::Done(3, Err(ClientError::Session { code: 404, .. }))]
+        ),
+        "{ev:?}"
+    );
+    // A channel that never had a session is simply not attached.
+    m.send_command(9, &declare, true, Some(4));
+    let ev = events(&mut m);
+    assert!(
+        matches!(
+            &ev[..],
+            [Event::Done(4, Err(ClientError::Detached { code: 3 }))]
         ),
         "{ev:?}"
     );
