@@ -5,14 +5,14 @@
 use std::sync::{Arc, Mutex};
 
 use clacks_broker::core::broker::{QueueDeclare, Subscribe};
-use clacks_broker::core::{Broker, Delivery, DeliverySink, Held, Message, SessionId};
+use clacks_broker::core::{Broker, Delivery, DeliverySink, Draft, Held, Message, SessionId};
 use clacks_broker::wire::{
     DeliveryProperties, FieldTable, MessageDeliveryMode, MessageProperties, Value,
 };
 use clacks_storage::{GroupCommit, MemoryStore, Recovered, Store};
 
 fn persistent(key: &str, body: &str, lvq: Option<&str>) -> Arc<Message> {
-    let mut m = Message::new(key, body.to_string());
+    let mut m = Draft::new(key, body.to_string());
     m.delivery = DeliveryProperties {
         routing_key: Some(key.into()),
         delivery_mode: Some(MessageDeliveryMode::PERSISTENT),
@@ -21,15 +21,12 @@ fn persistent(key: &str, body: &str, lvq: Option<&str>) -> Arc<Message> {
     if let Some(v) = lvq {
         let mut h = FieldTable::new();
         h.insert("k", v);
-        m.properties = Some(MessageProperties {
+        m.set_properties(MessageProperties {
             application_headers: Some(h),
             ..Default::default()
         });
-        m.other_headers
-            .push(m.properties.as_ref().expect("props").to_struct32());
     }
-    m.seal();
-    Arc::new(m)
+    Arc::new(m.seal())
 }
 
 #[derive(Default)]

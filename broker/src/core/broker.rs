@@ -1186,14 +1186,21 @@ impl Broker {
         })
     }
 
-    /// Window mode: a completed delivery gives its credit back, unless the window was reset
-    /// (stop, set-flow-mode) since it was sent.
-    pub fn restore_credit(&self, session: SessionId, destination: &str, size: u64, epoch: u64) {
+    /// Window mode: completed deliveries (`messages` of them, `bytes` in all) give their
+    /// credit back, unless the window was reset (stop, set-flow-mode) since they were sent.
+    pub fn restore_credit(
+        &self,
+        session: SessionId,
+        destination: &str,
+        messages: u32,
+        bytes: u64,
+        epoch: u64,
+    ) {
         let _ = self.with_consumer(session, destination, |c| {
             if c.credit.window && c.epoch == epoch {
-                c.credit.add_messages(1);
+                c.credit.add_messages(messages);
                 if c.credit.bytes != u32::MAX {
-                    c.credit.add_bytes(u32::try_from(size).unwrap_or(u32::MAX));
+                    c.credit.add_bytes(u32::try_from(bytes).unwrap_or(u32::MAX));
                 }
             }
         });

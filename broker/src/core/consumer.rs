@@ -112,6 +112,10 @@ pub struct Delivery {
     pub acquired: bool,
     /// Whether the consumer must accept it (accept-mode explicit).
     pub accept_explicit: bool,
+    /// Already gone from the queue (acquired with accept-mode none): nothing to settle.
+    pub settled: bool,
+    /// The consumer was in window mode: completing the delivery gives its credit back.
+    pub window: bool,
     /// Size counted against byte credit.
     pub size: u64,
     /// The consumer's window epoch when sent: completions restore credit only within it.

@@ -1,5 +1,9 @@
-//! A message as the broker holds it: parsed header structs for routing, the raw bytes of
-//! everything else so that properties travel byte for byte, and the body.
+//! A message as the broker holds it. A [`Draft`] carries the decoded header structs while the
+//! broker still changes them (exchange, user-id stamp, timestamp); sealing it encodes the
+//! header once and keeps only what routing and queues read, so a queued message costs its
+//! bytes and a few words rather than two decoded structs.
+
+use std::time::Instant;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
@@ -9,21 +13,19 @@ use crate::wire::{
     Struct32, Value,
 };
 
-/// An immutable message, shared between the queues it was routed to.
+/// A message being built or changed: its header structs decoded.
 #[derive(Debug, Clone, PartialEq, Default)]
-pub struct Message {
+pub struct Draft {
     /// The connection that published it (for `no-local` queues); 0 for none.
     pub origin: u64,
     /// When it expires (from `delivery-properties.ttl`), stamped on arrival.
-    pub expires_at: Option<std::time::Instant>,
-    /// The header segment of a first delivery, encoded once by [`Message::seal`].
-    header: Bytes,
+    pub expires_at: Option<Instant>,
     /// `delivery-properties` as sent (the broker adjusts `redelivered` per delivery).
     pub delivery: DeliveryProperties,
     /// `message-properties`, decoded for routing and checks.
     pub properties: Option<MessageProperties>,
     /// Every header struct other than `delivery-properties`, raw, in arrival order.
-    pub other_headers: Vec<Struct32>,
+    other_headers: Vec<Struct32>,
     /// The body.
     pub body: Bytes,
     /// Whether the sender sent a body segment at all (an empty body is not no body).
@@ -33,88 +35,61 @@ pub struct Message {
     stamp_bytes: usize,
 }
 
-impl Message {
+impl Draft {
     /// Builds a message from the content of a `message.transfer`.
     ///
     /// # Errors
     /// When the header segment is malformed.
-    pub fn from_content(content: Option<&Content>) -> Result<Message, DecodeError> {
-        let mut msg = Message::default();
+    pub fn from_content(content: Option<&Content>) -> Result<Draft, DecodeError> {
+        let mut msg = Draft::default();
         let Some(content) = content else {
             return Ok(msg);
         };
         msg.body = content.body.clone();
         msg.has_body = content.has_body;
+        msg.read_header(content.header_structs()?)?;
+        Ok(msg)
+    }
+
+    fn read_header(&mut self, structs: Vec<Struct32>) -> Result<(), DecodeError> {
         let mut seen_delivery = false;
-        for s in content.header_structs()? {
+        for s in structs {
             let duplicate = match s.code {
                 DeliveryProperties::CODE => std::mem::replace(&mut seen_delivery, true),
-                MessageProperties::CODE => msg.properties.is_some(),
+                MessageProperties::CODE => self.properties.is_some(),
                 _ => false,
             };
             if duplicate {
                 return Err(DecodeError::DuplicateStruct(s.code));
             }
             match s.code {
-                DeliveryProperties::CODE => msg.delivery = DeliveryProperties::from_struct32(&s)?,
+                DeliveryProperties::CODE => self.delivery = DeliveryProperties::from_struct32(&s)?,
                 MessageProperties::CODE => {
-                    msg.properties = Some(MessageProperties::from_struct32(&s)?);
-                    msg.other_headers.push(s);
+                    self.properties = Some(MessageProperties::from_struct32(&s)?);
+                    self.other_headers.push(s);
                 }
-                _ => msg.other_headers.push(s),
+                _ => self.other_headers.push(s),
             }
         }
-        Ok(msg)
+        Ok(())
     }
 
-    /// A message with the given routing key and body (used by the broker itself and tests).
-    pub fn new(routing_key: &str, body: impl Into<Bytes>) -> Message {
-        let mut m = Message {
+    /// A message with the given routing key and body.
+    pub fn new(routing_key: &str, body: impl Into<Bytes>) -> Draft {
+        Draft {
             delivery: DeliveryProperties {
                 routing_key: Some(routing_key.to_string()),
                 ..DeliveryProperties::default()
             },
             body: body.into(),
             has_body: true,
-            ..Message::default()
-        };
-        m.seal();
-        m
-    }
-
-    /// A message the broker makes itself (management replies and events): routing key,
-    /// message properties and body.
-    pub fn built(routing_key: &str, properties: MessageProperties, body: Bytes) -> Message {
-        let mut m = Message {
-            delivery: DeliveryProperties {
-                routing_key: Some(routing_key.to_string()),
-                ..DeliveryProperties::default()
-            },
-            body,
-            has_body: true,
-            ..Message::default()
-        };
-        m.set_properties(properties);
-        m.seal();
-        m
-    }
-
-    /// A copy with one application header set (queue sequence numbers).
-    pub fn with_header(&self, key: &str, value: Value) -> Message {
-        let mut m = self.clone();
-        let mut props = m.properties.take().unwrap_or_default();
-        props
-            .application_headers
-            .get_or_insert_with(FieldTable::new)
-            .insert(key, value);
-        m.set_properties(props);
-        m.seal();
-        m
+            ..Draft::default()
+        }
     }
 
     /// Replaces `message-properties`, decoded and raw alike; returns the header bytes the
     /// old and the new struct take (a struct32 is its size (4), code (2) and body).
-    fn set_properties(&mut self, props: MessageProperties) -> (usize, usize) {
+    pub fn set_properties(&mut self, props: MessageProperties) -> (usize, usize) {
         let encoded = props.to_struct32();
         let after = 6 + encoded.body.len();
         let before = match self
@@ -132,7 +107,7 @@ impl Message {
         (before, after)
     }
 
-    /// Writes `user` into `message-properties.user-id` (before [`Message::seal`]).
+    /// Writes `user` into `message-properties.user-id`.
     pub fn stamp_user_id(&mut self, user: &str) {
         let mut props = self.properties.take().unwrap_or_default();
         props.user_id = Some(Bytes::copy_from_slice(user.as_bytes()));
@@ -140,13 +115,132 @@ impl Message {
         self.stamp_bytes = after.saturating_sub(before);
     }
 
+    fn encode_header(&self, redelivered: bool) -> Bytes {
+        let mut buf = BytesMut::with_capacity(64);
+        let mut delivery = self.delivery.clone();
+        delivery.redelivered = redelivered || delivery.redelivered;
+        delivery.encode(&mut buf);
+        for s in &self.other_headers {
+            put_struct32(&mut buf, s);
+        }
+        buf.freeze()
+    }
+
+    /// Encodes the header once and keeps what the broker reads from here on.
+    pub fn seal(self) -> Message {
+        let header = self.encode_header(false);
+        self.seal_as(header)
+    }
+
+    /// Seals with `header`, the encoding of this draft's structs made earlier.
+    fn seal_as(self, header: Bytes) -> Message {
+        let headers = self
+            .properties
+            .and_then(|p| p.application_headers)
+            .filter(|h| !h.is_empty())
+            .map(Box::new);
+        let routing_key = self.delivery.routing_key.unwrap_or_default();
+        Message {
+            origin: self.origin,
+            expires_at: self.expires_at,
+            header,
+            body: self.body,
+            has_body: self.has_body,
+            stamp_bytes: u32::try_from(self.stamp_bytes).unwrap_or(u32::MAX),
+            priority: self.delivery.priority.map_or(4, |p| p.0.min(9)),
+            persistent: self.delivery.delivery_mode == Some(MessageDeliveryMode::PERSISTENT),
+            routing_key: routing_key.into_boxed_str(),
+            headers,
+        }
+    }
+}
+
+/// An immutable message, shared between the queues it was routed to.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Message {
+    /// The connection that published it (for `no-local` queues); 0 for none.
+    pub origin: u64,
+    /// When it expires (from `delivery-properties.ttl`), stamped on arrival.
+    pub expires_at: Option<Instant>,
+    /// The header segment of a first delivery, encoded once.
+    header: Bytes,
+    /// The body.
+    pub body: Bytes,
+    /// Whether the sender sent a body segment at all (an empty body is not no body).
+    pub has_body: bool,
+    stamp_bytes: u32,
+    priority: u8,
+    persistent: bool,
+    routing_key: Box<str>,
+    /// `message-properties.application-headers`, when there are any: exchanges, groups and
+    /// last-value queues read them.
+    headers: Option<Box<FieldTable>>,
+}
+
+impl Message {
+    /// A message with the given routing key and body (used by the broker itself and tests).
+    pub fn new(routing_key: &str, body: impl Into<Bytes>) -> Message {
+        Draft::new(routing_key, body).seal()
+    }
+
+    /// A message the broker makes itself (management replies and events): routing key,
+    /// message properties and body.
+    pub fn built(routing_key: &str, properties: MessageProperties, body: Bytes) -> Message {
+        let mut m = Draft::new(routing_key, body);
+        m.set_properties(properties);
+        m.seal()
+    }
+
+    /// The message decoded again, to change it or read a rarely needed field.
+    pub fn draft(&self) -> Draft {
+        let mut d = Draft {
+            origin: self.origin,
+            expires_at: self.expires_at,
+            body: self.body.clone(),
+            has_body: self.has_body,
+            stamp_bytes: self.stamp_bytes as usize,
+            ..Draft::default()
+        };
+        let content = Content {
+            header: self.header.clone(),
+            body: Bytes::new(),
+            has_body: false,
+        };
+        // The header was encoded by `Draft::seal` from structs that decoded.
+        if let Ok(structs) = content.header_structs() {
+            let _ = d.read_header(structs);
+        }
+        d
+    }
+
+    /// `message-properties`, decoded from the header.
+    pub fn properties(&self) -> Option<MessageProperties> {
+        self.draft().properties
+    }
+
+    /// `delivery-properties`, decoded from the header.
+    pub fn delivery(&self) -> DeliveryProperties {
+        self.draft().delivery
+    }
+
+    /// A copy with one application header set (queue sequence numbers).
+    pub fn with_header(&self, key: &str, value: Value) -> Message {
+        let mut d = self.draft();
+        let mut props = d.properties.take().unwrap_or_default();
+        props
+            .application_headers
+            .get_or_insert_with(FieldTable::new)
+            .insert(key, value);
+        d.set_properties(props);
+        d.seal()
+    }
+
     /// The message as the store keeps it: header segment length (u32), header segment, a
     /// body-present byte, body.
     pub fn encode_stored(&self) -> Bytes {
-        let header = self.delivery_header(false);
-        let mut buf = BytesMut::with_capacity(5 + header.len() + self.body.len());
-        buf.put_u32(u32::try_from(header.len()).unwrap_or(u32::MAX));
-        buf.put_slice(&header);
+        let mut buf = BytesMut::with_capacity(5 + self.header.len() + self.body.len());
+        buf.put_u32(u32::try_from(self.header.len()).unwrap_or(u32::MAX));
+        buf.put_slice(&self.header);
         buf.put_u8(u8::from(self.has_body));
         buf.put_slice(&self.body);
         buf.freeze()
@@ -167,46 +261,39 @@ impl Message {
         }
         let header = buf.split_to(len);
         let has_body = buf.get_u8() != 0;
-        let mut msg = Message::from_content(Some(&Content {
-            header,
+        // Stored sealed: the header is kept as it is, not encoded again.
+        let draft = Draft::from_content(Some(&Content {
+            header: header.clone(),
             body: buf,
             has_body,
         }))?;
-        msg.seal();
-        Ok(msg)
-    }
-
-    /// Encodes the delivery header once, after the broker has set what it adds (exchange).
-    pub fn seal(&mut self) {
-        self.header = self.encode_header(false);
+        Ok(draft.seal_as(header))
     }
 
     /// Credit a delivery of this message costs in byte units: header and body, as qpidd
     /// counts it.
     pub fn credit_size(&self) -> u64 {
-        (self.header.len().saturating_sub(self.stamp_bytes) + self.body.len()) as u64
+        (self.header.len().saturating_sub(self.stamp_bytes as usize) + self.body.len()) as u64
     }
 
     /// `delivery-properties.routing-key`, or empty.
     pub fn routing_key(&self) -> &str {
-        self.delivery.routing_key.as_deref().unwrap_or("")
+        &self.routing_key
     }
 
     /// `message-properties.application-headers`, if any.
     pub fn headers(&self) -> Option<&FieldTable> {
-        self.properties
-            .as_ref()
-            .and_then(|p| p.application_headers.as_ref())
+        self.headers.as_deref()
     }
 
     /// Priority 0..=9 (default 4).
     pub fn priority(&self) -> u8 {
-        self.delivery.priority.map_or(4, |p| p.0.min(9))
+        self.priority
     }
 
     /// Whether the sender asked for persistence.
     pub fn is_persistent(&self) -> bool {
-        self.delivery.delivery_mode == Some(MessageDeliveryMode::PERSISTENT)
+        self.persistent
     }
 
     /// Bytes that count against queue size limits: the body.
@@ -216,21 +303,10 @@ impl Message {
 
     /// The header segment for one delivery, with `redelivered` set as asked.
     pub fn delivery_header(&self, redelivered: bool) -> Bytes {
-        if !redelivered && !self.header.is_empty() {
+        if !redelivered {
             return self.header.clone();
         }
-        self.encode_header(redelivered)
-    }
-
-    fn encode_header(&self, redelivered: bool) -> Bytes {
-        let mut buf = BytesMut::with_capacity(64);
-        let mut delivery = self.delivery.clone();
-        delivery.redelivered = redelivered || delivery.redelivered;
-        delivery.encode(&mut buf);
-        for s in &self.other_headers {
-            put_struct32(&mut buf, s);
-        }
-        buf.freeze()
+        self.draft().encode_header(true)
     }
 }
 
@@ -240,14 +316,14 @@ mod tests {
 
     #[test]
     fn stamped_user_id_travels_but_costs_no_credit() {
-        let mut m = Message::new("k", "body");
-        let unstamped = m.credit_size();
-        m.stamp_user_id("alice");
-        m.seal();
+        let mut d = Draft::new("k", "body");
+        let unstamped = d.clone().seal().credit_size();
+        d.stamp_user_id("alice");
+        let m = d.seal();
         assert_eq!(m.credit_size(), unstamped);
         let back = Message::decode_stored(&m.encode_stored()).expect("decode");
         assert_eq!(back.routing_key(), "k");
-        let user = back.properties.and_then(|p| p.user_id);
+        let user = back.properties().and_then(|p| p.user_id);
         assert_eq!(user.as_deref(), Some(&b"alice"[..]));
     }
 
@@ -266,7 +342,7 @@ mod tests {
             has_body: false,
         };
         assert!(matches!(
-            Message::from_content(Some(&content)),
+            Draft::from_content(Some(&content)),
             Err(DecodeError::DuplicateStruct(MessageProperties::CODE))
         ));
     }

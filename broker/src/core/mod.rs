@@ -17,7 +17,7 @@ pub mod stats;
 pub use broker::{BindingSummary, Broker, ExchangeDeclare, Held, QueueDeclare, Subscribe};
 pub use consumer::{Credit, Delivery, DeliverySink};
 pub use error::Error;
-pub use message::Message;
+pub use message::{Draft, Message};
 pub use queue::Position;
 
 /// Identifies an attached session to the broker (exclusive ownership, consumers).

@@ -700,11 +700,16 @@ impl Queue {
         if let Some(g) = &mut self.groups {
             g.settled(&e.msg);
         }
-        self.record_dequeue(pos, &e.msg);
-        self.bytes -= e.msg.size();
-        self.stats.dequeued(&e.msg);
-        self.check_threshold();
+        self.settle(pos, &e.msg);
         Some(e.msg)
+    }
+
+    /// What leaving the queue costs a message no longer in `available` or `acquired`.
+    fn settle(&mut self, pos: Position, msg: &Message) {
+        self.record_dequeue(pos, msg);
+        self.bytes -= msg.size();
+        self.stats.dequeued(msg);
+        self.check_threshold();
     }
 
     /// An acquired message goes back to its place, marked redelivered if asked.
@@ -831,7 +836,22 @@ impl Queue {
                 }
                 self.consumers[idx].credit.consume(size);
                 let c = &self.consumers[idx];
-                let entry = if c.acquire {
+                // Accept-mode none: the message is done once handed over (as in qpidd), so
+                // it leaves the queue now instead of waiting for a second trip to the lock.
+                let settled = c.acquire && !c.accept_explicit;
+                let browsing = !c.acquire;
+                let entry = if settled {
+                    let Some(e) = self.available.remove(&pos) else {
+                        continue;
+                    };
+                    if self.settings.lvq_key.is_some() {
+                        self.lvq.retain(|_, p| *p != pos);
+                    }
+                    self.stats.acquires += 1;
+                    self.settle(pos, &e.msg);
+                    e
+                } else if self.consumers[idx].acquire {
+                    let c = &self.consumers[idx];
                     let Some(e) = self.available.remove(&pos) else {
                         continue;
                     };
@@ -852,12 +872,13 @@ impl Queue {
                     self.stats.acquires += 1;
                     e
                 } else {
+                    debug_assert!(browsing);
                     let Some(e) = self.available.get(&pos).cloned() else {
                         continue;
                     };
                     e
                 };
-                if c.acquire && !self.settings.fairshare.is_empty() {
+                if self.consumers[idx].acquire && !self.settings.fairshare.is_empty() {
                     *self.fair_used.entry(255 - pos.band).or_default() += 1;
                 }
                 let c = &mut self.consumers[idx];
@@ -874,6 +895,8 @@ impl Queue {
                     redelivered: entry.redelivered,
                     acquired: c.acquire,
                     accept_explicit: c.accept_explicit,
+                    settled,
+                    window: c.credit.window,
                     size,
                     epoch: c.epoch,
                 });
@@ -1054,14 +1077,14 @@ mod tests {
         args.insert("qpid.last_value_queue_key", "k");
         let mut q = Queue::new("q", args).expect("queue");
         for (k, v) in [("a", "1"), ("b", "1"), ("a", "2")] {
-            let mut m = Message::new("q", v);
+            let mut m = crate::core::Draft::new("q", v);
             let mut h = FieldTable::new();
             h.insert("k", k);
-            m.properties = Some(crate::wire::MessageProperties {
+            m.set_properties(crate::wire::MessageProperties {
                 application_headers: Some(h),
                 ..Default::default()
             });
-            q.enqueue(Arc::new(m)).expect("enqueue");
+            q.enqueue(Arc::new(m.seal())).expect("enqueue");
         }
         assert_eq!(q.message_count(), 2);
     }

@@ -161,9 +161,9 @@ mod tests {
     #[test]
     fn persistent_and_transactional_messages_are_counted_apart() {
         let mut s = QueueStats::default();
-        let mut durable = Message::new("q", "12345");
+        let mut durable = crate::core::Draft::new("q", "12345");
         durable.delivery.delivery_mode = Some(crate::wire::MessageDeliveryMode::PERSISTENT);
-        durable.seal();
+        let durable = durable.seal();
         let plain = Message::new("q", "abc");
         let (a, b) = (plain.credit_size(), durable.credit_size());
         assert!(a > 3 && b > 5, "headers count too");

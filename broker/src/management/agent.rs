@@ -145,8 +145,8 @@ impl Agent {
         if let Some(c) = self.ctx.admin.connection(msg.origin) {
             names.push(c.user);
         }
-        if let Some(u) = msg.properties.as_ref().and_then(|p| p.user_id.as_ref()) {
-            let u = String::from_utf8_lossy(u).into_owned();
+        if let Some(u) = msg.properties().and_then(|p| p.user_id) {
+            let u = String::from_utf8_lossy(&u).into_owned();
             if !names.contains(&u) {
                 names.push(u);
             }
@@ -183,10 +183,10 @@ impl Agent {
     }
 
     async fn handle(&mut self, exchange: &str, msg: &Arc<Message>) {
-        let Some(props) = msg.properties.as_ref() else {
+        let Some(props) = msg.properties() else {
             return;
         };
-        let Some(reply) = ReplyAddress::of(props) else {
+        let Some(reply) = ReplyAddress::of(&props) else {
             tracing::debug!(exchange, "management request without reply-to ignored");
             return;
         };
@@ -522,13 +522,13 @@ impl Agent {
             None,
             "amqp/map",
             map_body(&self.agent_info()),
-        );
+        )
+        .draft();
         // A stale heartbeat misleads: let it expire after two intervals.
         msg.delivery.ttl =
             Some(u64::try_from(self.heartbeat_interval.as_millis() * 2).unwrap_or(u64::MAX));
         msg.expires_at = Some(std::time::Instant::now() + self.heartbeat_interval * 2);
-        msg.seal();
-        self.publish("qmf.default.topic", msg);
+        self.publish("qmf.default.topic", msg.seal());
     }
 
     /// Sends every object to the consoles listening for updates of its class.

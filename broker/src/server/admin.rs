@@ -666,7 +666,7 @@ mod tests {
 
     #[tokio::test]
     async fn queues_are_purged_and_deleted_durably() {
-        use crate::core::{Message, QueueDeclare};
+        use crate::core::{Draft, QueueDeclare};
         let store = Arc::new(MemoryStore::new());
         let server = server(store.clone()).await;
         let admin = server.admin();
@@ -683,10 +683,9 @@ mod tests {
             )
             .expect("declare");
         for _ in 0..3 {
-            let mut m = Message::new("q", &b"x"[..]);
+            let mut m = Draft::new("q", &b"x"[..]);
             m.delivery.delivery_mode = Some(crate::wire::MessageDeliveryMode::PERSISTENT);
-            m.seal();
-            broker.publish("", Arc::new(m)).expect("publish");
+            broker.publish("", Arc::new(m.seal())).expect("publish");
         }
         assert_eq!(admin.queues()[0].depth, 3);
         assert_eq!(admin.purge_queue("q").await, Ok(3));

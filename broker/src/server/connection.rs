@@ -497,7 +497,7 @@ impl Conn<'_> {
             .map(|(c, _)| *c);
         match channel {
             Some(ch) => self.with_session(ch, |s, env| s.deliver(env, d)),
-            None if d.acquired => self.ctx.broker.release(&[d.held()], false),
+            None if d.acquired && !d.settled => self.ctx.broker.release(&[d.held()], false),
             None => {}
         }
     }

@@ -12,7 +12,7 @@ use super::admin::ConnectionLive;
 use crate::auth::{Acl, Action, Identity, ObjectKind};
 use crate::core::broker::{Broker, ExchangeDeclare, Held, QueueDeclare, Subscribe};
 use crate::core::journal::journaled;
-use crate::core::{Delivery, DeliverySink, Error, Message, SessionId};
+use crate::core::{Delivery, DeliverySink, Draft, Error, Message, SessionId};
 use crate::wire::{
     Acquired, Command, Content, Control, ExchangeBoundResult, ExchangeQueryResult,
     ExecutionException, ExecutionResult, FrameWriter, MessageAccept, MessageTransfer,
@@ -213,13 +213,24 @@ impl Session {
     /// that need no accept are done.
     pub fn peer_completed(&mut self, broker: &Broker, commands: &SequenceSet) {
         let mut done = Vec::new();
+        // Credit given back per consumer and window epoch: one call for a whole range.
+        let mut credit: Vec<(Arc<str>, u64, u32, u64)> = Vec::new();
         for &(lo, hi) in commands.ranges() {
             for (id, r) in range_mut(&mut self.records, lo, hi) {
                 if r.completed {
                     continue;
                 }
                 r.completed = true;
-                broker.restore_credit(self.id, &r.destination, r.size, r.epoch);
+                match credit
+                    .iter_mut()
+                    .find(|(d, e, _, _)| *e == r.epoch && Arc::ptr_eq(d, &r.destination))
+                {
+                    Some((_, _, messages, bytes)) => {
+                        *messages += 1;
+                        *bytes += r.size;
+                    }
+                    None => credit.push((r.destination.clone(), r.epoch, 1, r.size)),
+                }
                 if r.settled || !r.accept_explicit || !r.acquired {
                     done.push(id);
                 }
@@ -227,6 +238,9 @@ impl Session {
         }
         for id in done {
             self.records.remove(&id);
+        }
+        for (destination, epoch, messages, bytes) in credit {
+            broker.restore_credit(self.id, &destination, messages, bytes, epoch);
         }
     }
 
@@ -245,12 +259,13 @@ impl Session {
             &transfer,
             Some((&header, d.msg.has_body.then_some(&d.msg.body[..]))),
         );
-        let held = d.held();
-        // With accept-mode none an acquired message is done as soon as it is sent.
-        let settled = d.acquired && !d.accept_explicit;
-        if settled {
-            env.broker.accept(std::slice::from_ref(&held));
+        // A settled delivery (acquired, accept-mode none) left its queue when it was
+        // dispatched; only window mode still needs its completion, to give credit back.
+        if d.settled && !d.window {
+            return;
         }
+        let held = d.held();
+        let settled = d.settled;
         self.records.insert(
             id.0,
             Record {
@@ -718,7 +733,7 @@ impl Session {
         content: Option<Content>,
     ) -> Result<(), Error> {
         ConnectionLive::bump(&env.live.msgs_from, 1);
-        let mut msg = Message::from_content(content.as_ref())
+        let mut msg = Draft::from_content(content.as_ref())
             .map_err(|e| Error::InvalidArgument(format!("malformed message header: {e}")))?;
         if let Some(identity) = env.identity {
             let claimed = msg
@@ -753,8 +768,7 @@ impl Session {
             msg.expires_at =
                 Some(std::time::Instant::now() + std::time::Duration::from_millis(ttl));
         }
-        msg.seal();
-        let msg = Arc::new(msg);
+        let msg = Arc::new(msg.seal());
         if let Some((_, buffer)) = &self.dtx.current {
             let queues = env.broker.route(&exchange, &msg)?;
             env.broker.dtx_enqueue(*buffer, queues, msg);

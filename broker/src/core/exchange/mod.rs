@@ -330,13 +330,13 @@ mod tests {
         args.insert("a", Value::Int64(1));
         args.insert("b", Value::Void);
         ex.bind("q", "k", &args).expect("bind");
-        let mut msg = Message::new("", "");
+        let mut msg = crate::core::Draft::new("", "");
         let mut props = crate::wire::MessageProperties::default();
         let mut h = FieldTable::new();
         h.insert("b", "anything");
         props.application_headers = Some(h);
-        msg.properties = Some(props);
-        assert_eq!(routed(&ex, &msg), ["q"]);
+        msg.set_properties(props);
+        assert_eq!(routed(&ex, &msg.seal()), ["q"]);
     }
 
     #[test]

@@ -153,16 +153,16 @@ mod tests {
     }
 
     fn with_headers(key: &str, body: &str, headers: &[(&str, Value)]) -> Arc<Message> {
-        let mut m = Message::new(key, body.to_string());
+        let mut m = crate::core::Draft::new(key, body.to_string());
         let mut h = FieldTable::new();
         for (k, v) in headers {
             h.insert(*k, v.clone());
         }
-        m.properties = Some(MessageProperties {
+        m.set_properties(MessageProperties {
             application_headers: Some(h),
             ..MessageProperties::default()
         });
-        Arc::new(m)
+        Arc::new(m.seal())
     }
 
     fn publish(b: &Broker, key: &str, body: &str) -> usize {
