@@ -72,7 +72,7 @@ pub(crate) struct Session {
     next_in: SequenceNo,
     /// Incoming commands completed and not yet known-completed by the peer.
     completed_in: SequenceSet,
-    /// Completions not yet reported.
+    /// A `message.accept` is due (with a completion).
     pub report_pending: bool,
     /// Transfers with accept-mode explicit to answer with `message.accept`.
     accept_pending: SequenceSet,
@@ -353,11 +353,14 @@ impl Session {
     }
 
     fn complete(&mut self, id: SequenceNo, explicit_accept: bool) {
+        // Completions go out when the peer asks (sync bit, execution.sync, session.flush),
+        // as qpidd sends them: a streaming publisher gets no control per read. Transfers
+        // that want a message.accept are answered without being asked.
         if explicit_accept {
             self.accept_pending.add(id);
+            self.report_pending = true;
         }
         self.completed_in.add(id);
-        self.report_pending = true;
     }
 
     /// The store finished with command `id`. Same answer as [`Session::command`]: `None`
