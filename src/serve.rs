@@ -172,6 +172,7 @@ fn open_broker(
     config: &mut ServerConfig,
     out: &mut impl Write,
 ) -> anyhow::Result<(Arc<Broker>, Vec<FederationRecord>)> {
+    let started = std::time::Instant::now();
     let store = SledStore::open(dir)
         .with_context(|| format!("cannot open the data directory {}", dir.display()))?;
     let mut recovered = store
@@ -180,10 +181,18 @@ fn open_broker(
     take_users(&store, &mut recovered, config, out)?;
     let federation = std::mem::take(&mut recovered.federation);
     let (queues, messages) = (recovered.queues.len(), recovered.messages.len());
+    let read = started.elapsed();
     let journal = GroupCommit::start(Arc::new(store)).context("cannot start the store writer")?;
     let broker = Broker::recover(Arc::new(journal), recovered)
         .with_context(|| format!("cannot recover from {}", dir.display()))?;
-    tracing::info!(dir = %dir.display(), queues, messages, "durable state recovered");
+    tracing::info!(
+        dir = %dir.display(),
+        queues,
+        messages,
+        read_ms = read.as_millis(),
+        rebuild_ms = (started.elapsed() - read).as_millis(),
+        "durable state recovered"
+    );
     Ok((Arc::new(broker), federation))
 }
 

@@ -88,7 +88,7 @@ fn removals_leave_no_records_behind() {
     }
     settle(&broker);
     let r = store.recover().expect("recover");
-    let count = |q: &str| r.messages.iter().filter(|m| m.queue == q).count();
+    let count = |q: &str| r.messages.iter().filter(|m| &*m.queue == q).count();
     assert_eq!((count("ring"), count("lvq"), count("plain")), (2, 1, 5));
 
     // Accept two of the plain queue's messages through a consumer.
@@ -122,7 +122,10 @@ fn removals_leave_no_records_behind() {
     broker.accept(&held);
     settle(&broker);
     let r = store.recover().expect("recover");
-    assert_eq!(r.messages.iter().filter(|m| m.queue == "plain").count(), 3);
+    assert_eq!(
+        r.messages.iter().filter(|m| &*m.queue == "plain").count(),
+        3
+    );
 
     broker.purge_queue(session, "lvq").expect("purge");
     broker

@@ -1,9 +1,10 @@
 //! The translation between store operations and the ordered key space of `record`, shared
 //! by the sled and the in-memory store.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 
 use crate::record::{self, CHUNK};
 use crate::{Recovered, StoreError, StoreOp, StoredMessage};
@@ -106,7 +107,10 @@ pub(crate) fn recover(
     entries: impl Iterator<Item = Result<(Vec<u8>, Vec<u8>), StoreError>>,
 ) -> Result<Recovered, StoreError> {
     let mut rec = Recovered::default();
-    let mut messages: BTreeMap<(String, u64), BytesMut> = BTreeMap::new();
+    // Keys come in order, so a message's chunks are adjacent and messages arrive sorted by
+    // queue and position: they are joined as they come, with one name per queue.
+    let mut messages: Vec<StoredMessage> = Vec::new();
+    let mut open: Option<Joining> = None;
     let mut delivered = HashSet::new();
     for entry in entries {
         let (k, v) = entry?;
@@ -118,11 +122,27 @@ pub(crate) fn recover(
             record::QUEUE => rec.queues.push(record::decode_queue(key, &v)?),
             record::BINDING => rec.bindings.push(record::decode_binding(key, &v)?),
             record::MESSAGE => {
-                let (queue, seq, _) = record::decode_chunk_key(key)?;
-                messages
-                    .entry((queue, seq))
-                    .or_default()
-                    .extend_from_slice(&v);
+                // Everything but the chunk number names the message.
+                let id = &key[..key.len().saturating_sub(4)];
+                match &mut open {
+                    Some(j) if j.id[..] == *id => j.data.extend_from_slice(&v),
+                    _ => {
+                        let (queue, seq, _) = record::decode_chunk_key(key)?;
+                        let queue = match &open {
+                            Some(j) if *j.queue == *queue => j.queue.clone(),
+                            _ => Arc::from(queue),
+                        };
+                        let next = Joining {
+                            id: id.to_vec(),
+                            queue,
+                            seq,
+                            data: v,
+                        };
+                        if let Some(done) = open.replace(next) {
+                            messages.push(done.finish());
+                        }
+                    }
+                }
             }
             record::DELIVERED => {
                 delivered.insert(record::decode_delivered_key(key)?);
@@ -133,16 +153,36 @@ pub(crate) fn recover(
             other => return Err(StoreError::Corrupt(format!("unknown record kind {other}"))),
         }
     }
+    if let Some(done) = open.take() {
+        messages.push(done.finish());
+    }
     let queues: HashSet<&str> = rec.queues.iter().map(|q| q.name.as_str()).collect();
-    rec.messages = messages
-        .into_iter()
-        .filter(|((q, _), _)| queues.contains(q.as_str()))
-        .map(|((queue, seq), data)| StoredMessage {
-            delivered: delivered.contains(&(queue.clone(), seq)),
-            queue,
-            seq,
-            data: Bytes::from(data),
-        })
-        .collect();
+    messages.retain(|m| queues.contains(&*m.queue));
+    if !delivered.is_empty() {
+        for m in &mut messages {
+            m.delivered = delivered.contains(&(m.queue.to_string(), m.seq));
+        }
+    }
+    rec.messages = messages;
     Ok(rec)
+}
+
+/// A stored message whose chunks are being joined.
+struct Joining {
+    /// Its key without the chunk number.
+    id: Vec<u8>,
+    queue: Arc<str>,
+    seq: u64,
+    data: Vec<u8>,
+}
+
+impl Joining {
+    fn finish(self) -> StoredMessage {
+        StoredMessage {
+            queue: self.queue,
+            seq: self.seq,
+            delivered: false,
+            data: Bytes::from(self.data),
+        }
+    }
 }

@@ -75,8 +75,8 @@ pub struct UserRecord {
 /// A persistent message on a durable queue, as recovered.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredMessage {
-    /// Its queue.
-    pub queue: String,
+    /// Its queue (one name shared by all its messages).
+    pub queue: std::sync::Arc<str>,
     /// Its position in the queue (arrival order).
     pub seq: u64,
     /// Whether it had been delivered (and not accepted) before.

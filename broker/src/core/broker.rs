@@ -312,9 +312,10 @@ impl Broker {
                 }
             }
         }
-        for m in recovered.messages {
-            let msg = Message::decode_stored(&m.data).map_err(|e| corrupt(&m.queue, &e))?;
-            if let Some(q) = st.queues.get_mut(&m.queue) {
+        let decoded = decode_stored_messages(&recovered.messages);
+        for (m, msg) in recovered.messages.iter().zip(decoded) {
+            let msg = msg.map_err(|e| corrupt(&m.queue, &e))?;
+            if let Some(q) = st.queues.get_mut(&*m.queue) {
                 q.restore(m.seq, Arc::new(msg), m.delivered);
             }
         }
@@ -1645,6 +1646,40 @@ impl State {
 }
 
 /// Declare arguments as stored: a 0-10 map.
+/// Decodes stored messages on every core: with a million messages in the store, decoding is
+/// a good part of the time to start.
+fn decode_stored_messages(
+    stored: &[clacks_storage::StoredMessage],
+) -> Vec<Result<Message, crate::wire::DecodeError>> {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if threads < 2 || stored.len() < 10_000 {
+        return stored
+            .iter()
+            .map(|m| Message::decode_stored(&m.data))
+            .collect();
+    }
+    let per_thread = stored.len().div_ceil(threads);
+    std::thread::scope(|scope| {
+        let parts: Vec<_> = stored
+            .chunks(per_thread)
+            .map(|part| {
+                scope.spawn(move || {
+                    part.iter()
+                        .map(|m| Message::decode_stored(&m.data))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        parts
+            .into_iter()
+            .flat_map(|p| {
+                p.join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+            })
+            .collect()
+    })
+}
+
 fn encode_args(args: &FieldTable) -> bytes::Bytes {
     let mut buf = bytes::BytesMut::new();
     crate::wire::prim::put_map(&mut buf, args);
