@@ -82,9 +82,49 @@ pub enum AssemblyError {
 
 #[derive(Default)]
 struct Partial {
-    segments: Vec<(SegmentType, BytesMut)>,
+    segments: Vec<(SegmentType, Segment)>,
     in_segment: bool,
     size: usize,
+}
+
+/// A segment's bytes: a single frame's payload as received (no copy), or the payloads of
+/// several frames joined.
+enum Segment {
+    Frame(Bytes),
+    Joined(BytesMut),
+}
+
+impl Segment {
+    fn push(&mut self, payload: Bytes) {
+        match self {
+            Segment::Frame(first) if first.is_empty() => *first = payload,
+            Segment::Frame(first) => {
+                let mut joined = BytesMut::with_capacity(first.len() + payload.len());
+                joined.extend_from_slice(first);
+                joined.extend_from_slice(&payload);
+                *self = Segment::Joined(joined);
+            }
+            Segment::Joined(joined) => joined.extend_from_slice(&payload),
+        }
+    }
+
+    /// The bytes, still sharing the read buffer they arrived in (for what is decoded and
+    /// dropped: commands and message headers).
+    fn shared(self) -> Bytes {
+        match self {
+            Segment::Frame(b) => b,
+            Segment::Joined(b) => b.freeze(),
+        }
+    }
+
+    /// The bytes in an allocation of their own: a message body may sit in a queue for long
+    /// and must not keep a whole read buffer alive.
+    fn owned(self) -> Bytes {
+        match self {
+            Segment::Frame(b) => Bytes::copy_from_slice(&b),
+            Segment::Joined(b) => b.freeze(),
+        }
+    }
 }
 
 /// Joins frames into assemblies, per channel and track.
@@ -124,7 +164,8 @@ impl Assembler {
             if first_segment != p.segments.is_empty() {
                 return Err(seq("first-segment flag out of order"));
             }
-            p.segments.push((frame.segment_type, BytesMut::new()));
+            p.segments
+                .push((frame.segment_type, Segment::Frame(Bytes::new())));
             p.in_segment = true;
         } else if !p.in_segment {
             return Err(seq("continuation frame without a segment"));
@@ -141,12 +182,7 @@ impl Assembler {
         if seg.0 != frame.segment_type {
             return Err(seq("segment type changed inside a segment"));
         }
-        if seg.1.is_empty() {
-            // The common single-frame segment: no copy needed later.
-            seg.1 = BytesMut::from(&frame.payload[..]);
-        } else {
-            seg.1.extend_from_slice(&frame.payload);
-        }
+        seg.1.push(frame.payload);
         if frame.flags & LAST_FRAME != 0 {
             p.in_segment = false;
             if frame.flags & LAST_SEGMENT != 0 {
@@ -172,13 +208,13 @@ fn seq(what: &'static str) -> AssemblyError {
 
 fn decode_assembly(
     channel: u16,
-    segments: Vec<(SegmentType, BytesMut)>,
+    segments: Vec<(SegmentType, Segment)>,
 ) -> Result<(u16, Assembly), AssemblyError> {
     let mut segs = segments.into_iter();
     let Some((kind, first)) = segs.next() else {
         return Err(seq("empty assembly"));
     };
-    let mut first = first.freeze();
+    let mut first = first.shared();
     let decode_err = |command: bool, error: DecodeError| AssemblyError::Decode {
         channel,
         command,
@@ -199,10 +235,10 @@ fn decode_assembly(
                 let c = content.get_or_insert_with(Content::default);
                 match kind {
                     SegmentType::Header if c.header.is_empty() && c.body.is_empty() => {
-                        c.header = bytes.freeze()
+                        c.header = bytes.shared()
                     }
                     SegmentType::Body if !c.has_body => {
-                        c.body = bytes.freeze();
+                        c.body = bytes.owned();
                         c.has_body = true;
                     }
                     _ => return Err(seq("unexpected segment in command assembly")),
