@@ -14,6 +14,7 @@ use rsasl::prelude::SASLConfig;
 
 pub use acl::{Acl, Action, ObjectKind};
 pub use credentials::Credentials;
+use credentials::ProvenPassword;
 pub use ldap::{LdapConfig, LdapVerdict};
 pub use sasl::{Claim, Exchange, Step};
 
@@ -124,6 +125,11 @@ pub struct Authenticator {
     hashing: tokio::sync::Semaphore,
     /// Checked for unknown users, so that a refusal takes as long as for known ones.
     decoy: Credentials,
+    /// Passwords argon2 accepted, by user: repeated logins are cheap. A wrong password
+    /// still goes through argon2 (bounded by `hashing`).
+    proven: Mutex<HashMap<String, ProvenPassword>>,
+    /// Argon2 checks run so far (tests read it).
+    argon2_runs: std::sync::atomic::AtomicU64,
 }
 
 /// Peers whose failures are remembered; beyond this the counts start over.
@@ -159,6 +165,8 @@ impl Authenticator {
             failures: Mutex::new(HashMap::new()),
             hashing: tokio::sync::Semaphore::new(cpus),
             decoy,
+            proven: Mutex::new(HashMap::new()),
+            argon2_runs: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -170,11 +178,20 @@ impl Authenticator {
     /// Adds or replaces a local user.
     pub fn set_user(&self, name: &str, credentials: Credentials) {
         self.write_users().insert(name.to_string(), credentials);
+        self.forget_proven(name);
     }
 
     /// Removes a local user; returns whether there was one.
     pub fn remove_user(&self, name: &str) -> bool {
+        self.forget_proven(name);
         self.write_users().remove(name).is_some()
+    }
+
+    fn forget_proven(&self, name: &str) {
+        self.proven
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(name);
     }
 
     /// The local users' names, sorted.
@@ -246,6 +263,18 @@ impl Authenticator {
         }
     }
 
+    /// Whether `password` was already proven for `user`, whose credentials are `known`.
+    fn proven_login(&self, user: &str, known: Option<&Credentials>, password: &str) -> bool {
+        let Some(known) = known else {
+            return false;
+        };
+        self.proven
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(user)
+            .is_some_and(|p| p.accepts(known, password.as_bytes()))
+    }
+
     async fn check_password(&self, authcid: &str, password: &str) -> Result<(), String> {
         let id = Identity::user(authcid, &self.config.realm);
         let mut outage = None;
@@ -258,17 +287,34 @@ impl Authenticator {
                         .unwrap_or_else(|e| e.into_inner())
                         .get(&id.stamp)
                         .cloned();
+                    if self.proven_login(&id.stamp, known.as_ref(), password) {
+                        return Ok(());
+                    }
                     let found = known.is_some();
                     let c = known.unwrap_or_else(|| self.decoy.clone());
-                    let pw = password.to_string();
                     let Ok(_permit) = self.hashing.acquire().await else {
                         continue;
                     };
+                    // In a login storm most waited here while the first one was proven.
+                    if found && self.proven_login(&id.stamp, Some(&c), password) {
+                        return Ok(());
+                    }
+                    self.argon2_runs
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let pw = password.to_string();
                     // Argon2 takes tens of milliseconds of CPU: keep it off the reactor.
-                    let ok = tokio::task::spawn_blocking(move || c.verify(pw.as_bytes()))
-                        .await
-                        .unwrap_or(false);
-                    if ok && found {
+                    let accepted =
+                        tokio::task::spawn_blocking(move || c.verify(pw.as_bytes()).then_some(c))
+                            .await
+                            .ok()
+                            .flatten();
+                    if let (Some(c), true) = (accepted, found) {
+                        if let Some(p) = ProvenPassword::new(&c, password.as_bytes()) {
+                            self.proven
+                                .lock()
+                                .unwrap_or_else(|e| e.into_inner())
+                                .insert(id.stamp.clone(), p);
+                        }
                         return Ok(());
                     }
                 }
@@ -387,6 +433,54 @@ mod tests {
         assert!(login(&auth, "ANONYMOUS", b"x@y").await.is_err());
         assert!(!auth.mechanisms(&peer()).contains(&"ANONYMOUS"));
         assert!(!auth.mechanisms(&peer()).contains(&"EXTERNAL"));
+    }
+
+    fn argon2_runs(auth: &Authenticator) -> u64 {
+        auth.argon2_runs.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn repeated_logins_of_a_known_user_skip_argon2() {
+        let mut users = HashMap::new();
+        users.insert(
+            "bob".into(),
+            Credentials::from_password("pw").expect("hash"),
+        );
+        let auth = Arc::new(Authenticator::new(AuthConfig::default(), users).expect("auth"));
+        // A storm of simultaneous logins: only those that start before the first one is
+        // proven (at most one per permit) pay for argon2.
+        let storm: Vec<_> = (0..20)
+            .map(|_| {
+                let auth = auth.clone();
+                tokio::spawn(async move { login(&auth, "PLAIN", &plain("bob", "pw")).await })
+            })
+            .collect();
+        for t in storm {
+            assert!(t.await.expect("task").is_ok());
+        }
+        let permits = std::thread::available_parallelism().map_or(2, |n| n.get()) as u64;
+        let after_storm = argon2_runs(&auth);
+        assert!(
+            (1..=permits).contains(&after_storm),
+            "{after_storm} argon2 runs for 20 logins"
+        );
+        assert!(login(&auth, "PLAIN", &plain("bob", "pw")).await.is_ok());
+        assert_eq!(
+            argon2_runs(&auth),
+            after_storm,
+            "a proven password is not hashed again"
+        );
+        // A wrong password still costs a full check, and fails.
+        assert!(login(&auth, "PLAIN", &plain("bob", "guess")).await.is_err());
+        assert_eq!(argon2_runs(&auth), after_storm + 1);
+        // A changed password drops what was proven.
+        auth.set_user("bob", Credentials::from_password("new").expect("hash"));
+        assert!(login(&auth, "PLAIN", &plain("bob", "pw")).await.is_err());
+        assert!(login(&auth, "PLAIN", &plain("bob", "new")).await.is_ok());
+        assert!(login(&auth, "PLAIN", &plain("bob", "new")).await.is_ok());
+        assert_eq!(argon2_runs(&auth), after_storm + 3);
+        assert!(auth.remove_user("bob"));
+        assert!(login(&auth, "PLAIN", &plain("bob", "new")).await.is_err());
     }
 
     #[tokio::test]
