@@ -13,6 +13,8 @@ mod kv;
 mod memory;
 mod record;
 mod sled_store;
+#[cfg(test)]
+mod testing;
 
 pub use group::{Callback, GroupCommit, GroupStats, Ticket};
 pub use memory::MemoryStore;

@@ -56,17 +56,8 @@ impl Store for MemoryStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::QueueRecord;
+    use crate::testing::queue;
     use bytes::Bytes;
-
-    fn queue(name: &str) -> StoreOp {
-        StoreOp::PutQueue(QueueRecord {
-            name: name.into(),
-            alternate: None,
-            auto_delete: false,
-            args: Bytes::new(),
-        })
-    }
 
     fn enqueue(queue: &str, seq: u64, data: Vec<u8>) -> StoreOp {
         StoreOp::Enqueue {

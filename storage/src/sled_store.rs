@@ -150,17 +150,9 @@ impl Store for SledStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{BindingRecord, ExchangeRecord, QueueRecord};
+    use crate::testing::queue;
+    use crate::{BindingRecord, ExchangeRecord};
     use bytes::Bytes;
-
-    fn queue(name: &str) -> StoreOp {
-        StoreOp::PutQueue(QueueRecord {
-            name: name.into(),
-            alternate: None,
-            auto_delete: false,
-            args: Bytes::from_static(b"args"),
-        })
-    }
 
     #[test]
     fn state_survives_reopen_and_removals_leave_nothing() {
