@@ -410,6 +410,14 @@ async fn limits_refuse_the_excess_and_spare_the_rest() {
         Err(e) => panic!("unexpected {e}"),
         Ok(_) => panic!("a second connection of guest was let in"),
     }
+    // The limit is checked before the password: a wrong one gets the same refusal.
+    match open(&format!("amqp://guest:wrong@{}", broker.addr)).await {
+        Err(ClientError::Auth(text) | ClientError::Connection { text, .. }) => {
+            assert!(text.contains("connections"), "{text}")
+        }
+        Err(e) => panic!("unexpected {e}"),
+        Ok(_) => panic!("a wrong password was let in"),
+    }
     // Another user is not affected.
     let alice = open(&format!("amqp://alice:alicepw@{}", broker.addr))
         .await

@@ -112,14 +112,8 @@ impl ConnectionRegistry {
         max_per_user: usize,
     ) -> Result<(), String> {
         let mut r = self.lock();
-        if r.open.len() >= max_total {
-            return Err(format!("connection limit of {max_total} reached"));
-        }
-        let mine = r.per_user.get(user).copied().unwrap_or(0);
-        if max_per_user > 0 && mine >= max_per_user {
-            return Err(format!(
-                "{user} already has {mine} connections, the most allowed"
-            ));
+        if let Some(why) = limit_reached(&r, user, max_total, max_per_user) {
+            return Err(why);
         }
         *r.per_user.entry(user.to_string()).or_insert(0) += 1;
         r.open.insert(
@@ -136,6 +130,17 @@ impl ConnectionRegistry {
             },
         );
         Ok(())
+    }
+
+    /// Which limit one more connection of `user` would break, if any (checked again by
+    /// [`Self::admit`]; asked first so that a login that cannot be let in costs no hash).
+    pub(crate) fn would_refuse(
+        &self,
+        user: &str,
+        max_total: usize,
+        max_per_user: usize,
+    ) -> Option<String> {
+        limit_reached(&self.lock(), user, max_total, max_per_user)
     }
 
     /// Forgets connection `id`; returns what was known of it.
@@ -172,6 +177,21 @@ impl ConnectionRegistry {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+}
+
+/// The limit that one more connection of `user` would break.
+fn limit_reached(
+    r: &Registry,
+    user: &str,
+    max_total: usize,
+    max_per_user: usize,
+) -> Option<String> {
+    if r.open.len() >= max_total {
+        return Some(format!("connection limit of {max_total} reached"));
+    }
+    let mine = r.per_user.get(user).copied().unwrap_or(0);
+    (max_per_user > 0 && mine >= max_per_user)
+        .then(|| format!("{user} already has {mine} connections, the most allowed"))
 }
 
 /// Where a local user comes from.

@@ -603,6 +603,14 @@ impl Conn<'_> {
     /// answered only after the configured delay, to slow down guessing.
     fn judge(&mut self, claim: Result<Claim, String>) {
         self.sasl = None;
+        // A login the connection limits would refuse anyway costs no password hash.
+        if let Ok(Claim::Plain { authcid, .. }) = &claim {
+            let user = Identity::user(authcid, &self.ctx.auth.config().realm).stamp;
+            if let Some(why) = self.ctx.would_refuse(&user) {
+                tracing::warn!(peer = ?self.peer.addr, %user, "connection refused: {why}");
+                return self.close(ConnectionCloseCode::CONNECTION_FORCED, &why);
+            }
+        }
         let auth = self.ctx.auth.clone();
         let peer = self.peer.clone();
         let (tx, rx) = oneshot::channel();

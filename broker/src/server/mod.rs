@@ -166,6 +166,15 @@ impl ServerContext {
         Ok(())
     }
 
+    /// Which connection limit a login of `user` would break, if any.
+    pub(crate) fn would_refuse(&self, user: &str) -> Option<String> {
+        self.connections.would_refuse(
+            user,
+            self.config.max_connections,
+            self.config.max_connections_per_user,
+        )
+    }
+
     /// Forgets a connection [`ServerContext::admit`] registered.
     pub(crate) fn leave(&self, id: u64) {
         if let Some(c) = self.connections.leave(id) {
