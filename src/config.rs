@@ -52,6 +52,8 @@ pub struct Settings {
     pub max_sessions: Option<usize>,
     /// `max_queues_per_user = 0` (no limit).
     pub max_queues_per_user: Option<usize>,
+    /// `handshake_timeout_ms = 10000`: a connection not open by then is closed.
+    pub handshake_timeout_ms: Option<u64>,
     /// `[tls]` table.
     pub tls: Option<TlsSettings>,
     /// `[ldap]` table.
@@ -216,6 +218,7 @@ impl Settings {
             max_connections_per_user: parsed(&var, "CLACKS_MAX_CONNECTIONS_PER_USER")?,
             max_sessions: parsed(&var, "CLACKS_MAX_SESSIONS")?,
             max_queues_per_user: parsed(&var, "CLACKS_MAX_QUEUES_PER_USER")?,
+            handshake_timeout_ms: parsed(&var, "CLACKS_HANDSHAKE_TIMEOUT_MS")?,
             tls: var("CLACKS_TLS_LISTEN").map(|listen| TlsSettings {
                 listen: Some(listen),
                 ..TlsSettings::default()
@@ -279,6 +282,7 @@ impl Settings {
                 .or(self.max_connections_per_user),
             max_sessions: over.max_sessions.or(self.max_sessions),
             max_queues_per_user: over.max_queues_per_user.or(self.max_queues_per_user),
+            handshake_timeout_ms: over.handshake_timeout_ms.or(self.handshake_timeout_ms),
             tls: match (self.tls, over.tls) {
                 (Some(base), Some(o)) => Some(TlsSettings {
                     enabled: o.enabled.or(base.enabled),
@@ -355,6 +359,12 @@ impl Settings {
         config.ldap = self.ldap;
         if let Some(ms) = self.auth_failure_delay_ms {
             config.auth_failure_delay = Duration::from_millis(ms);
+        }
+        if let Some(ms) = self.handshake_timeout_ms {
+            if ms == 0 {
+                bail!("handshake_timeout_ms must be at least 1");
+            }
+            config.handshake_timeout = Duration::from_millis(ms);
         }
         if let Some(n) = self.max_connections_per_user {
             config.max_connections_per_user = n;

@@ -260,6 +260,37 @@ async fn bad_sasl_closes_with_320() {
     still_serves(&broker).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sockets_that_never_log_in_are_closed_after_the_handshake_timeout() {
+    let broker = common::Binary::start("handshake_timeout_ms = 300");
+    // One says nothing at all; one sends the protocol header and stops there.
+    let mut silent = tokio::net::TcpStream::connect(broker.addr)
+        .await
+        .expect("connect");
+    let mut stalled = RawPeer::connect(broker.addr).await;
+    stalled.send_raw(&PROTOCOL_HEADER).await;
+    for (what, stream) in [("silent", &mut silent), ("stalled", &mut stalled.stream)] {
+        let mut seen = Vec::new();
+        // Well past the 300 ms asked for, well short of the 10 s default.
+        tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut seen))
+            .await
+            .unwrap_or_else(|_| panic!("the {what} socket was kept open"))
+            .expect("read");
+    }
+    // Meanwhile an honest client logs in as usual.
+    let ok = tokio::process::Command::new(env!("CARGO_BIN_EXE_clacks"))
+        .args(["send", "-b", &format!("amqp://guest:guest@{}", broker.addr)])
+        .args(["--create", "q", "--content", "hello"])
+        .output()
+        .await
+        .expect("clacks send");
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+}
+
 #[tokio::test]
 async fn silent_peer_is_closed_after_two_heartbeats() {
     let broker = InProcess::start().await;

@@ -31,8 +31,6 @@ use crate::wire::{
 const OUTPUT_HIGH_WATER: usize = 4 << 20;
 /// Largest assembly (a message with its header) accepted.
 const MAX_ASSEMBLY: usize = 256 << 20;
-/// How long a peer has to finish negotiation.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
@@ -110,7 +108,8 @@ pub(crate) async fn serve<S>(
 {
     let (mut reader, mut writer) = tokio::io::split(stream);
     let mut header = [0u8; 8];
-    let got = tokio::time::timeout(HANDSHAKE_TIMEOUT, reader.read_exact(&mut header)).await;
+    let got =
+        tokio::time::timeout(ctx.config.handshake_timeout, reader.read_exact(&mut header)).await;
     if !matches!(got, Ok(Ok(_))) {
         return;
     }
@@ -160,7 +159,8 @@ pub(crate) async fn serve<S>(
     let mut input = BytesMut::with_capacity(16 * 1024);
     let mut last_input = Instant::now();
     let mut last_output = Instant::now();
-    let opened_by = Instant::now() + HANDSHAKE_TIMEOUT;
+    // Counted from the protocol header: a peer slow to send even that has used it up.
+    let opened_by = Instant::now() + ctx.config.handshake_timeout;
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     let mut closing_since: Option<Instant> = None;
     let mut verdict: Option<oneshot::Receiver<Result<Identity, String>>> = None;
@@ -217,6 +217,8 @@ pub(crate) async fn serve<S>(
                 let now = Instant::now();
                 if conn.phase != Phase::Open && conn.phase != Phase::Closing && now > opened_by {
                     conn.close(ConnectionCloseCode::CONNECTION_FORCED, "negotiation timed out");
+                    // No waiting for a close-ok from a peer that has not kept to time.
+                    conn.done = true;
                 }
                 if let Some(hb) = conn.heartbeat {
                     if now.duration_since(last_input) > hb * 2 {

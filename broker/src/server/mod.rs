@@ -79,6 +79,9 @@ pub struct ServerConfig {
     pub max_sessions: usize,
     /// Queues one user may have declared and not deleted; 0 for no limit.
     pub max_queues_per_user: usize,
+    /// How long a connection has to finish its handshake (TLS, protocol header, login,
+    /// open) before it is closed: silent sockets must not hold their place for long.
+    pub handshake_timeout: Duration,
 }
 
 impl Default for ServerConfig {
@@ -104,6 +107,7 @@ impl Default for ServerConfig {
             max_connections_per_user: 0,
             max_sessions: 256,
             max_queues_per_user: 0,
+            handshake_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -441,7 +445,7 @@ impl Server {
                             None => connection::serve(stream, ctx, stop, info).await,
                             Some(acceptor) => {
                                 let handshake = tokio::time::timeout(
-                                    Duration::from_secs(30),
+                                    ctx.config.handshake_timeout,
                                     acceptor.accept(stream),
                                 );
                                 match handshake.await {
