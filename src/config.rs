@@ -33,6 +33,8 @@ pub struct Settings {
     pub realm: Option<String>,
     /// `max_connections = 1024`.
     pub max_connections: Option<usize>,
+    /// `max_pending_connections = 4096`: accepted and not yet logged in.
+    pub max_pending_connections: Option<usize>,
     /// `data_dir = "./clacks-data"`: where durable state lives.
     pub data_dir: Option<String>,
     /// `[users]` table: `guest = "guest"`.
@@ -210,6 +212,7 @@ impl Settings {
             allow_anonymous: flag(&var, "CLACKS_ALLOW_ANONYMOUS")?,
             realm: var("CLACKS_REALM"),
             max_connections: parsed(&var, "CLACKS_MAX_CONNECTIONS")?,
+            max_pending_connections: parsed(&var, "CLACKS_MAX_PENDING_CONNECTIONS")?,
             data_dir: var("CLACKS_DATA_DIR"),
             users,
             stamp_user_id: flag(&var, "CLACKS_STAMP_USER_ID")?,
@@ -271,6 +274,9 @@ impl Settings {
             allow_anonymous: over.allow_anonymous.or(self.allow_anonymous),
             realm: over.realm.or(self.realm),
             max_connections: over.max_connections.or(self.max_connections),
+            max_pending_connections: over
+                .max_pending_connections
+                .or(self.max_pending_connections),
             data_dir: over.data_dir.or(self.data_dir),
             users: self.users,
             stamp_user_id: over.stamp_user_id.or(self.stamp_user_id),
@@ -341,6 +347,12 @@ impl Settings {
                 bail!("max_connections must be between 1 and 1000000");
             }
             config.max_connections = n;
+        }
+        if let Some(n) = self.max_pending_connections {
+            if n == 0 || n > 1_000_000 {
+                bail!("max_pending_connections must be between 1 and 1000000");
+            }
+            config.max_pending_connections = n;
         }
         config.users.extend(self.users);
         if let Some(stamp) = self.stamp_user_id {

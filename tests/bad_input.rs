@@ -291,6 +291,36 @@ async fn sockets_that_never_log_in_are_closed_after_the_handshake_timeout() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_sockets_do_not_lock_honest_clients_out() {
+    // More silent sockets than max_connections (1,024), with a handshake timeout long
+    // enough that none of them is dropped while the honest client tries.
+    let broker = common::Binary::start("handshake_timeout_ms = 120000");
+    let mut silent = Vec::new();
+    for _ in 0..2000 {
+        silent.push(
+            tokio::net::TcpStream::connect(broker.addr)
+                .await
+                .expect("connect"),
+        );
+    }
+    let send = tokio::process::Command::new(env!("CARGO_BIN_EXE_clacks"))
+        .args(["send", "-b", &format!("amqp://guest:guest@{}", broker.addr)])
+        .args(["--create", "q", "--content", "hello"])
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(60), send)
+        .await
+        .expect("the honest client was locked out by silent sockets")
+        .expect("clacks send");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    drop(silent);
+}
+
 #[tokio::test]
 async fn silent_peer_is_closed_after_two_heartbeats() {
     let broker = InProcess::start().await;

@@ -95,6 +95,8 @@ struct Conn<'a> {
     mechanism: String,
     /// Counters management reads, and its request to close.
     live: Arc<ConnectionLive>,
+    /// Its place among the connections not yet logged in, given back at login.
+    pending: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 /// Serves one connection until it closes.
@@ -103,6 +105,7 @@ pub(crate) async fn serve<S>(
     ctx: Arc<ServerContext>,
     mut shutdown: watch::Receiver<bool>,
     peer: PeerInfo,
+    pending: Option<tokio::sync::OwnedSemaphorePermit>,
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -151,6 +154,7 @@ pub(crate) async fn serve<S>(
         client_properties: FieldTable::new(),
         mechanism: String::new(),
         live: Arc::new(ConnectionLive::default()),
+        pending,
     };
     let live = conn.live.clone();
     conn.out.extend_from_slice(&PROTOCOL_HEADER);
@@ -663,6 +667,8 @@ impl Conn<'_> {
             tracing::warn!(%peer, user = %identity.stamp, "connection refused: {why}");
             return self.close(ConnectionCloseCode::CONNECTION_FORCED, &why);
         }
+        // Counted among the logged-in now (`max_connections`), no longer among the pending.
+        self.pending = None;
         tracing::debug!(%peer, user = %identity.full, "authenticated");
         let cfg = &self.ctx.config;
         // A link from a configured federation peer passes messages on as their senders

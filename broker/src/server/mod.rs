@@ -73,6 +73,9 @@ pub struct ServerConfig {
     pub heartbeat_max: u16,
     /// Connections open at once; one more is closed after login with connection-forced.
     pub max_connections: usize,
+    /// Connections accepted and not yet logged in; beyond this the broker stops accepting
+    /// until one logs in or times out.
+    pub max_pending_connections: usize,
     /// Connections one user may have open; 0 for no limit.
     pub max_connections_per_user: usize,
     /// Sessions one connection may have attached.
@@ -104,6 +107,7 @@ impl Default for ServerConfig {
             channel_max: 0xfffe,
             heartbeat_max: 120,
             max_connections: 1024,
+            max_pending_connections: 4096,
             max_connections_per_user: 0,
             max_sessions: 256,
             max_queues_per_user: 0,
@@ -272,7 +276,7 @@ impl InternalConnector {
         };
         let ctx = self.ctx.clone();
         let stop = self.stop.clone();
-        tokio::spawn(connection::serve(theirs, ctx, stop, info));
+        tokio::spawn(connection::serve(theirs, ctx, stop, info, None));
         ours
     }
 }
@@ -396,13 +400,14 @@ impl Server {
     /// Fatal listener errors.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> io::Result<()> {
         let (stop_tx, stop_rx) = self.stop;
-        // Room beyond the limit so that refused connections can be told why.
-        let limit = Arc::new(Semaphore::new(
+        // Connections that have not logged in have a budget of their own: silent sockets
+        // fill it, not `max_connections` (which `admit` applies at login), and the
+        // handshake timeout empties it.
+        let pending = Arc::new(Semaphore::new(
             self.ctx
                 .config
-                .max_connections
-                .saturating_add(64)
-                .min(Semaphore::MAX_PERMITS),
+                .max_pending_connections
+                .clamp(1, Semaphore::MAX_PERMITS),
         ));
         let mut tasks = tokio::task::JoinSet::new();
         let broker = self.ctx.broker.clone();
@@ -417,7 +422,7 @@ impl Server {
         loop {
             let permit = tokio::select! {
                 _ = &mut shutdown => break,
-                p = limit.clone().acquire_owned() => match p {
+                p = pending.clone().acquire_owned() => match p {
                     Ok(p) => p,
                     Err(_) => break,
                 },
@@ -442,7 +447,7 @@ impl Server {
                             transport_user: None,
                         };
                         match tls {
-                            None => connection::serve(stream, ctx, stop, info).await,
+                            None => connection::serve(stream, ctx, stop, info, Some(permit)).await,
                             Some(acceptor) => {
                                 let handshake = tokio::time::timeout(
                                     ctx.config.handshake_timeout,
@@ -456,7 +461,8 @@ impl Server {
                                             .peer_certificates()
                                             .and_then(|c| c.first())
                                             .and_then(tls::certificate_user);
-                                        connection::serve(stream, ctx, stop, info).await;
+                                        connection::serve(stream, ctx, stop, info, Some(permit))
+                                            .await;
                                     }
                                     Ok(Err(e)) => {
                                         tracing::info!(%peer, "TLS handshake failed: {e}");
@@ -465,7 +471,6 @@ impl Server {
                                 }
                             }
                         }
-                        drop(permit);
                         tracing::debug!(%peer, "connection closed");
                     });
                 }
