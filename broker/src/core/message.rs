@@ -218,11 +218,6 @@ impl Message {
         self.draft().properties
     }
 
-    /// `delivery-properties`, decoded from the header.
-    pub fn delivery(&self) -> DeliveryProperties {
-        self.draft().delivery
-    }
-
     /// A copy with one application header set (queue sequence numbers).
     pub fn with_header(&self, key: &str, value: Value) -> Message {
         let mut d = self.draft();

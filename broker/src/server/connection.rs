@@ -478,7 +478,7 @@ impl Conn<'_> {
         let channels: Vec<u16> = self
             .sessions
             .iter()
-            .filter(|(_, s)| s.report_pending && !s.failed)
+            .filter(|(_, s)| s.accept_due() && !s.failed)
             .map(|(c, _)| *c)
             .collect();
         for ch in channels {

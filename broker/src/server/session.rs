@@ -72,8 +72,6 @@ pub(crate) struct Session {
     next_in: SequenceNo,
     /// Incoming commands completed and not yet known-completed by the peer.
     completed_in: SequenceSet,
-    /// A `message.accept` is due (with a completion).
-    pub report_pending: bool,
     /// Transfers with accept-mode explicit to answer with `message.accept`.
     accept_pending: SequenceSet,
     /// Id of our next outgoing command.
@@ -138,7 +136,6 @@ impl Session {
             name,
             next_in: SequenceNo(0),
             completed_in: SequenceSet::new(),
-            report_pending: false,
             accept_pending: SequenceSet::new(),
             next_out: SequenceNo(0),
             records: BTreeMap::new(),
@@ -190,7 +187,6 @@ impl Session {
                 None,
             );
         }
-        self.report_pending = false;
         self.control(
             env,
             Control::SessionCompleted(SessionCompleted {
@@ -198,6 +194,11 @@ impl Session {
                 timely_reply: false,
             }),
         );
+    }
+
+    /// Whether a `message.accept` is due (it goes out with a completion).
+    pub fn accept_due(&self) -> bool {
+        !self.accept_pending.is_empty()
     }
 
     /// `session.known-completed`: the peer no longer needs these reported.
@@ -358,7 +359,6 @@ impl Session {
         // that want a message.accept are answered without being asked.
         if explicit_accept {
             self.accept_pending.add(id);
-            self.report_pending = true;
         }
         self.completed_in.add(id);
     }

@@ -205,13 +205,7 @@ impl Broker {
     /// `message.release` of held messages: back to their queues.
     pub fn release(&self, held: &[Held], redelivered: bool) {
         let mut st = self.lock();
-        let mut touched = Vec::new();
-        for h in held {
-            if let Some(q) = st.queues.get_mut(&*h.queue) {
-                q.release(h.position, redelivered);
-                touched.push(h.queue.clone());
-            }
-        }
+        let touched = st.release_held(held, redelivered);
         st.dispatch_queues(&touched);
     }
 
@@ -248,13 +242,7 @@ impl Broker {
         let mut st = self.lock();
         // Held messages go back first, so that a queue deleted below passes them on to its
         // alternate exchange in order.
-        let mut touched = Vec::new();
-        for h in held {
-            if let Some(q) = st.queues.get_mut(&*h.queue) {
-                q.release(h.position, true);
-                touched.push(h.queue.clone());
-            }
-        }
+        let touched = st.release_held(held, true);
         let mine: Vec<(String, String)> = st
             .subscriptions
             .keys()
@@ -296,6 +284,18 @@ impl Broker {
 }
 
 impl State {
+    /// Puts held messages back in their queues; returns the queues they went back to.
+    fn release_held(&mut self, held: &[Held], redelivered: bool) -> Vec<Arc<str>> {
+        let mut touched = Vec::new();
+        for h in held {
+            if let Some(q) = self.queues.get_mut(&*h.queue) {
+                q.release(h.position, redelivered);
+                touched.push(h.queue.clone());
+            }
+        }
+        touched
+    }
+
     pub(super) fn dispatch_queues<S: AsRef<str>>(&mut self, names: &[S]) {
         for n in names {
             if let Some(q) = self.queues.get_mut(n.as_ref()) {
