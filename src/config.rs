@@ -54,6 +54,8 @@ pub struct Settings {
     pub max_sessions: Option<usize>,
     /// `max_queues_per_user = 0` (no limit).
     pub max_queues_per_user: Option<usize>,
+    /// `max_message_size = 104857600`: larger messages are refused (bytes).
+    pub max_message_size: Option<usize>,
     /// `handshake_timeout_ms = 10000`: a connection not open by then is closed.
     pub handshake_timeout_ms: Option<u64>,
     /// `[tls]` table.
@@ -221,6 +223,7 @@ impl Settings {
             max_connections_per_user: parsed(&var, "CLACKS_MAX_CONNECTIONS_PER_USER")?,
             max_sessions: parsed(&var, "CLACKS_MAX_SESSIONS")?,
             max_queues_per_user: parsed(&var, "CLACKS_MAX_QUEUES_PER_USER")?,
+            max_message_size: parsed(&var, "CLACKS_MAX_MESSAGE_SIZE")?,
             handshake_timeout_ms: parsed(&var, "CLACKS_HANDSHAKE_TIMEOUT_MS")?,
             tls: var("CLACKS_TLS_LISTEN").map(|listen| TlsSettings {
                 listen: Some(listen),
@@ -288,6 +291,7 @@ impl Settings {
                 .or(self.max_connections_per_user),
             max_sessions: over.max_sessions.or(self.max_sessions),
             max_queues_per_user: over.max_queues_per_user.or(self.max_queues_per_user),
+            max_message_size: over.max_message_size.or(self.max_message_size),
             handshake_timeout_ms: over.handshake_timeout_ms.or(self.handshake_timeout_ms),
             tls: match (self.tls, over.tls) {
                 (Some(base), Some(o)) => Some(TlsSettings {
@@ -389,6 +393,12 @@ impl Settings {
         }
         if let Some(n) = self.max_queues_per_user {
             config.max_queues_per_user = n;
+        }
+        if let Some(n) = self.max_message_size {
+            if n < 4096 {
+                bail!("max_message_size must be at least 4096");
+            }
+            config.max_message_size = n;
         }
         Ok(config)
     }

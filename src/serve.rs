@@ -52,6 +52,53 @@ pub fn log_filter(spec: &str) -> Result<tracing_subscriber::EnvFilter, String> {
     tracing_subscriber::EnvFilter::try_new(&directive).map_err(|e| format!("{spec}: {e}"))
 }
 
+/// Descriptors beyond the connections': the store, the listeners, logs, federation links.
+const SPARE_FILES: u64 = 256;
+
+/// Raises the soft open-file limit to the hard one, as every connection holds a socket,
+/// and says so when even the hard limit cannot cover the connection limits: past it,
+/// accepts fail with `Too many open files` instead of a clean refusal at login.
+fn raise_open_file_limit(connections: usize) {
+    #[cfg(unix)]
+    {
+        use rlimit::Resource;
+        let wanted = u64::try_from(connections)
+            .unwrap_or(u64::MAX)
+            .saturating_add(SPARE_FILES);
+        let (soft, hard) = match rlimit::getrlimit(Resource::NOFILE) {
+            Ok(limits) => limits,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the open-file limit");
+                return;
+            }
+        };
+        let raised = if soft < hard {
+            match rlimit::setrlimit(Resource::NOFILE, hard, hard) {
+                Ok(()) => {
+                    tracing::info!(from = soft, to = hard, "raised the open-file limit");
+                    hard
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, soft, hard, "cannot raise the open-file limit");
+                    soft
+                }
+            }
+        } else {
+            soft
+        };
+        if raised < wanted {
+            tracing::warn!(
+                limit = raised,
+                wanted,
+                "the open-file limit cannot cover max_connections and max_pending_connections; \
+                 raise it (ulimit -n, LimitNOFILE=) or lower them"
+            );
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = connections;
+}
+
 /// Runs the broker until a shutdown signal.
 ///
 /// # Errors
@@ -104,6 +151,7 @@ pub async fn run(args: ServeArgs, log: LogLevel) -> anyhow::Result<()> {
                 .map_err(anyhow::Error::msg)?,
         });
     }
+    raise_open_file_limit(config.max_connections + config.max_pending_connections);
     let (broker, stored_links) = open_broker(&serve.data_dir, &mut config, &mut out)?;
     let server = Server::bind_with(config, broker).await?;
     let addr = server.local_addr()?;

@@ -7,6 +7,7 @@ mod common;
 use std::time::Duration;
 
 use bytes::{BufMut, BytesMut};
+use clacks_broker::server::ServerConfig;
 use clacks_broker::wire::{
     Command, Control, ExecutionSync, FieldTable, MessageFlow, MessageSubscribe, QueueDeclare,
     QueueQuery, QueueQueryResult, SessionDetachCode, PROTOCOL_HEADER,
@@ -349,14 +350,16 @@ async fn peer_that_stops_reading_is_not_buffered_without_bound() {
     let broker = InProcess::start().await;
     let mut p = RawPeer::open(broker.addr, 0xffff, 0).await;
     p.attach(1, "s").await;
-    // Each sync makes the broker write a completion; we never read them. Once the socket
+    // Each query makes the broker write a result; we never read them. Once the socket
     // buffers and the broker's output limit fill, the broker stops reading us, so our
     // writes stall long before we have pushed a large amount.
     let mut one = BytesMut::new();
     p.writer.command(
         1,
-        true,
-        &Command::ExecutionSync(ExecutionSync {}),
+        false,
+        &Command::QueueQuery(QueueQuery {
+            queue: Some("no-such-queue".into()),
+        }),
         None,
         &mut one,
     );
@@ -376,6 +379,59 @@ async fn peer_that_stops_reading_is_not_buffered_without_bound() {
     assert!(
         stalled,
         "broker kept reading after {sent} bytes without us reading"
+    );
+    still_serves(&broker).await;
+}
+
+#[tokio::test]
+async fn jumping_command_points_and_syncs_are_not_amplified() {
+    let broker = InProcess::start().await;
+    let mut p = RawPeer::open(broker.addr, 0xffff, 0).await;
+    p.attach(1, "s").await;
+    // Each jump ahead would leave a gap in the completed set, and each sync asks for the
+    // whole set: without a bound the replies grow with the square of the requests.
+    let mut input = BytesMut::new();
+    for i in 0..20_000u32 {
+        p.writer.control(
+            1,
+            &Control::SessionCommandPoint(clacks_broker::wire::SessionCommandPoint {
+                command_id: Some((i * 3).into()),
+                command_offset: Some(0),
+            }),
+            &mut input,
+        );
+        p.writer.command(
+            1,
+            true,
+            &Command::ExecutionSync(ExecutionSync {}),
+            None,
+            &mut input,
+        );
+    }
+    p.writer.control(
+        0,
+        &Control::ConnectionClose(clacks_broker::wire::ConnectionClose::default()),
+        &mut input,
+    );
+    let (mut rd, mut wr) = p.stream.split();
+    let write = async {
+        tokio::io::AsyncWriteExt::write_all(&mut wr, &input)
+            .await
+            .expect("write");
+    };
+    let mut answer = Vec::new();
+    let read = async {
+        tokio::time::timeout(Duration::from_secs(60), rd.read_to_end(&mut answer))
+            .await
+            .expect("broker closes after close-ok")
+            .expect("read");
+    };
+    tokio::join!(write, read);
+    assert!(
+        answer.len() < input.len(),
+        "{} bytes in made the broker write {} back",
+        input.len(),
+        answer.len()
     );
     still_serves(&broker).await;
 }
@@ -449,4 +505,151 @@ async fn large_message_is_split_and_joined_at_the_frame_size() {
             other => panic!("no transfer: {other:?}"),
         }
     }
+}
+
+/// The soft and hard open-file limits of a running process, from /proc.
+fn open_file_limits(pid: u32) -> (String, String) {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).expect("limits");
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .expect("open files line");
+    let mut words = line["Max open files".len()..].split_whitespace();
+    let soft = words.next().expect("soft").to_string();
+    let hard = words.next().expect("hard").to_string();
+    (soft, hard)
+}
+
+#[test]
+fn the_broker_raises_its_open_file_limit_to_the_hard_limit() {
+    // Under a low soft limit every connection past it would fail its accept.
+    let broker = common::Binary::start_wrapped(
+        tempfile::tempdir().expect("tempdir"),
+        "",
+        &["prlimit", "--nofile=200:4000", "--"],
+    );
+    let (soft, hard) = open_file_limits(broker.child.id());
+    assert_eq!(hard, "4000");
+    assert_eq!(soft, "4000", "the soft limit stays where the shell left it");
+}
+
+/// Splits encoded frames at the first body frame: what comes before, and the body frames.
+fn split_at_body(frames: &[u8]) -> (&[u8], &[u8]) {
+    let mut at = 0;
+    while at + 4 <= frames.len() {
+        if frames[at + 1] == 3 {
+            break;
+        }
+        at += usize::from(u16::from_be_bytes([frames[at + 2], frames[at + 3]]));
+    }
+    frames.split_at(at)
+}
+
+/// A transfer to queue `big` of `body_len` bytes, announcing its length when `announce`.
+fn big_transfer(p: &mut RawPeer, channel: u16, body_len: usize, announce: bool) -> BytesMut {
+    let mut header = BytesMut::new();
+    clacks_broker::wire::prim::put_struct32(
+        &mut header,
+        &clacks_broker::wire::DeliveryProperties {
+            routing_key: Some("big".into()),
+            ..Default::default()
+        }
+        .to_struct32(),
+    );
+    clacks_broker::wire::prim::put_struct32(
+        &mut header,
+        &clacks_broker::wire::MessageProperties {
+            content_length: announce.then_some(body_len as u64),
+            ..Default::default()
+        }
+        .to_struct32(),
+    );
+    let body = vec![7u8; body_len];
+    let mut out = BytesMut::new();
+    p.writer.command(
+        channel,
+        true,
+        &Command::MessageTransfer(clacks_broker::wire::MessageTransfer {
+            destination: Some(String::new()),
+            ..Default::default()
+        }),
+        Some((&header, Some(&body))),
+        &mut out,
+    );
+    out
+}
+
+/// Waits for the exception that refuses a message and returns its code.
+async fn expect_refusal(p: &mut RawPeer) -> u16 {
+    let c = p
+        .expect_command(|c| matches!(c, Command::ExecutionException(_)))
+        .await;
+    let Command::ExecutionException(e) = c else {
+        unreachable!()
+    };
+    e.error_code.map_or(0, |c| c.0)
+}
+
+#[tokio::test]
+async fn a_message_over_max_message_size_is_refused_and_the_connection_carries_on() {
+    let mut config = ServerConfig {
+        listen: "127.0.0.1:0".parse().expect("addr"),
+        allow_anonymous: true,
+        max_message_size: 1 << 20,
+        ..ServerConfig::default()
+    };
+    config.users.insert("guest".into(), "guest".into());
+    let broker = InProcess::with_config(config).await;
+    let mut p = RawPeer::open(broker.addr, 0xffff, 0).await;
+    p.attach(1, "s").await;
+    p.command(
+        1,
+        Command::QueueDeclare(QueueDeclare {
+            queue: Some("big".into()),
+            ..Default::default()
+        }),
+    )
+    .await;
+
+    // Announced too large: refused on its header, before any of the body is sent.
+    let frames = big_transfer(&mut p, 1, 3 << 20, true);
+    let (head, body) = split_at_body(&frames);
+    assert!(!body.is_empty());
+    p.send_raw(head).await;
+    assert_eq!(expect_refusal(&mut p).await, 506);
+    p.expect_control(|c| matches!(c, Control::SessionDetach(_)))
+        .await;
+    // The rest of it is dropped without complaint.
+    p.send_raw(body).await;
+
+    // Not announced: refused once what arrived passes the limit.
+    p.attach(2, "s2").await;
+    let frames = big_transfer(&mut p, 2, 3 << 20, false);
+    p.send_raw(&frames).await;
+    assert_eq!(expect_refusal(&mut p).await, 506);
+
+    // The same connection still carries messages up to the limit.
+    p.attach(3, "s3").await;
+    let frames = big_transfer(&mut p, 3, 900 << 10, true);
+    p.send_raw(&frames).await;
+    p.command(
+        3,
+        Command::QueueQuery(QueueQuery {
+            queue: Some("big".into()),
+        }),
+    )
+    .await;
+    let result = p
+        .expect_command(|c| matches!(c, Command::ExecutionResult(_)))
+        .await;
+    let Command::ExecutionResult(r) = result else {
+        unreachable!()
+    };
+    let q = QueueQueryResult::from_struct32(&r.value.expect("value")).expect("result");
+    assert_eq!(
+        q.message_count,
+        Some(1),
+        "only the message within the limit"
+    );
+    still_serves(&broker).await;
 }

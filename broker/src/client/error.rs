@@ -118,6 +118,11 @@ impl From<AssemblyError> for ClientError {
                 "undecodable {} on channel {channel}: {error}",
                 if command { "command" } else { "control" }
             )),
+            AssemblyError::TooLarge {
+                channel, size, max, ..
+            } => ClientError::Protocol(format!(
+                "assembly of {size} bytes on channel {channel} exceeds {max}"
+            )),
         }
     }
 }

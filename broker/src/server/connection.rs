@@ -30,7 +30,6 @@ use crate::wire::{
 /// does not read cannot make the broker buffer without bound.
 const OUTPUT_HIGH_WATER: usize = 4 << 20;
 /// Largest assembly (a message with its header) accepted.
-const MAX_ASSEMBLY: usize = 256 << 20;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
@@ -142,7 +141,7 @@ pub(crate) async fn serve<S>(
         acl: ctx.acl(),
         codec: FrameCodec::new(usize::from(ctx.config.max_frame_size)),
         writer: FrameWriter::new(usize::from(ctx.config.max_frame_size)),
-        assembler: Assembler::new(MAX_ASSEMBLY),
+        assembler: Assembler::new(ctx.config.max_message_size),
         out: BytesMut::with_capacity(8192),
         sessions: HashMap::new(),
         sink: Arc::new(ChannelSink(tx)),
@@ -338,8 +337,35 @@ impl Conn<'_> {
                     command,
                     error,
                 }) => self.undecodable(channel, command, error),
+                Err(AssemblyError::TooLarge {
+                    channel,
+                    size,
+                    max,
+                    codes,
+                }) => self.refuse_too_large(channel, size, max, codes),
             }
         }
+    }
+
+    /// A command too large to take: its session gets resource-limit-exceeded and is
+    /// detached; the connection, and the assembler dropping the rest, carry on.
+    fn refuse_too_large(&mut self, channel: u16, size: u64, max: usize, codes: Option<(u8, u8)>) {
+        if self.phase != Phase::Open {
+            self.framing_error(&format!("assembly of {size} bytes exceeds {max}"));
+            return;
+        }
+        self.with_session(channel, |s, env| {
+            let id = s.take_next_id();
+            s.exception(
+                env,
+                &Error::LimitExceeded(format!(
+                    "message of {size} bytes exceeds max_message_size {max}"
+                )),
+                Some(id),
+                codes.unwrap_or((0x04, 0x01)),
+            );
+        });
+        self.detach_failed(channel);
     }
 
     fn undecodable(&mut self, channel: u16, command: bool, error: DecodeError) {
@@ -424,7 +450,9 @@ impl Conn<'_> {
                 // Transfers the command caused (flush, flow) go out before its
                 // completion: clients take the completion to mean "drained".
                 self.drain_deliveries();
-                self.with_session(channel, |s, env| s.send_completed(env));
+                if let Some(s) = self.sessions.get_mut(&channel) {
+                    s.completion_asked();
+                }
             }
             Some(false) => {}
         }
@@ -478,7 +506,7 @@ impl Conn<'_> {
         let channels: Vec<u16> = self
             .sessions
             .iter()
-            .filter(|(_, s)| s.accept_due() && !s.failed)
+            .filter(|(_, s)| s.completion_due() && !s.failed)
             .map(|(c, _)| *c)
             .collect();
         for ch in channels {

@@ -80,12 +80,19 @@ pub struct ServerConfig {
     pub max_connections_per_user: usize,
     /// Sessions one connection may have attached.
     pub max_sessions: usize,
+    /// Largest message (or other command assembly) the broker takes, in bytes; a larger
+    /// one is refused with resource-limit-exceeded as soon as its announced size or what
+    /// arrived passes this, and nothing more of it is buffered.
+    pub max_message_size: usize,
     /// Queues one user may have declared and not deleted; 0 for no limit.
     pub max_queues_per_user: usize,
     /// How long a connection has to finish its handshake (TLS, protocol header, login,
     /// open) before it is closed: silent sockets must not hold their place for long.
     pub handshake_timeout: Duration,
 }
+
+/// The default `max_message_size`: as much as the default queue limit can hold.
+pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 100 << 20;
 
 impl Default for ServerConfig {
     fn default() -> Self {
@@ -110,6 +117,7 @@ impl Default for ServerConfig {
             max_pending_connections: 4096,
             max_connections_per_user: 0,
             max_sessions: 256,
+            max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
             max_queues_per_user: 0,
             handshake_timeout: Duration::from_secs(10),
         }

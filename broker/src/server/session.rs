@@ -72,6 +72,8 @@ pub(crate) struct Session {
     next_in: SequenceNo,
     /// Incoming commands completed and not yet known-completed by the peer.
     completed_in: SequenceSet,
+    /// The peer asked for a completion not yet sent.
+    completion_due: bool,
     /// Transfers with accept-mode explicit to answer with `message.accept`.
     accept_pending: SequenceSet,
     /// Id of our next outgoing command.
@@ -136,6 +138,7 @@ impl Session {
             name,
             next_in: SequenceNo(0),
             completed_in: SequenceSet::new(),
+            completion_due: false,
             accept_pending: SequenceSet::new(),
             next_out: SequenceNo(0),
             records: BTreeMap::new(),
@@ -156,7 +159,15 @@ impl Session {
             .collect()
     }
 
+    /// `session.command-point`: the next command the peer sends has id `id`.
     pub fn command_point(&mut self, id: SequenceNo) {
+        if self.next_in.before(id) {
+            // The skipped ids will never come: counting them completed keeps the completed
+            // set one range, where a peer jumping ahead before each `execution.sync` would
+            // otherwise grow it by a range a time and have every reply carry them all.
+            self.completed_in
+                .add_range(self.next_in, SequenceNo(id.0.wrapping_sub(1)));
+        }
         self.next_in = id;
     }
 
@@ -177,6 +188,7 @@ impl Session {
 
     /// Sends `session.completed` (after any pending `message.accept`).
     pub fn send_completed(&mut self, env: &mut SessionEnv<'_>) {
+        self.completion_due = false;
         if !self.accept_pending.is_empty() {
             let transfers = std::mem::take(&mut self.accept_pending);
             self.send_command(
@@ -196,9 +208,15 @@ impl Session {
         );
     }
 
-    /// Whether a `message.accept` is due (it goes out with a completion).
-    pub fn accept_due(&self) -> bool {
-        !self.accept_pending.is_empty()
+    /// Whether a `session.completed` is due, asked for or carrying a `message.accept`.
+    pub fn completion_due(&self) -> bool {
+        self.completion_due || !self.accept_pending.is_empty()
+    }
+
+    /// The peer asked to hear of a completion: it goes out once the input at hand is
+    /// handled, one control for however many requests it held.
+    pub fn completion_asked(&mut self) {
+        self.completion_due = true;
     }
 
     /// `session.known-completed`: the peer no longer needs these reported.

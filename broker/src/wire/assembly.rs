@@ -10,7 +10,7 @@ use super::frame::{
     write_frame, Frame, SegmentType, FIRST_FRAME, FIRST_SEGMENT, FRAME_HEADER_LEN, LAST_FRAME,
     LAST_SEGMENT, MAX_FRAME_SIZE,
 };
-use super::generated::{Command, Control, SessionHeader};
+use super::generated::{Command, Control, MessageProperties, SessionHeader};
 use super::prim::{get_struct32, get_u8};
 use super::types::Struct32;
 
@@ -78,6 +78,19 @@ pub enum AssemblyError {
         /// Why.
         error: DecodeError,
     },
+    /// A command assembly larger than the limit, by its announced content length or by
+    /// what arrived. Its remaining frames are dropped as they come; the session refuses the
+    /// command and the connection carries on.
+    TooLarge {
+        /// The channel it arrived on.
+        channel: u16,
+        /// The size announced or reached.
+        size: u64,
+        /// The limit.
+        max: usize,
+        /// Class and command code, when the command segment had arrived.
+        codes: Option<(u8, u8)>,
+    },
 }
 
 #[derive(Default)]
@@ -85,6 +98,8 @@ struct Partial {
     segments: Vec<(SegmentType, Segment)>,
     in_segment: bool,
     size: usize,
+    /// Refused as too large: the rest of its frames are dropped.
+    discarding: bool,
 }
 
 /// A segment's bytes: a single frame's payload as received (no copy), or the payloads of
@@ -105,6 +120,14 @@ impl Segment {
                 *self = Segment::Joined(joined);
             }
             Segment::Joined(joined) => joined.extend_from_slice(&payload),
+        }
+    }
+
+    /// The bytes so far.
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Segment::Frame(b) => b,
+            Segment::Joined(b) => b,
         }
     }
 
@@ -157,6 +180,22 @@ impl Assembler {
         let p = self.partial.entry(key).or_default();
         let first_frame = frame.flags & FIRST_FRAME != 0;
         let first_segment = frame.flags & FIRST_SEGMENT != 0;
+        let last_frame = frame.flags & LAST_FRAME != 0;
+        let last_segment = last_frame && frame.flags & LAST_SEGMENT != 0;
+        if p.discarding {
+            // Only the order of a refused assembly's frames still matters.
+            if first_frame && (p.in_segment || first_segment) {
+                return Err(seq("new segment before the last one ended"));
+            }
+            if !first_frame && !p.in_segment {
+                return Err(seq("continuation frame without a segment"));
+            }
+            p.in_segment = !last_frame;
+            if last_segment {
+                self.partial.remove(&key);
+            }
+            return Ok(None);
+        }
         if first_frame {
             if p.in_segment {
                 return Err(seq("new segment before the last one ended"));
@@ -171,11 +210,6 @@ impl Assembler {
             return Err(seq("continuation frame without a segment"));
         }
         p.size += frame.payload.len();
-        if p.size > self.max_assembly {
-            return Err(AssemblyError::Frame(FrameError::AssemblyTooLarge(
-                self.max_assembly,
-            )));
-        }
         let Some(seg) = p.segments.last_mut() else {
             return Err(seq("no open segment"));
         };
@@ -183,9 +217,40 @@ impl Assembler {
             return Err(seq("segment type changed inside a segment"));
         }
         seg.1.push(frame.payload);
-        if frame.flags & LAST_FRAME != 0 {
+        let mut too_large = (p.size > self.max_assembly).then_some(p.size as u64);
+        if last_frame && seg.0 == SegmentType::Header && !last_segment {
+            // Refuse a message by the length it announces, before its body arrives.
+            let announced = announced_length(seg.1.bytes())
+                .filter(|&n| n.saturating_add(p.size as u64) > self.max_assembly as u64);
+            too_large = too_large.or(announced);
+        }
+        if let Some(size) = too_large {
+            if frame.track == 0 {
+                return Err(AssemblyError::Frame(FrameError::AssemblyTooLarge(
+                    self.max_assembly,
+                )));
+            }
+            let codes = p
+                .segments
+                .first()
+                .filter(|(kind, _)| *kind == SegmentType::Command)
+                .and_then(|(_, seg)| Some((*seg.bytes().first()?, *seg.bytes().get(1)?)));
+            p.segments.clear();
+            p.discarding = !last_segment;
+            p.in_segment = !last_frame;
+            if last_segment {
+                self.partial.remove(&key);
+            }
+            return Err(AssemblyError::TooLarge {
+                channel: frame.channel,
+                size,
+                max: self.max_assembly,
+                codes,
+            });
+        }
+        if last_frame {
             p.in_segment = false;
-            if frame.flags & LAST_SEGMENT != 0 {
+            if last_segment {
                 let Some(done) = self.partial.remove(&key) else {
                     return Err(seq("no open assembly"));
                 };
@@ -200,6 +265,27 @@ impl Assembler {
         self.partial.remove(&(channel, 0));
         self.partial.remove(&(channel, 1));
     }
+}
+
+/// The content length a header segment's `message-properties` announces, read in place:
+/// this runs for every transfer, and the session decodes the header fully later anyway.
+fn announced_length(mut header: &[u8]) -> Option<u64> {
+    while header.len() >= 6 {
+        let size = usize::try_from(u32::from_be_bytes(header[..4].try_into().ok()?)).ok()?;
+        let end = size.checked_add(4)?;
+        let body = header.get(4..end)?;
+        header = &header[end..];
+        let code = u16::from_be_bytes(body.get(..2)?.try_into().ok()?);
+        if code == MessageProperties::CODE {
+            let flags = *body.get(2)?;
+            return if flags & 0x01 != 0 {
+                Some(u64::from_be_bytes(body.get(4..12)?.try_into().ok()?))
+            } else {
+                None
+            };
+        }
+    }
+    None
 }
 
 fn seq(what: &'static str) -> AssemblyError {

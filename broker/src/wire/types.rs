@@ -74,6 +74,13 @@ impl SequenceSet {
 
     /// Adds one number.
     pub fn add(&mut self, n: SequenceNo) {
+        // Commands complete mostly in order: extending the last range needs no rebuild.
+        if let Some(last) = self.ranges.last_mut() {
+            if last.1.next() == n {
+                last.1 = n;
+                return;
+            }
+        }
         self.add_range(n, n);
     }
 
