@@ -56,6 +56,12 @@ pub struct Settings {
     pub max_queues_per_user: Option<usize>,
     /// `max_message_size = 104857600`: larger messages are refused (bytes).
     pub max_message_size: Option<usize>,
+    /// `default_queue_max_size = 104857600`: the limit of queues that set no
+    /// `qpid.max_size` (bytes; 0: none).
+    pub default_queue_max_size: Option<u64>,
+    /// `max_queued_bytes = 0`: what all queues together may hold (bytes; default half the
+    /// memory, 0: no limit).
+    pub max_queued_bytes: Option<u64>,
     /// `handshake_timeout_ms = 10000`: a connection not open by then is closed.
     pub handshake_timeout_ms: Option<u64>,
     /// `[tls]` table.
@@ -224,6 +230,8 @@ impl Settings {
             max_sessions: parsed(&var, "CLACKS_MAX_SESSIONS")?,
             max_queues_per_user: parsed(&var, "CLACKS_MAX_QUEUES_PER_USER")?,
             max_message_size: parsed(&var, "CLACKS_MAX_MESSAGE_SIZE")?,
+            default_queue_max_size: parsed(&var, "CLACKS_DEFAULT_QUEUE_MAX_SIZE")?,
+            max_queued_bytes: parsed(&var, "CLACKS_MAX_QUEUED_BYTES")?,
             handshake_timeout_ms: parsed(&var, "CLACKS_HANDSHAKE_TIMEOUT_MS")?,
             tls: var("CLACKS_TLS_LISTEN").map(|listen| TlsSettings {
                 listen: Some(listen),
@@ -292,6 +300,8 @@ impl Settings {
             max_sessions: over.max_sessions.or(self.max_sessions),
             max_queues_per_user: over.max_queues_per_user.or(self.max_queues_per_user),
             max_message_size: over.max_message_size.or(self.max_message_size),
+            default_queue_max_size: over.default_queue_max_size.or(self.default_queue_max_size),
+            max_queued_bytes: over.max_queued_bytes.or(self.max_queued_bytes),
             handshake_timeout_ms: over.handshake_timeout_ms.or(self.handshake_timeout_ms),
             tls: match (self.tls, over.tls) {
                 (Some(base), Some(o)) => Some(TlsSettings {
@@ -399,6 +409,12 @@ impl Settings {
                 bail!("max_message_size must be at least 4096");
             }
             config.max_message_size = n;
+        }
+        if let Some(n) = self.default_queue_max_size {
+            config.default_queue_max_size = Some(n).filter(|n| *n > 0);
+        }
+        if let Some(n) = self.max_queued_bytes {
+            config.max_queued_bytes = Some(n).filter(|n| *n > 0);
         }
         Ok(config)
     }

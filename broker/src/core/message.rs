@@ -296,6 +296,11 @@ impl Message {
         self.body.len() as u64
     }
 
+    /// What holding it in a queue costs, as the broker-wide budget counts it.
+    pub fn footprint(&self) -> u64 {
+        self.body.len() as u64 + self.header.len() as u64 + super::memory::MESSAGE_OVERHEAD
+    }
+
     /// The header segment for one delivery, with `redelivered` set as asked.
     pub fn delivery_header(&self, redelivered: bool) -> Bytes {
         if !redelivered {

@@ -8,6 +8,7 @@ pub mod error;
 pub mod exchange;
 pub mod groups;
 pub mod journal;
+pub mod memory;
 pub mod message;
 pub mod observer;
 pub mod queue;

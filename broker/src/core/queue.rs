@@ -2,7 +2,7 @@
 //! under their credit, acquire/release/accept, limits with reject or ring policy, and the
 //! last-value and priority variants as qpidd has them.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::ops::Bound;
 use std::sync::Arc;
 
@@ -12,6 +12,7 @@ use super::consumer::{Consumer, Delivery};
 use super::error::Error;
 use super::groups::{GroupState, Groups};
 use super::journal::OpLog;
+use super::memory::MemoryBudget;
 use super::message::Message;
 use super::observer::{ModelEvent, Observer, Threshold};
 use super::stats::QueueStats;
@@ -43,6 +44,9 @@ pub struct QueueSettings {
     pub max_count: Option<u64>,
     /// `qpid.max_size` (bytes of message bodies).
     pub max_size: Option<u64>,
+    /// Whether the declare named `qpid.max_size` (0 for none); if not, the broker's
+    /// default limit applies.
+    pub max_size_given: bool,
     /// `qpid.policy_type`.
     pub policy: LimitPolicy,
     /// `qpid.last_value_queue_key`: the header whose value replaces older messages.
@@ -75,6 +79,7 @@ impl Default for QueueSettings {
         Self {
             max_count: None,
             max_size: None,
+            max_size_given: false,
             policy: LimitPolicy::Reject,
             lvq_key: None,
             priorities: 0,
@@ -117,6 +122,7 @@ impl QueueSettings {
         let mut s = QueueSettings {
             max_count: arg_u64(args, "qpid.max_count")?.filter(|n| *n > 0),
             max_size: arg_u64(args, "qpid.max_size")?.filter(|n| *n > 0),
+            max_size_given: arg_u64(args, "qpid.max_size")?.is_some(),
             no_local: args.get("no-local").is_some_and(|v| {
                 v.as_i64()
                     .map_or_else(|| v.as_str() != Some("false"), |n| n != 0)
@@ -250,8 +256,9 @@ pub struct Queue {
     pub(super) creator: Option<String>,
     /// Set when auto-delete triggered with a timeout; the deadline is set by `tick`.
     pub(super) pending_delete: Option<Option<std::time::Instant>>,
-    /// Whether any message here has a time to live (so `tick` looks at this queue).
-    has_ttl: bool,
+    /// Messages with a time to live, by expiry: expiring costs what expires, not a scan
+    /// of the queue. Acquired messages leave it when due and come back on release.
+    expiries: BTreeSet<(std::time::Instant, Position)>,
     /// Where a durable queue records changes to its persistent messages.
     pub(super) log: Option<OpLog>,
     /// What the queue has counted since it was made (or recovered).
@@ -262,6 +269,21 @@ pub struct Queue {
     threshold: Option<Threshold>,
     /// Message groups (`qpid.group_header_key`) and who holds them.
     groups: Option<Groups>,
+    /// The broker-wide budget this queue's messages count against.
+    pub(super) budget: Arc<MemoryBudget>,
+}
+
+impl Drop for Queue {
+    fn drop(&mut self) {
+        // A deleted queue's messages no longer cost anything.
+        let held: u64 = self
+            .available
+            .values()
+            .chain(self.acquired.values())
+            .map(|e| e.msg.footprint())
+            .sum();
+        self.budget.sub(held);
+    }
 }
 
 impl Queue {
@@ -290,11 +312,45 @@ impl Queue {
             owner_connection: None,
             creator: None,
             pending_delete: None,
-            has_ttl: false,
+            expiries: BTreeSet::new(),
             log: None,
             stats: QueueStats::default(),
             observer: None,
+            budget: Arc::new(MemoryBudget::unlimited()),
         })
+    }
+
+    /// Puts the queue under the broker's memory limits: `default_max_size` unless its
+    /// declare set `qpid.max_size`, and the broker-wide `budget`.
+    pub(super) fn limit_memory(
+        &mut self,
+        default_max_size: Option<u64>,
+        budget: &Arc<MemoryBudget>,
+    ) {
+        if !self.settings.max_size_given {
+            self.settings.max_size = default_max_size;
+        }
+        if !Arc::ptr_eq(&self.budget, budget) {
+            let held: u64 = self
+                .available
+                .values()
+                .chain(self.acquired.values())
+                .map(|e| e.msg.footprint())
+                .sum();
+            self.budget.sub(held);
+            budget.add(held);
+            self.budget = budget.clone();
+        }
+    }
+
+    fn count_in(&mut self, msg: &Message) {
+        self.bytes += msg.size();
+        self.budget.add(msg.footprint());
+    }
+
+    fn count_out(&mut self, msg: &Message) {
+        self.bytes -= msg.size();
+        self.budget.sub(msg.footprint());
     }
 
     /// Messages waiting to be acquired.
@@ -386,7 +442,6 @@ impl Queue {
             Some(msg) => msg,
             None => return Ok(()),
         };
-        self.has_ttl |= msg.expires_at.is_some();
         let lvq_value = self.lvq_value(&msg);
         if let Some(v) = &lvq_value {
             if let Some(pos) = self.lvq.get(v).copied() {
@@ -396,7 +451,7 @@ impl Queue {
             }
         }
         let band = 255 - self.settings.level(msg.priority());
-        match self.make_room(msg.size(), band) {
+        match self.make_room(&msg, band) {
             Err(e) => {
                 self.stats.discards_overflow += 1;
                 return Err(e);
@@ -416,6 +471,9 @@ impl Queue {
             seq: self.next_seq,
         };
         self.next_seq += 1;
+        if let Some(t) = msg.expires_at {
+            self.expiries.insert((t, pos));
+        }
         if self.persists(&msg) {
             self.record(StoreOp::Enqueue {
                 queue: self.name.clone(),
@@ -423,7 +481,7 @@ impl Queue {
                 data: msg.encode_stored(),
             });
         }
-        self.bytes += msg.size();
+        self.count_in(&msg);
         self.stats.enqueued(&msg, txn);
         if let Some(v) = lvq_value {
             self.lvq.insert(v, pos);
@@ -506,13 +564,16 @@ impl Queue {
                 .is_some_and(|m| self.bytes + size > m)
     }
 
-    /// Whether a message of `size` bytes would be refused (reject policy only; a ring
-    /// queue makes room instead).
+    /// Whether `msg` would be refused (reject policy only; a ring queue makes room
+    /// instead), by this queue's limits or the broker-wide one.
     ///
     /// # Errors
-    /// `LimitExceeded` naming the queue and its limits.
-    pub fn check_room(&self, size: u64) -> Result<(), Error> {
-        if self.settings.policy == LimitPolicy::Reject && self.over_limit(size) {
+    /// `LimitExceeded` naming the queue and its limits, or the broker's.
+    pub fn check_room(&self, msg: &Message) -> Result<(), Error> {
+        if self.settings.policy != LimitPolicy::Reject {
+            return Ok(());
+        }
+        if self.over_limit(msg.size()) {
             return Err(Error::LimitExceeded(format!(
                 "maximum depth exceeded on {}: current=[count: {}, size: {}], max=[count: {}, size: {}]",
                 self.name,
@@ -522,29 +583,46 @@ impl Queue {
                 self.settings.max_size.unwrap_or(0)
             )));
         }
+        self.check_budget(msg.footprint())
+    }
+
+    fn check_budget(&self, cost: u64) -> Result<(), Error> {
+        if self.budget.would_exceed(cost) {
+            return Err(Error::LimitExceeded(format!(
+                "broker memory limit reached enqueuing on {}: queued {} bytes, max_queued_bytes {}",
+                self.name,
+                self.budget.used(),
+                self.budget.max().unwrap_or(0)
+            )));
+        }
         Ok(())
     }
 
-    /// Makes room for a message of `size` bytes in priority `band`. Returns false when the
-    /// message itself is the one a ring queue drops (it ranks below everything held).
-    fn make_room(&mut self, size: u64, band: u8) -> Result<bool, Error> {
-        self.check_room(size)?;
-        if self.settings.max_count.is_none() && self.settings.max_size.is_none() {
+    /// Makes room for `msg` in priority `band`. Returns false when the message itself is
+    /// the one a ring queue drops (it ranks below everything held).
+    fn make_room(&mut self, msg: &Message, band: u8) -> Result<bool, Error> {
+        self.check_room(msg)?;
+        let (size, cost) = (msg.size(), msg.footprint());
+        let limited = self.settings.max_count.is_some() || self.settings.max_size.is_some();
+        if self.settings.policy == LimitPolicy::Reject
+            || (!limited && !self.budget.would_exceed(cost))
+        {
             return Ok(true);
         }
         // A ring counts what it can still drop: messages held by consumers are not its to
-        // discard, so they do not count against it either. (Summed only for a size limit:
-        // this runs for every message.)
+        // discard, so they do not count against it either.
         let held_bytes: u64 = if self.settings.max_size.is_some() {
             self.acquired.values().map(|e| e.msg.size()).sum()
         } else {
             0
         };
         loop {
-            let over = self
-                .settings
-                .max_count
-                .is_some_and(|m| self.available.len() as u64 + 1 > m)
+            let over_budget = self.budget.would_exceed(cost);
+            let over = over_budget
+                || self
+                    .settings
+                    .max_count
+                    .is_some_and(|m| self.available.len() as u64 + 1 > m)
                 || self
                     .settings
                     .max_size
@@ -555,6 +633,10 @@ impl Queue {
             // The oldest message of the lowest priority level goes; a newcomer of a lower
             // level than everything held goes instead.
             let Some(lowest_band) = self.available.keys().next_back().map(|p| p.band) else {
+                if over_budget {
+                    // Nothing of ours left to drop: the broker is full of others' messages.
+                    self.check_budget(cost)?;
+                }
                 return Ok(size == 0 || self.settings.max_size.is_none_or(|m| size <= m));
             };
             if band > lowest_band {
@@ -612,7 +694,10 @@ impl Queue {
             seq,
         };
         self.next_seq = self.next_seq.max(seq + 1);
-        self.bytes += msg.size();
+        self.count_in(&msg);
+        if let Some(t) = msg.expires_at {
+            self.expiries.insert((t, pos));
+        }
         self.stats.enqueued(&msg, false);
         if let Some(v) = self.lvq_value(&msg) {
             self.lvq.insert(v, pos);
@@ -628,8 +713,9 @@ impl Queue {
 
     fn remove_available(&mut self, pos: Position) -> Option<Entry> {
         let e = self.available.remove(&pos)?;
+        self.forget_expiry(pos, &e.msg);
         self.record_dequeue(pos, &e.msg);
-        self.bytes -= e.msg.size();
+        self.count_out(&e.msg);
         self.stats.dequeued(&e.msg);
         if self.settings.lvq_key.is_some() {
             self.lvq.retain(|_, p| *p != pos);
@@ -642,8 +728,9 @@ impl Queue {
     pub fn purge(&mut self) -> usize {
         let n = self.available.len();
         for (pos, e) in std::mem::take(&mut self.available) {
+            self.forget_expiry(pos, &e.msg);
             self.record_dequeue(pos, &e.msg);
-            self.bytes -= e.msg.size();
+            self.count_out(&e.msg);
             self.stats.dequeued(&e.msg);
         }
         self.stats.discards_purge += n as u64;
@@ -660,7 +747,10 @@ impl Queue {
             .chain(std::mem::take(&mut self.acquired))
             .collect();
         all.sort_by_key(|(p, _)| *p);
-        self.bytes = 0;
+        for (_, e) in &all {
+            self.count_out(&e.msg);
+        }
+        self.expiries.clear();
         self.lvq.clear();
         if let Some(g) = &mut self.groups {
             g.clear();
@@ -673,25 +763,22 @@ impl Queue {
 
     /// Drops available messages whose time to live has passed.
     pub fn expire(&mut self, now: std::time::Instant) {
-        if !self.has_ttl {
-            return;
-        }
-        let dead: Vec<Position> = self
-            .available
-            .iter()
-            .filter(|(_, e)| e.msg.expires_at.is_some_and(|t| t <= now))
-            .map(|(p, _)| *p)
-            .collect();
-        for p in dead {
-            if self.remove_available(p).is_some() {
+        while let Some(&(t, pos)) = self.expiries.first() {
+            if t > now {
+                break;
+            }
+            self.expiries.pop_first();
+            // An acquired one stays with its consumer; release puts it back here.
+            if self.remove_available(pos).is_some() {
                 self.stats.discards_ttl += 1;
             }
         }
-        self.has_ttl = self
-            .available
-            .values()
-            .chain(self.acquired.values())
-            .any(|e| e.msg.expires_at.is_some());
+    }
+
+    fn forget_expiry(&mut self, pos: Position, msg: &Message) {
+        if let Some(t) = msg.expires_at {
+            self.expiries.remove(&(t, pos));
+        }
     }
 
     /// A delivered message is accepted: it leaves the queue.
@@ -706,8 +793,9 @@ impl Queue {
 
     /// What leaving the queue costs a message no longer in `available` or `acquired`.
     fn settle(&mut self, pos: Position, msg: &Message) {
+        self.forget_expiry(pos, msg);
         self.record_dequeue(pos, msg);
-        self.bytes -= msg.size();
+        self.count_out(msg);
         self.stats.dequeued(msg);
         self.check_threshold();
     }
@@ -719,6 +807,9 @@ impl Queue {
                 g.settled(&e.msg);
             }
             e.redelivered |= redelivered;
+            if let Some(t) = e.msg.expires_at {
+                self.expiries.insert((t, pos));
+            }
             self.stats.releases += 1;
             self.stats.redeliveries += u64::from(redelivered);
             self.available.insert(pos, e);
@@ -963,6 +1054,46 @@ mod tests {
 
     fn body(d: &Delivery) -> String {
         String::from_utf8_lossy(&d.msg.body).into_owned()
+    }
+
+    fn expiring(body: &str, at: std::time::Instant) -> Arc<Message> {
+        let mut m = Message::new("q", body.to_string());
+        m.expires_at = Some(at);
+        Arc::new(m)
+    }
+
+    #[test]
+    fn expiry_takes_what_is_due_from_its_index_and_spares_acquired_messages() {
+        let now = std::time::Instant::now();
+        let later = now + std::time::Duration::from_secs(60);
+        let mut q = Queue::new("q", FieldTable::new()).expect("queue");
+        for i in 0..1000 {
+            q.enqueue(Arc::new(Message::new("q", format!("m{i}"))))
+                .expect("enqueue");
+        }
+        q.enqueue(expiring("gone", now)).expect("enqueue");
+        q.enqueue(expiring("held", later)).expect("enqueue");
+        q.enqueue(expiring("purged", later)).expect("enqueue");
+        q.expire(now);
+        assert_eq!(q.stats.discards_ttl, 1);
+        assert_eq!(q.message_count(), 1002);
+        assert_eq!(q.expiries.len(), 2);
+
+        // A consumer holds "held" past its expiry: it is not taken from under them...
+        let held = q.hold_seq(1002).expect("held");
+        q.expire(later);
+        assert_eq!(q.stats.discards_ttl, 2, "only the available one expired");
+        assert_eq!(q.unacked(), 1);
+        // ...and once released it expires as any other.
+        q.release(held, false);
+        q.expire(later);
+        assert_eq!(q.stats.discards_ttl, 3);
+        assert_eq!(q.message_count(), 1000);
+        assert!(q.expiries.is_empty());
+
+        q.enqueue(expiring("purged again", later)).expect("enqueue");
+        q.purge();
+        assert!(q.expiries.is_empty(), "a purge leaves nothing in the index");
     }
 
     #[test]

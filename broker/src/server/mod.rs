@@ -89,10 +89,34 @@ pub struct ServerConfig {
     /// How long a connection has to finish its handshake (TLS, protocol header, login,
     /// open) before it is closed: silent sockets must not hold their place for long.
     pub handshake_timeout: Duration,
+    /// The size limit (bytes of bodies) of queues whose declare sets no `qpid.max_size`;
+    /// `None`: unlimited.
+    pub default_queue_max_size: Option<u64>,
+    /// What all queues together may hold, counting headers and bookkeeping; at the limit
+    /// reject queues refuse and ring queues drop their oldest. `None`: unlimited.
+    pub max_queued_bytes: Option<u64>,
 }
 
 /// The default `max_message_size`: as much as the default queue limit can hold.
 pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 100 << 20;
+
+/// The default `default_queue_max_size`, qpidd's default queue limit.
+pub const DEFAULT_QUEUE_MAX_SIZE: u64 = 100 << 20;
+
+/// The default `max_queued_bytes`: half the machine's memory, so that queues alone cannot
+/// make it swap; unlimited where the memory size cannot be read.
+pub fn default_max_queued_bytes() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let kib: u64 = info
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kib * 1024 / 2)
+}
 
 impl Default for ServerConfig {
     fn default() -> Self {
@@ -118,6 +142,8 @@ impl Default for ServerConfig {
             max_connections_per_user: 0,
             max_sessions: 256,
             max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
+            default_queue_max_size: Some(DEFAULT_QUEUE_MAX_SIZE),
+            max_queued_bytes: default_max_queued_bytes(),
             max_queues_per_user: 0,
             handshake_timeout: Duration::from_secs(10),
         }
@@ -304,6 +330,7 @@ impl Server {
     /// When an address cannot be bound, a password cannot be hashed or the ACL file does
     /// not read.
     pub async fn bind_with(config: ServerConfig, broker: Arc<Broker>) -> io::Result<Server> {
+        broker.set_memory_limits(config.default_queue_max_size, config.max_queued_bytes);
         let invalid = |e: String| io::Error::new(io::ErrorKind::InvalidData, e);
         let mut users = config.stored_users.clone();
         for (name, password) in &config.users {

@@ -16,6 +16,7 @@ use super::consumer::{Consumer, Credit, DeliverySink};
 use super::error::Error;
 use super::exchange::{xml, Exchange, XmlAnswers, XmlPending};
 use super::journal::{note_ticket, OpLog};
+use super::memory::MemoryBudget;
 use super::message::Message;
 use super::observer::{ModelEvent, Observer};
 use super::queue::{Position, Queue};
@@ -188,6 +189,10 @@ pub(super) struct State {
     pub(super) session_names: HashMap<SessionId, (String, u16)>,
     /// Exchanges the broker made for its own services (management): never deleted.
     system_exchanges: Vec<String>,
+    /// The size limit of queues whose declare sets none.
+    pub(super) default_queue_max_size: Option<u64>,
+    /// What all queues together may hold.
+    pub(super) budget: Arc<MemoryBudget>,
 }
 
 /// The broker model. Cheap to share: clone the `Arc`.
@@ -271,6 +276,25 @@ impl Broker {
             observer: std::sync::OnceLock::new(),
             dtx: Mutex::new(super::dtx::Branches::default()),
         }
+    }
+
+    /// Sets the memory limits: the size limit of every queue whose declare named none
+    /// (`qpid.max_size`), and the bytes all queues together may hold (`None`: no limit).
+    /// Applies to the queues there are and to those declared later.
+    pub fn set_memory_limits(&self, default_queue_max_size: Option<u64>, max_queued: Option<u64>) {
+        let mut st = self.lock();
+        st.default_queue_max_size = default_queue_max_size;
+        st.budget.set_max(max_queued.unwrap_or(0));
+        let budget = st.budget.clone();
+        for q in st.queues.values_mut() {
+            q.limit_memory(default_queue_max_size, &budget);
+        }
+    }
+
+    /// Bytes queued across the broker as its memory limit counts them, and that limit.
+    pub fn queued_memory(&self) -> (u64, Option<u64>) {
+        let st = self.lock();
+        (st.budget.used(), st.budget.max())
     }
 
     pub(super) fn lock(&self) -> Locked<'_> {

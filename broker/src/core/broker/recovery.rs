@@ -31,6 +31,7 @@ impl Broker {
         for r in recovered.queues {
             let args = decode_args(&r.args).map_err(|e| corrupt(&r.name, &e))?;
             let mut q = Queue::new(&r.name, args)?;
+            q.limit_memory(st.default_queue_max_size, &st.budget.clone());
             q.durable = true;
             q.auto_delete = r.auto_delete;
             q.alternate = r.alternate;

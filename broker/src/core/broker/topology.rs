@@ -73,6 +73,7 @@ impl Broker {
             }
         }
         let mut q = Queue::new(&d.name, d.args)?;
+        q.limit_memory(st.default_queue_max_size, &st.budget.clone());
         q.observer = st.observer.clone();
         q.creator = d.creator;
         q.durable = d.durable;
