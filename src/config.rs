@@ -37,6 +37,9 @@ pub struct Settings {
     pub max_pending_connections: Option<usize>,
     /// `data_dir = "./clacks-data"`: where durable state lives.
     pub data_dir: Option<String>,
+    /// `min_free_disk_bytes = 33554432`: below this much free space on the data
+    /// directory's disk, persistent messages are refused.
+    pub min_free_disk_bytes: Option<u64>,
     /// `[users]` table: `guest = "guest"`.
     #[serde(default)]
     pub users: BTreeMap<String, String>,
@@ -222,6 +225,7 @@ impl Settings {
             max_connections: parsed(&var, "CLACKS_MAX_CONNECTIONS")?,
             max_pending_connections: parsed(&var, "CLACKS_MAX_PENDING_CONNECTIONS")?,
             data_dir: var("CLACKS_DATA_DIR"),
+            min_free_disk_bytes: parsed(&var, "CLACKS_MIN_FREE_DISK_BYTES")?,
             users,
             stamp_user_id: flag(&var, "CLACKS_STAMP_USER_ID")?,
             acl_file: var("CLACKS_ACL_FILE"),
@@ -289,6 +293,7 @@ impl Settings {
                 .max_pending_connections
                 .or(self.max_pending_connections),
             data_dir: over.data_dir.or(self.data_dir),
+            min_free_disk_bytes: over.min_free_disk_bytes.or(self.min_free_disk_bytes),
             users: self.users,
             stamp_user_id: over.stamp_user_id.or(self.stamp_user_id),
             acl_file: over.acl_file.or(self.acl_file),
@@ -469,6 +474,9 @@ pub struct TlsPlan {
     pub client_ca: Option<PathBuf>,
 }
 
+/// The default `min_free_disk_bytes`: room for the writes already accepted to finish.
+pub const DEFAULT_MIN_FREE_DISK: u64 = 32 << 20;
+
 /// Where durable state lives when nothing says otherwise.
 pub const DEFAULT_DATA_DIR: &str = "./clacks-data";
 
@@ -479,6 +487,8 @@ pub struct ServeConfig {
     pub server: ServerConfig,
     /// The data directory.
     pub data_dir: std::path::PathBuf,
+    /// Free space the data directory's disk keeps for writes under way.
+    pub min_free_disk: u64,
     /// The amqps listener, if on.
     pub tls: Option<TlsPlan>,
     /// The in-process agent's settings.
@@ -516,6 +526,7 @@ pub fn serve_config(
     Ok(ServeConfig {
         server,
         data_dir,
+        min_free_disk: merged.min_free_disk_bytes.unwrap_or(DEFAULT_MIN_FREE_DISK),
         tls,
         agent: merged.agent.unwrap_or_default(),
         federation: merged.federation.unwrap_or_default(),

@@ -152,7 +152,8 @@ pub async fn run(args: ServeArgs, log: LogLevel) -> anyhow::Result<()> {
         });
     }
     raise_open_file_limit(config.max_connections + config.max_pending_connections);
-    let (broker, stored_links) = open_broker(&serve.data_dir, &mut config, &mut out)?;
+    let (broker, stored_links) =
+        open_broker(&serve.data_dir, serve.min_free_disk, &mut config, &mut out)?;
     let server = Server::bind_with(config, broker).await?;
     let addr = server.local_addr()?;
     // Tests and scripts read these lines to learn the ports.
@@ -217,6 +218,7 @@ pub async fn run(args: ServeArgs, log: LogLevel) -> anyhow::Result<()> {
 /// nobody could log in otherwise) and rebuilds the broker from it.
 fn open_broker(
     dir: &std::path::Path,
+    min_free_disk: u64,
     config: &mut ServerConfig,
     out: &mut impl Write,
 ) -> anyhow::Result<(Arc<Broker>, Vec<FederationRecord>)> {
@@ -231,6 +233,7 @@ fn open_broker(
     let (queues, messages) = (recovered.queues.len(), recovered.messages.len());
     let read = started.elapsed();
     let journal = GroupCommit::start(Arc::new(store)).context("cannot start the store writer")?;
+    journal.set_min_free(min_free_disk);
     let broker = Broker::recover(Arc::new(journal), recovered)
         .with_context(|| format!("cannot recover from {}", dir.display()))?;
     tracing::info!(

@@ -1,5 +1,6 @@
-//! A store that fails (full disk, I/O error): the publisher of a persistent message gets an
-//! execution exception, what was confirmed before stays, and everyone else carries on.
+//! A store that fails (full disk, I/O error): the write in doubt is kept and tried again
+//! (its publisher waits), new persistent messages are refused with resource-limit-exceeded
+//! before they reach a queue, what was confirmed stays, and everyone else carries on.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -31,10 +32,10 @@ impl Store for FlakyStore {
 }
 
 #[tokio::test]
-async fn a_failing_store_fails_the_publisher_only() {
+async fn a_failing_store_keeps_its_write_and_refuses_new_persistent_messages() {
     let store = Arc::new(FlakyStore::default());
     let journal = Arc::new(GroupCommit::start(store.clone()).expect("writer"));
-    let broker = Arc::new(Broker::recover(journal, Recovered::default()).expect("broker"));
+    let broker = Arc::new(Broker::recover(journal.clone(), Recovered::default()).expect("broker"));
     let config = ServerConfig {
         listen: "127.0.0.1:0".parse().expect("addr"),
         allow_anonymous: true,
@@ -67,10 +68,28 @@ async fn a_failing_store_fails_the_publisher_only() {
         .expect("first message");
 
     store.full.store(true, Ordering::SeqCst);
-    match s.send("", durable("refused")).await {
-        Err(ClientError::Session { code, .. }) => assert_eq!(code, 506),
-        other => panic!("expected resource-limit-exceeded, got {other:?}"),
+    // The write carrying this message fails: it is not given up but kept, and its
+    // publisher waits, until the store takes it.
+    let stalled = s
+        .transfer_sync("", durable("stalled"))
+        .await
+        .expect("transfer");
+    // Once the writer knows, the broker refuses new persistent messages before they
+    // enter a queue.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while journal.refusal().is_none() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the failure was noticed"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
+    let probe = conn.session_unique().await.expect("session");
+    let refused = match probe.send("", durable("refused")).await {
+        Err(ClientError::Session { code, text }) => (code, text),
+        other => panic!("expected a refusal, got {other:?}"),
+    };
+    assert_eq!(refused.0, 506, "{}", refused.1);
 
     // Another client is served meanwhile: transient work needs no store.
     let other = Connection::open(opts.clone()).await.expect("connect");
@@ -84,8 +103,17 @@ async fn a_failing_store_fails_the_publisher_only() {
     s2.send("", Message::new("fine").with_routing_key("t"))
         .await
         .expect("transient send");
+    assert_eq!(
+        s2.query_queue("d").await.expect("query").message_count,
+        Some(2),
+        "the refused message never reached the queue"
+    );
 
     store.full.store(false, Ordering::SeqCst);
+    tokio::time::timeout(std::time::Duration::from_secs(30), stalled)
+        .await
+        .expect("the kept write goes through once the store works")
+        .expect("confirmed");
     let s3 = conn
         .session_unique()
         .await
@@ -95,6 +123,10 @@ async fn a_failing_store_fails_the_publisher_only() {
         .expect("store works again");
     let recovered = store.recover().expect("recover");
     let bodies: Vec<_> = recovered.messages.iter().map(|m| m.data.clone()).collect();
-    assert_eq!(bodies.len(), 2, "confirmed and later messages are stored");
+    assert_eq!(
+        bodies.len(),
+        3,
+        "confirmed, kept and later messages are stored; the refused one is not"
+    );
     let _ = stop.send(());
 }

@@ -16,7 +16,7 @@ mod sled_store;
 #[cfg(test)]
 mod testing;
 
-pub use group::{Callback, GroupCommit, GroupStats, Ticket};
+pub use group::{Callback, GroupCommit, GroupStats, Refusal, Ticket};
 pub use memory::MemoryStore;
 pub use sled_store::SledStore;
 
@@ -244,6 +244,20 @@ pub trait Store: Send + Sync {
     /// # Errors
     /// The disk is full or failed; nothing of the batch is then promised.
     fn apply(&self, ops: &[StoreOp]) -> Result<(), StoreError>;
+
+    /// Makes the store usable again after a failed [`Store::apply`] (reopening what the
+    /// failure left in doubt); nothing to do when it did not fail.
+    ///
+    /// # Errors
+    /// When it still cannot be used (the disk still full, say).
+    fn resume(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    /// Bytes free for the store on its disk, when it lives on one.
+    fn available_space(&self) -> Option<u64> {
+        None
+    }
 
     /// Reads back everything durable.
     ///

@@ -6,6 +6,7 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::SystemTime;
 
@@ -16,7 +17,13 @@ type Stamp = (u64, Option<SystemTime>);
 
 /// Broker state in a sled database under a data directory that one process holds.
 pub struct SledStore {
-    db: sled::Db,
+    /// Always there; an `Option` so that a broken one can be leaked on drop.
+    db: Option<sled::Db>,
+    /// A write failed. sled 0.34 cannot recover from that in a running process: every
+    /// later flush, its own drop included, waits forever for the write that failed. So
+    /// the database is left alone until the broker restarts and reads what is on disk;
+    /// the reserve of free space the group commit keeps is what makes this rare.
+    broken: AtomicBool,
     dir: PathBuf,
     /// Held for the life of the store: the exclusive lock on the data directory.
     _lock: File,
@@ -46,14 +53,9 @@ impl SledStore {
             return Err(StoreError::Locked(dir.display().to_string()));
         }
         let sled_dir = dir.join("sled");
-        let db = sled::Config::new()
-            .path(&sled_dir)
-            // We decide when to flush: at each group commit.
-            .flush_every_ms(None)
-            .cache_capacity(64 << 20)
-            .open()?;
         let store = SledStore {
-            db,
+            db: Some(open_sled(&sled_dir)?),
+            broken: AtomicBool::new(false),
             dir: sled_dir,
             _lock: lock,
             synced: Mutex::new(HashMap::new()),
@@ -74,14 +76,36 @@ impl SledStore {
         Ok(total)
     }
 
+    /// A failure inside sled: the database is in doubt from now on (see `broken`).
+    fn broke(&self, e: sled::Error) -> StoreError {
+        self.broken.store(true, Ordering::SeqCst);
+        e.into()
+    }
+
+    /// Runs `f` on the open database.
+    fn with_db<T>(
+        &self,
+        f: impl FnOnce(&sled::Db) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        match &self.db {
+            Some(db) => f(db),
+            None => Err(StoreError::Io("the store is closed".into())),
+        }
+    }
+
     /// Flushes sled, then makes every file it changed durable.
     fn sync(&self) -> Result<(), StoreError> {
-        self.db.flush()?;
+        self.with_db(|db| db.flush().map(drop).map_err(|e| self.broke(e)))?;
         let mut synced = self.synced.lock().unwrap_or_else(|e| e.into_inner());
         let now = files(&self.dir)?;
         for (path, stamp) in &now {
             if synced.get(path) != Some(stamp) {
-                File::open(path)?.sync_data()?;
+                match File::open(path) {
+                    Ok(f) => f.sync_data()?,
+                    // sled removed it since the listing: nothing of it to keep.
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(e.into()),
+                }
             }
         }
         let names_changed =
@@ -101,6 +125,15 @@ impl SledStore {
     }
 }
 
+fn open_sled(dir: &Path) -> Result<sled::Db, StoreError> {
+    Ok(sled::Config::new()
+        .path(dir)
+        // We decide when to flush: at each group commit.
+        .flush_every_ms(None)
+        .cache_capacity(64 << 20)
+        .open()?)
+}
+
 /// Every regular file under `dir`, with its stamp.
 fn files(dir: &Path) -> Result<HashMap<PathBuf, Stamp>, StoreError> {
     let mut out = HashMap::new();
@@ -108,7 +141,12 @@ fn files(dir: &Path) -> Result<HashMap<PathBuf, Stamp>, StoreError> {
     while let Some(d) = todo.pop() {
         for entry in std::fs::read_dir(&d)? {
             let entry = entry?;
-            let meta = entry.metadata()?;
+            let meta = match entry.metadata() {
+                Ok(meta) => meta,
+                // Removed since the listing (sled's temporary snapshot files).
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e.into()),
+            };
             if meta.is_dir() {
                 todo.push(entry.path());
             } else if meta.is_file() {
@@ -121,29 +159,61 @@ fn files(dir: &Path) -> Result<HashMap<PathBuf, Stamp>, StoreError> {
 
 impl Store for SledStore {
     fn apply(&self, ops: &[StoreOp]) -> Result<(), StoreError> {
-        let writes = kv::writes(ops, |prefix| {
-            self.db
-                .scan_prefix(prefix)
-                .keys()
-                .map(|k| k.map(|k| k.to_vec()).map_err(StoreError::from))
-                .collect()
-        })?;
-        let mut batch = sled::Batch::default();
-        for (k, v) in writes {
-            match v {
-                Some(v) => batch.insert(k, v),
-                None => batch.remove(k),
-            }
+        self.resume()?;
+        self.apply_synced(ops)
+    }
+
+    fn resume(&self) -> Result<(), StoreError> {
+        if self.broken.load(Ordering::SeqCst) {
+            return Err(StoreError::Io(
+                "a write to the store failed; restart the broker once the disk has room".into(),
+            ));
         }
-        self.db.apply_batch(batch)?;
-        self.sync()
+        Ok(())
+    }
+
+    fn available_space(&self) -> Option<u64> {
+        fs2::available_space(&self.dir).ok()
     }
 
     fn recover(&self) -> Result<Recovered, StoreError> {
-        kv::recover(self.db.iter().map(|e| {
-            e.map(|(k, v)| (k.to_vec(), v.to_vec()))
-                .map_err(StoreError::from)
-        }))
+        self.with_db(|db| {
+            kv::recover(db.iter().map(|e| {
+                e.map(|(k, v)| (k.to_vec(), v.to_vec()))
+                    .map_err(StoreError::from)
+            }))
+        })
+    }
+}
+
+impl Drop for SledStore {
+    fn drop(&mut self) {
+        if self.broken.load(Ordering::SeqCst) {
+            // Dropping it would wait forever for the write that failed.
+            std::mem::forget(self.db.take());
+        }
+    }
+}
+
+impl SledStore {
+    fn apply_synced(&self, ops: &[StoreOp]) -> Result<(), StoreError> {
+        self.with_db(|db| {
+            let writes = kv::writes(ops, |prefix| {
+                db.scan_prefix(prefix)
+                    .keys()
+                    .map(|k| k.map(|k| k.to_vec()).map_err(StoreError::from))
+                    .collect()
+            })?;
+            let mut batch = sled::Batch::default();
+            for (k, v) in writes {
+                match v {
+                    Some(v) => batch.insert(k, v),
+                    None => batch.remove(k),
+                }
+            }
+            db.apply_batch(batch).map_err(|e| self.broke(e))
+        })?;
+        self.sync()
     }
 }
 
@@ -274,7 +344,8 @@ mod tests {
         ])
         .expect("apply");
         assert_eq!(s.recover().expect("recover"), Recovered::default());
-        assert_eq!(s.db.len(), 0, "no orphan records");
+        let records = s.with_db(|db| Ok(db.len())).expect("open");
+        assert_eq!(records, 0, "no orphan records");
     }
 
     #[test]

@@ -668,7 +668,7 @@ impl Queue {
     }
 
     /// Whether changes to `msg` here must reach the store.
-    fn persists(&self, msg: &Message) -> bool {
+    pub(super) fn persists(&self, msg: &Message) -> bool {
         self.durable && self.log.is_some() && msg.is_persistent()
     }
 
@@ -722,6 +722,17 @@ impl Queue {
         }
         self.check_threshold();
         Some(e)
+    }
+
+    /// Whether any message here must reach the store when it leaves.
+    pub(super) fn holds_persistent(&self) -> bool {
+        self.durable
+            && self.log.is_some()
+            && self
+                .available
+                .values()
+                .chain(self.acquired.values())
+                .any(|e| e.msg.is_persistent())
     }
 
     /// Drops every available message; returns how many.

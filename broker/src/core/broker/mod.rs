@@ -10,7 +10,9 @@ use std::collections::HashMap;
 use std::ops::{Deref, DerefMut};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use clacks_storage::{BindingRecord, ExchangeRecord, GroupCommit, QueueRecord, StoreOp};
+use clacks_storage::{
+    BindingRecord, ExchangeRecord, GroupCommit, QueueRecord, Refusal, StoreError, StoreOp,
+};
 
 use super::consumer::{Consumer, Credit, DeliverySink};
 use super::error::Error;
@@ -193,6 +195,25 @@ pub(super) struct State {
     pub(super) default_queue_max_size: Option<u64>,
     /// What all queues together may hold.
     pub(super) budget: Arc<MemoryBudget>,
+    /// The store's writer, to ask before durable work whether the store takes it.
+    pub(super) store: Option<Arc<GroupCommit>>,
+}
+
+impl State {
+    /// Refuses a change the store could not keep: persistent messages while the disk is
+    /// short of its reserve or writes fail, and (`removing`) the removal of persistent messages
+    /// while writes fail, which would otherwise come back after a restart.
+    /// `bytes` is what the change adds to the disk.
+    pub(super) fn check_store(&self, bytes: u64, removing: bool) -> Result<(), Error> {
+        match self.store.as_ref().and_then(|s| s.refusal_for(bytes)) {
+            None => Ok(()),
+            Some(Refusal::LowSpace { .. }) if removing => Ok(()),
+            Some(r @ (Refusal::LowSpace { .. } | Refusal::Failing(StoreError::Full))) => {
+                Err(Error::LimitExceeded(r.to_string()))
+            }
+            Some(r) => Err(Error::Internal(r.to_string())),
+        }
+    }
 }
 
 /// The broker model. Cheap to share: clone the `Arc`.

@@ -13,10 +13,11 @@ impl Broker {
         recovered: clacks_storage::Recovered,
     ) -> Result<Broker, Error> {
         let mut broker = Broker::new();
-        broker.journal = Some(journal);
+        broker.journal = Some(journal.clone());
         let log = OpLog::default();
         let mut st = broker.state.lock().unwrap_or_else(|e| e.into_inner());
         st.log = Some(log.clone());
+        st.store = Some(journal);
         let corrupt = |what: &str, e: &dyn std::fmt::Display| {
             Error::Internal(format!("cannot recover {what}: {e}"))
         };

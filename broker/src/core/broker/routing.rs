@@ -180,6 +180,14 @@ impl State {
         // Check every limit first so that a refused message reaches no queue at all.
         for name in queues {
             if let Some(q) = self.queues.get_mut(name) {
+                if q.persists(msg) {
+                    self.check_store(msg.size(), false)?;
+                    break;
+                }
+            }
+        }
+        for name in queues {
+            if let Some(q) = self.queues.get_mut(name) {
                 if let Err(e) = q.check_room(msg) {
                     q.stats.discards_overflow += 1;
                     return Err(e);

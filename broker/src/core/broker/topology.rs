@@ -127,6 +127,9 @@ impl Broker {
                 "cannot delete queue {name}: it is not empty"
             )));
         }
+        if q.holds_persistent() {
+            st.check_store(0, true)?;
+        }
         let connection = st.sessions.get(&session).copied().unwrap_or(0);
         st.remove_queue(name, connection);
         Ok(())
@@ -144,6 +147,9 @@ impl Broker {
         }
         let mut st = self.lock();
         st.usable_queue(session, name, "purge")?;
+        if st.queues.get(name).is_some_and(Queue::holds_persistent) {
+            st.check_store(0, true)?;
+        }
         Ok(st.queues.get_mut(name).map_or(0, Queue::purge))
     }
 
