@@ -16,7 +16,8 @@ long_args=()
 if [ "${1:-}" = "--long" ]; then
   # More crash cycles, and the tests marked ignored for their length.
   export CLACKS_LONG=1
-  long_args=(--include-ignored)
+  # The long tests print the figures they measure.
+  long_args=(--include-ignored --show-output)
 fi
 
 log() { printf '\n== %s\n' "$*"; }
