@@ -32,6 +32,10 @@ command -v openssl >/dev/null 2>&1 || need_pkgs+=(openssl)
 # The federation tests put a broker in a network namespace of its own (needs root).
 command -v ip >/dev/null 2>&1 || need_pkgs+=(iproute2)
 python3 -c 'import venv, ensurepip' 2>/dev/null || need_pkgs+=(python3-venv)
+# The power-loss test mounts a FUSE filesystem (needs root and /dev/fuse).
+command -v fusermount3 >/dev/null 2>&1 || need_pkgs+=(fuse3)
+# cargo-afl builds AFL++ from source for the fuzzing stage.
+command -v make >/dev/null 2>&1 && command -v cc >/dev/null 2>&1 || need_pkgs+=(build-essential)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   log "installing ${need_pkgs[*]}"
   SUDO=""
@@ -47,9 +51,18 @@ bash tests/qpid-setup.sh >target/qpid-setup.log 2>&1 || { cat target/qpid-setup.
 
 log "format and lints"
 cargo fmt --all -- --check
-cargo clippy --all-targets --locked -- -D warnings
+cargo clippy --workspace --all-targets --locked -- -D warnings
 
 log "tests"
 # Two test threads: each end-to-end test runs a broker and Python clients, and CI has two
 # cores.
 cargo test --workspace --locked -- --test-threads=2 "${long_args[@]}"
+
+log "fuzzing"
+# Every fuzz target briefly from its committed corpus (tests/fuzz/run.sh: longer runs, and
+# saving what they find); any crash fails the run.
+if [ -n "${CLACKS_LONG:-}" ]; then
+  tests/fuzz/run.sh 300
+else
+  tests/fuzz/run.sh 15
+fi

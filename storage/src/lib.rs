@@ -20,6 +20,29 @@ pub use group::{Callback, GroupCommit, GroupStats, Refusal, Ticket};
 pub use memory::MemoryStore;
 pub use sled_store::SledStore;
 
+/// A key and its value as a store keeps them; `None`: the key is removed.
+pub type RawRecord = (Vec<u8>, Option<Vec<u8>>);
+
+/// The keys and values (`None`: removed) a store writes for `ops` in an empty store: what
+/// a data directory holds, for tools and fuzzing seeds.
+///
+/// # Errors
+/// Operations that cannot be encoded.
+pub fn encode_records(ops: &[StoreOp]) -> Result<Vec<RawRecord>, StoreError> {
+    kv::writes(ops, |_| Ok(Vec::new()))
+}
+
+/// Rebuilds the durable state from raw keys and values, in key order, as a store holds
+/// them: what a store's `recover` does, for tools and fuzzing.
+///
+/// # Errors
+/// Records that do not decode.
+pub fn recover_entries(
+    entries: impl Iterator<Item = Result<(Vec<u8>, Vec<u8>), StoreError>>,
+) -> Result<Recovered, StoreError> {
+    kv::recover(entries)
+}
+
 use bytes::Bytes;
 use thiserror::Error;
 

@@ -517,4 +517,22 @@ mod tests {
             assert_eq!(result.is_ok(), ok, "{pw}: {result:?}");
         }
     }
+
+    #[test]
+    fn a_short_scram_final_message_fails_the_login_instead_of_panicking() {
+        // Found by fuzzing: rsasl's parser sliced attributes shorter than two bytes.
+        let auth = Authenticator::new(AuthConfig::default(), HashMap::new()).expect("auth");
+        for last in [&b""[..], b"c", b"c=biws,r", b"c=biws,r=x,p"] {
+            let (mut ex, step) = auth.start(&peer(), "SCRAM-SHA-256", b"n,,n=ktcvw,r=abcdef");
+            assert!(matches!(step, Step::Challenge(_)), "{step:?}");
+            match ex.step(last) {
+                Step::Failed(_) => {}
+                other => panic!("{last:?}: {other:?}"),
+            }
+        }
+        for first in [&b"n,a,n=x,r=abc"[..], b"n,,n,r=abc", b"n,,n=x,r"] {
+            let (_, step) = auth.start(&peer(), "SCRAM-SHA-256", first);
+            assert!(matches!(step, Step::Failed(_)), "{first:?}: {step:?}");
+        }
+    }
 }

@@ -134,12 +134,36 @@ pub enum Step {
     Failed(String),
 }
 
+/// Whether a SCRAM client message has the shape rsasl's parser needs (found by fuzzing:
+/// it slices each attribute's first two bytes unchecked). After the client-first
+/// message's channel-binding flag and its (possibly empty) authzid, every attribute is
+/// `x=...`.
+fn scram_attributes_well_formed(message: &[u8], client_first: bool) -> bool {
+    let mut parts = message.split(|&b| b == b',');
+    if client_first {
+        parts.next();
+        if parts
+            .next()
+            .is_some_and(|authzid| !authzid.is_empty() && !is_attribute(authzid))
+        {
+            return false;
+        }
+    }
+    parts.all(is_attribute)
+}
+
+fn is_attribute(part: &[u8]) -> bool {
+    part.len() >= 2 && part[1] == b'='
+}
+
 /// One connection's SASL exchange.
 pub struct Exchange {
     session: Option<Session<ClaimValidation>>,
     /// A SCRAM success whose server-final message went out as a last challenge: the
     /// client's (empty) answer completes the exchange (RFC 4422 section 5, item 7).
     finished: Option<Claim>,
+    /// SCRAM messages from the client seen so far (`None` for other mechanisms).
+    scram_messages: Option<u32>,
 }
 
 impl Exchange {
@@ -148,6 +172,7 @@ impl Exchange {
         let ex = Exchange {
             session: None,
             finished: None,
+            scram_messages: None,
         };
         (ex, Step::Failed(why))
     }
@@ -161,6 +186,7 @@ impl Exchange {
         let mut ex = Exchange {
             session: None,
             finished: None,
+            scram_messages: mechanism.starts_with("SCRAM-").then_some(0),
         };
         let session = Mechname::parse(mechanism.as_bytes())
             .map_err(|e| e.to_string())
@@ -191,8 +217,25 @@ impl Exchange {
         let Some(session) = self.session.as_mut() else {
             return Step::Failed("no exchange in progress".into());
         };
+        if let Some(seen) = self.scram_messages.as_mut() {
+            let first = *seen == 0;
+            *seen += 1;
+            if !scram_attributes_well_formed(input, first) {
+                self.session = None;
+                return Step::Failed("malformed SCRAM message".into());
+            }
+        }
         let mut out = Vec::new();
-        match session.step(Some(input), &mut out) {
+        // A panic in the mechanism (a parser meeting input it did not expect) fails the
+        // login instead of the connection's task.
+        let stepped = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            session.step(Some(input), &mut out)
+        }));
+        let Ok(stepped) = stepped else {
+            self.session = None;
+            return Step::Failed("malformed SASL response".into());
+        };
+        match stepped {
             Ok(State::Running) => Step::Challenge(out),
             Ok(State::Finished(sent)) => {
                 let claim = session.validation();
