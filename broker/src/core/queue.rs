@@ -438,6 +438,13 @@ impl Queue {
                 return Ok(());
             }
         }
+        if self.next_seq == u64::MAX {
+            // Only a damaged store gets here: its last message took the last number.
+            return Err(Error::LimitExceeded(format!(
+                "queue {} has used up its message numbers",
+                self.name
+            )));
+        }
         let msg = match self.traced(msg) {
             Some(msg) => msg,
             None => return Ok(()),
@@ -693,7 +700,8 @@ impl Queue {
             band: 255 - self.settings.level(msg.priority()),
             seq,
         };
-        self.next_seq = self.next_seq.max(seq + 1);
+        // A damaged store may hold any number here (found by fuzzing recovery).
+        self.next_seq = self.next_seq.max(seq.saturating_add(1));
         self.count_in(&msg);
         if let Some(t) = msg.expires_at {
             self.expiries.insert((t, pos));
@@ -1105,6 +1113,20 @@ mod tests {
         q.enqueue(expiring("purged again", later)).expect("enqueue");
         q.purge();
         assert!(q.expiries.is_empty(), "a purge leaves nothing in the index");
+    }
+
+    #[test]
+    fn a_restored_message_with_the_last_sequence_number_does_not_overflow() {
+        let mut q = Queue::new("q", FieldTable::new()).expect("queue");
+        q.restore(u64::MAX, Arc::new(Message::new("q", "stored")), false);
+        // No number is left for a new message: it is refused, the stored one kept.
+        assert!(matches!(
+            q.enqueue(Arc::new(Message::new("q", "new"))),
+            Err(Error::LimitExceeded(_))
+        ));
+        assert_eq!(q.message_count(), 1);
+        q.restore(7, Arc::new(Message::new("q", "older")), false);
+        assert_eq!(q.message_count(), 2);
     }
 
     #[test]
