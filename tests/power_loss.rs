@@ -1,9 +1,11 @@
 //! Power loss, simulated: the data directory lives on `clacks-lazyfs`, a FUSE filesystem
-//! that keeps every write not yet fsynced in memory only. While a publisher streams
+//! that keeps every write not yet fsynced in memory only. Each cycle prepares a distributed
+//! transaction branch with a persistent message; then, while a publisher streams
 //! persistent messages, the test cuts the power (the unsynced writes are dropped and the
 //! mount fails from then on), kills the broker, mounts the filesystem again and restarts
-//! the broker on what the "disk" kept. The store must open, and every message the broker
-//! confirmed must be there: unlike `kill -9`, this catches a missing or misordered sync.
+//! the broker on what the "disk" kept. The store must open, every message the broker
+//! confirmed must be there, and the prepared branch must be in doubt and commit its
+//! message: unlike `kill -9`, this catches a missing or misordered sync.
 //!
 //! 10 cycles; `CLACKS_LONG=1` (tests/run.sh --long) runs 100. Needs root and /dev/fuse.
 
@@ -15,12 +17,114 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use clacks_broker::client::{ConnectOptions, Connection, Message, SubscribeOptions};
-use clacks_broker::wire::QueueDeclare;
+use bytes::Bytes;
+use clacks_broker::client::{ConnectOptions, Connection, Message, Session, SubscribeOptions};
+use clacks_broker::wire::{
+    DtxCommit, DtxEnd, DtxPrepare, DtxRecover, DtxSelect, DtxStart, QueueDeclare, RecoverResult,
+    Value, XaResult, Xid,
+};
 use clacks_lazyfs::LazyFs;
 use common::Binary;
 
 const QUEUE: &str = "power-q";
+/// Where each cycle's transaction branch puts its message.
+const DTX_QUEUE: &str = "power-dtx";
+
+fn xid(cycle: u32) -> Xid {
+    Xid {
+        format: Some(0),
+        global_id: Some(Bytes::from(format!("cycle-{cycle}"))),
+        branch_id: Some(Bytes::from_static(b"b")),
+    }
+}
+
+/// The xa-result status of a dtx command.
+async fn xa(s: &Session, c: impl Into<clacks_broker::wire::Command>) -> u16 {
+    let r = s.call(c).await.expect("dtx command").expect("a result");
+    XaResult::from_struct32(&r)
+        .expect("xa-result")
+        .status
+        .expect("status")
+        .0
+}
+
+/// Prepares a branch that enqueues one persistent message on [`DTX_QUEUE`]; returns once
+/// the prepare is confirmed.
+async fn prepare_branch(broker: &Binary, cycle: u32) {
+    let conn = connect(broker).await;
+    let s = conn.session_unique().await.expect("session");
+    s.call(DtxSelect {}).await.expect("select");
+    let start = DtxStart {
+        xid: Some(xid(cycle)),
+        join: false,
+        resume: false,
+    };
+    assert_eq!(xa(&s, start).await, 0);
+    let m = Message::new(format!("branch-{cycle}"))
+        .with_routing_key(DTX_QUEUE)
+        .with_durable(true);
+    s.send("", m).await.expect("send in the branch");
+    let end = DtxEnd {
+        xid: Some(xid(cycle)),
+        fail: false,
+        suspend: false,
+    };
+    assert_eq!(xa(&s, end).await, 0);
+    assert_eq!(
+        xa(
+            &s,
+            DtxPrepare {
+                xid: Some(xid(cycle))
+            }
+        )
+        .await,
+        0
+    );
+    // The branch stays prepared: its connection is left open until the power goes.
+    std::mem::forget(s);
+    std::mem::forget(conn);
+}
+
+/// After the restart: the branch is in doubt, and its commit delivers its message.
+async fn commit_branch(broker: &Binary, cycle: u32, seed: u64) {
+    let conn = connect(broker).await;
+    let s = conn.session_unique().await.expect("session");
+    let r = s
+        .call(DtxRecover {})
+        .await
+        .expect("recover")
+        .expect("result");
+    let doubt: Vec<String> = RecoverResult::from_struct32(&r)
+        .expect("recover-result")
+        .in_doubt
+        .map(|l| {
+            l.items
+                .iter()
+                .filter_map(|v| match v {
+                    Value::Struct32(x) => Xid::from_struct32(x).ok()?.global_id,
+                    _ => None,
+                })
+                .map(|g| String::from_utf8_lossy(&g).into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(
+        doubt.contains(&format!("cycle-{cycle}")),
+        "cycle {cycle} (seed {seed}): the prepared branch was lost: {doubt:?}"
+    );
+    let commit = DtxCommit {
+        xid: Some(xid(cycle)),
+        one_phase: false,
+    };
+    assert_eq!(xa(&s, commit).await, 0, "cycle {cycle}: commit");
+    let bodies = common::bodies(&s, DTX_QUEUE).await;
+    assert_eq!(
+        bodies,
+        [format!("branch-{cycle}")],
+        "cycle {cycle} (seed {seed}): the committed branch's message"
+    );
+    conn.close().await.expect("close");
+}
 
 /// A small xorshift generator seeded from the clock: each run cuts at other moments.
 struct Rng(u64);
@@ -158,13 +262,16 @@ fn confirmed_messages_survive_power_loss() {
         let conn = rt.block_on(async {
             let conn = connect(&broker).await;
             let s = conn.session_unique().await.expect("session");
-            s.declare_queue(QueueDeclare {
-                queue: Some(QUEUE.into()),
-                durable: true,
-                ..Default::default()
-            })
-            .await
-            .expect("declare");
+            for q in [QUEUE, DTX_QUEUE] {
+                s.declare_queue(QueueDeclare {
+                    queue: Some(q.into()),
+                    durable: true,
+                    ..Default::default()
+                })
+                .await
+                .expect("declare");
+            }
+            prepare_branch(&broker, cycle).await;
             conn
         });
         let stop = Arc::new(AtomicBool::new(false));
@@ -182,6 +289,7 @@ fn confirmed_messages_survive_power_loss() {
         let started = Instant::now();
         broker = Binary::start_in(dir, &config(&data));
         let seen = rt.block_on(drain(&broker));
+        rt.block_on(commit_branch(&broker, cycle, seed));
         let lost: Vec<&u64> = confirmed.difference(&seen).collect();
         assert!(
             lost.is_empty(),
@@ -205,8 +313,8 @@ fn confirmed_messages_survive_power_loss() {
         "no power cut dropped anything: the test did not test"
     );
     println!(
-        "{cycles} power cuts: {confirmed_total} confirmed messages all recovered; \
-         {dropped_total} unsynced bytes dropped"
+        "{cycles} power cuts: {confirmed_total} confirmed messages all recovered, \
+         {cycles} prepared branches in doubt and committed; {dropped_total} unsynced bytes dropped"
     );
     drop(broker);
     let _ = fs.unmount();
