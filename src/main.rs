@@ -10,6 +10,7 @@ mod config;
 mod serve;
 mod users;
 
+use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -17,10 +18,10 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{fmt, reload, EnvFilter};
 
-use cli::{Cli, Command};
+use cli::{Cli, Command, LogFormat};
 
-/// mimalloc instead of glibc's allocator: glibc kept hundreds of megabytes freed by
-/// short-lived per-message allocations on worker threads, and mimalloc is faster on the
+/// jemalloc instead of glibc's allocator: glibc kept hundreds of megabytes freed by
+/// short-lived per-message allocations on worker threads, and jemalloc is faster on the
 /// broker's many small allocations.
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
@@ -33,9 +34,18 @@ async fn main() -> ExitCode {
     let level = filter.to_string();
     // Reloadable, so that management's setLogLevel can change it at run time.
     let (filter, reload) = reload::Layer::new(filter);
+    // Colour only for a person at a terminal: a log file or journald gets plain text.
+    let text = (cli.log_format == LogFormat::Text).then(|| {
+        fmt::layer()
+            .with_ansi(std::io::stderr().is_terminal())
+            .with_writer(std::io::stderr)
+    });
+    let json = (cli.log_format == LogFormat::Json)
+        .then(|| fmt::layer().json().with_writer(std::io::stderr));
     tracing_subscriber::registry()
         .with(filter)
-        .with(fmt::layer().with_writer(std::io::stderr))
+        .with(text)
+        .with(json)
         .init();
     let log = serve::LogLevel {
         initial: level,

@@ -41,7 +41,17 @@ fn calls_through_clacks_call_with_the_callers_identity_and_the_acl() {
     let (ok, out, err) = call(&broker, "guest:guest", &["getNodes"]);
     assert!(ok, "{err}");
     let nodes: Value = serde_json::from_str(&out).expect("json");
-    assert!(nodes.get("node-a").is_some(), "{out}");
+    // Every field the original agent returns for a node.
+    let node = &nodes["node-a"];
+    assert!(
+        node["load"].is_number() && node["latency"].is_number(),
+        "{out}"
+    );
+    assert!(
+        node["workers"].is_u64() && node["indexed"].is_boolean(),
+        "{out}"
+    );
+    assert!(node["received"].is_number(), "{out}");
     let (ok, out, _) = call(&broker, "guest:guest", &["getMethods"]);
     assert!(ok);
     let methods: Value = serde_json::from_str(&out).expect("json");

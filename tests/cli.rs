@@ -375,3 +375,93 @@ fn qpid_messaging_reads_what_clacks_sends_and_back() {
     assert!(text.contains("Durable: true"), "{text}");
     assert!(text.contains("k: v") && text.contains("n: 7"), "{text}");
 }
+
+/// Runs `clacks serve` with stderr going to a file (as a service's log does), connects
+/// and disconnects one client, stops the broker and returns what it logged.
+fn serve_log(extra_args: &[&str]) -> String {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("clacks.toml");
+    std::fs::write(
+        &config,
+        "listen = \"127.0.0.1:0\"\n[agent]\nenabled = false\n[users]\nguest = \"guest\"\n",
+    )
+    .expect("config");
+    let log_path = dir.path().join("clacks.log");
+    let log = std::fs::File::create(&log_path).expect("log file");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_clacks"))
+        .args(extra_args)
+        .args(["serve", "--config"])
+        .arg(&config)
+        .current_dir(dir.path())
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(log)
+        .spawn()
+        .expect("start clacks serve");
+    let stdout = child.stdout.take().expect("stdout");
+    let addr = BufReader::new(stdout)
+        .lines()
+        .map_while(Result::ok)
+        .find_map(|l| l.strip_prefix("listening on ").map(str::to_string))
+        .expect("address");
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    rt.block_on(async {
+        let url = format!("amqp://guest:guest@{addr}");
+        let c = Connection::open(ConnectOptions::parse(&url).expect("url"))
+            .await
+            .expect("connect");
+        c.close().await.expect("close");
+    });
+    // The close line is written once the broker has ended the connection.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let text = loop {
+        let text = std::fs::read_to_string(&log_path).expect("read log");
+        if text.contains("connection closed") || Instant::now() > deadline {
+            break text;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    text
+}
+
+#[test]
+fn a_log_file_gets_plain_lines_with_each_connection_opened_and_closed() {
+    let text = serve_log(&[]);
+    assert!(
+        !text.contains('\u{1b}'),
+        "colour codes in a log file: {text}"
+    );
+    let opened = text
+        .lines()
+        .find(|l| l.contains("connection opened"))
+        .unwrap_or_else(|| panic!("no open line: {text}"));
+    assert!(
+        opened.contains("user=guest@QPID") && opened.contains("peer=127.0.0.1:"),
+        "{opened}"
+    );
+    let closed = text
+        .lines()
+        .find(|l| l.contains("connection closed"))
+        .unwrap_or_else(|| panic!("no close line: {text}"));
+    assert!(
+        closed.contains("user=guest@QPID") && closed.contains("bytes_in="),
+        "{closed}"
+    );
+}
+
+#[test]
+fn json_logs_are_one_object_per_line() {
+    let text = serve_log(&["--log-format", "json"]);
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    let opened = lines
+        .iter()
+        .find(|v| v["fields"]["message"] == "connection opened")
+        .unwrap_or_else(|| panic!("no open line: {text}"));
+    assert_eq!(opened["fields"]["user"], "guest@QPID");
+    assert_eq!(opened["level"], "INFO");
+}

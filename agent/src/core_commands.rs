@@ -76,10 +76,22 @@ impl Plugin for Core {
                     Ok(state.capabilities().methods(&alive))
                 }
                 "getNodes" => {
+                    // As the original agent answers: each live node's last status.
+                    let statuses = state.statuses().clone();
                     let nodes: serde_json::Map<String, Value> = state
                         .loads()
                         .iter()
-                        .map(|(n, l)| (n.clone(), json!({ "load": l })))
+                        .map(|(n, load)| {
+                            let s = statuses.get(n).copied().unwrap_or_default();
+                            let entry = json!({
+                                "load": load,
+                                "latency": s.latency,
+                                "workers": s.workers,
+                                "indexed": s.indexed,
+                                "received": s.received,
+                            });
+                            (n.clone(), entry)
+                        })
                         .collect();
                     Ok(Value::Object(nodes))
                 }

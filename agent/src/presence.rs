@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use crate::events::{self, NodeMethod, ValidatedEvent};
 use crate::registry::{CommandInfo, CommandType};
-use crate::state::AgentState;
+use crate::state::{AgentState, NodeStatus};
 
 /// The XQuery an agent binds with to hear presence events.
 pub const PRESENCE_QUERY: &str = "declare namespace f='http://www.gonicus.de/Events'; \
@@ -92,6 +92,15 @@ pub fn apply(state: &AgentState, event: &ValidatedEvent, now: Instant) -> Answer
         }
         "NodeStatus" => {
             let load = text("Load").trim().parse::<f64>().unwrap_or(0.0);
+            let status = NodeStatus {
+                latency: text("Latency").trim().parse().unwrap_or(0.0),
+                workers: text("Workers").trim().parse().unwrap_or(0),
+                indexed: text("Indexed").trim() == "true",
+                received: std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0.0, |d| d.as_secs_f64()),
+            };
+            state.statuses().insert(id.clone(), status);
             let stranger = state.loads().insert(id.clone(), load).is_none();
             state.seen(&id, now);
             if stranger {
@@ -168,6 +177,9 @@ mod tests {
             .expect("valid");
         apply(&a, &status, now);
         assert_eq!(a.loads().get("b"), Some(&1.5));
+        let b_status = a.statuses().get("b").copied().expect("b's status");
+        assert_eq!((b_status.workers, b_status.indexed), (1, false));
+        assert!(b_status.received > 1.7e9, "seconds since the epoch");
         // c said nothing more: it times out, b (heard later) and a itself stay.
         let later = now + Duration::from_secs(2);
         apply(&a, &status, later);
@@ -175,6 +187,10 @@ mod tests {
         let leave = schemas.validate(&events::node_leave("b")).expect("valid");
         apply(&a, &leave, later);
         assert!(a.loads().get("b").is_none());
+        assert!(
+            a.statuses().get("b").is_none(),
+            "a leaving node's status goes too"
+        );
         // A status from a node never heard of: announce, so that its capabilities come.
         let stranger = schemas
             .validate(&events::node_status("d", 0.1, 0.0, 1, None))

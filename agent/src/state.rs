@@ -81,6 +81,19 @@ impl Default for PresenceTimers {
 }
 
 /// Shared state of one agent.
+/// What a node's last `NodeStatus` said besides its load, for `getNodes`.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct NodeStatus {
+    /// `Latency` as reported.
+    pub latency: f64,
+    /// `Workers`: threads the node's agent runs.
+    pub workers: u64,
+    /// `Indexed`: whether its object index has finished its first scan.
+    pub indexed: bool,
+    /// When it arrived, in seconds since the epoch.
+    pub received: f64,
+}
+
 pub struct AgentState {
     /// Settings.
     pub config: AgentConfig,
@@ -92,6 +105,8 @@ pub struct AgentState {
     pub capabilities: Mutex<Capabilities>,
     /// Live nodes and their load.
     pub loads: Mutex<HashMap<String, f64>>,
+    /// The rest of each live node's last status.
+    statuses: Mutex<HashMap<String, NodeStatus>>,
     /// Error records for `get_error`.
     pub errors: ErrorRegistry,
     /// The rules calls are checked against.
@@ -134,6 +149,7 @@ impl AgentState {
             plugins: by_name,
             capabilities: Mutex::new(capabilities),
             loads: Mutex::new(loads),
+            statuses: Mutex::new(HashMap::new()),
             errors: ErrorRegistry::default(),
             acl: RwLock::new(acl),
             schemas,
@@ -248,6 +264,7 @@ impl AgentState {
             return;
         }
         self.loads().remove(node);
+        self.statuses().remove(node);
         self.capabilities().remove_node(node);
         self.last_seen
             .lock()
@@ -278,6 +295,11 @@ impl AgentState {
     /// The capability map, locked.
     pub fn capabilities(&self) -> MutexGuard<'_, Capabilities> {
         self.capabilities.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The rest of each node's last status, locked.
+    pub fn statuses(&self) -> MutexGuard<'_, HashMap<String, NodeStatus>> {
+        self.statuses.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Live nodes and loads, locked.

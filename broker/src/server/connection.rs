@@ -108,6 +108,7 @@ pub(crate) async fn serve<S>(
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
+    let opened = Instant::now();
     let (mut reader, mut writer) = tokio::io::split(stream);
     let mut header = [0u8; 8];
     let got =
@@ -259,7 +260,15 @@ pub(crate) async fn serve<S>(
     let _ = writer.shutdown().await;
     conn.end_all_sessions();
     // Counted in the census once logged in (the identity is set then).
-    if conn.identity.is_some() {
+    if let Some(identity) = &conn.identity {
+        tracing::info!(
+            peer = %conn.peer.addr.map_or_else(|| "-".to_string(), |a| a.to_string()),
+            user = %identity.full,
+            seconds = opened.elapsed().as_secs(),
+            bytes_in = live.bytes_from.load(std::sync::atomic::Ordering::Relaxed),
+            bytes_out = live.bytes_to.load(std::sync::atomic::Ordering::Relaxed),
+            "connection closed"
+        );
         ctx.leave(conn.id);
     }
     // Anything still in flight to this connection goes back to its queue: with every
@@ -697,7 +706,7 @@ impl Conn<'_> {
         }
         // Counted among the logged-in now (`max_connections`), no longer among the pending.
         self.pending = None;
-        tracing::debug!(%peer, user = %identity.full, "authenticated");
+        tracing::info!(%peer, user = %identity.full, tls = self.peer.tls, "connection opened");
         let cfg = &self.ctx.config;
         // A link from a configured federation peer passes messages on as their senders
         // made them: their user-id is neither checked nor stamped.
