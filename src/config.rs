@@ -77,6 +77,8 @@ pub struct Settings {
     pub federation: Option<FederationSettings>,
     /// `[management]`: the QMF agent.
     pub management: Option<ManagementSettings>,
+    /// `[http]`: health, readiness and metrics over HTTP.
+    pub http: Option<HttpSettings>,
     /// `[client]` table: for the agent client commands (`clacks call`, ...), so that one
     /// file can serve both; `serve` does not use it.
     pub client: Option<ClientSettings>,
@@ -155,6 +157,16 @@ pub struct ManagementSettings {
     pub publish_interval_s: Option<u64>,
     /// `heartbeat_s = 10`: between agent heartbeats.
     pub heartbeat_s: Option<u64>,
+}
+
+/// The `[http]` table.
+#[derive(Debug, Default, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpSettings {
+    /// `enabled = true`.
+    pub enabled: Option<bool>,
+    /// `listen = "127.0.0.1:8080"`.
+    pub listen: Option<String>,
 }
 
 /// The `[tls]` table.
@@ -322,6 +334,7 @@ impl Settings {
             agent: over.agent.or(self.agent),
             federation: over.federation.or(self.federation),
             management: over.management.or(self.management),
+            http: over.http.or(self.http),
             client: over.client.or(self.client),
         }
     }
@@ -424,6 +437,30 @@ impl Settings {
         Ok(config)
     }
 
+    /// Where the HTTP listener goes; `None` when off. Beside the AMQP listener as the
+    /// TLS one is: 8080 beside 5672, a free port beside a free port, and elsewhere only
+    /// where `[http] listen` says.
+    ///
+    /// # Errors
+    /// A listen address that is not IP:PORT.
+    pub fn http_listen(&self, main: SocketAddr) -> anyhow::Result<Option<SocketAddr>> {
+        let h = self.http.clone().unwrap_or_default();
+        if h.enabled == Some(false) {
+            return Ok(None);
+        }
+        if let Some(l) = h.listen {
+            return l
+                .parse()
+                .map(Some)
+                .map_err(|_| anyhow!("http listen address {l:?} is not IP:PORT"));
+        }
+        Ok(match main.port() {
+            0 => Some(SocketAddr::new(main.ip(), 0)),
+            5672 => Some(SocketAddr::new(main.ip(), DEFAULT_HTTP_PORT)),
+            _ => None,
+        })
+    }
+
     /// Where the amqps listener goes and which certificate it shows; `None` when off.
     ///
     /// # Errors
@@ -474,6 +511,9 @@ pub struct TlsPlan {
     pub client_ca: Option<PathBuf>,
 }
 
+/// The HTTP port beside the standard AMQP port.
+pub const DEFAULT_HTTP_PORT: u16 = 8080;
+
 /// The default `min_free_disk_bytes`: room for the writes already accepted to finish.
 pub const DEFAULT_MIN_FREE_DISK: u64 = 32 << 20;
 
@@ -491,6 +531,8 @@ pub struct ServeConfig {
     pub min_free_disk: u64,
     /// The amqps listener, if on.
     pub tls: Option<TlsPlan>,
+    /// The HTTP listener, if on.
+    pub http: Option<SocketAddr>,
     /// The in-process agent's settings.
     pub agent: AgentSettings,
     /// Federation link timings.
@@ -523,7 +565,9 @@ pub fn serve_config(
         .into();
     let server = merged.clone().into_server_config()?;
     let tls = merged.tls_plan(server.listen)?;
+    let http = merged.http_listen(server.listen)?;
     Ok(ServeConfig {
+        http,
         server,
         data_dir,
         min_free_disk: merged.min_free_disk_bytes.unwrap_or(DEFAULT_MIN_FREE_DISK),
@@ -677,5 +721,20 @@ mod tests {
             ..ServeArgs::default()
         };
         assert!(err(server_config(None, env(&[]), &host)).contains("IP:PORT"));
+    }
+
+    #[test]
+    fn the_http_listener_sits_beside_the_amqp_one_unless_told_otherwise() {
+        let at = |port: u16| SocketAddr::from(([127, 0, 0, 1], port));
+        let none = Settings::default();
+        assert_eq!(none.http_listen(at(5672)).expect("ok"), Some(at(8080)));
+        assert_eq!(none.http_listen(at(0)).expect("ok"), Some(at(0)));
+        assert_eq!(none.http_listen(at(6000)).expect("ok"), None);
+        let off = Settings::from_toml("[http]\nenabled = false").expect("toml");
+        assert_eq!(off.http_listen(at(5672)).expect("ok"), None);
+        let set = Settings::from_toml("[http]\nlisten = \"127.0.0.1:9000\"").expect("toml");
+        assert_eq!(set.http_listen(at(6000)).expect("ok"), Some(at(9000)));
+        let bad = Settings::from_toml("[http]\nlisten = \"nowhere\"").expect("toml");
+        assert!(bad.http_listen(at(5672)).is_err());
     }
 }

@@ -9,6 +9,7 @@ mod client_cmds;
 mod config;
 mod serve;
 mod users;
+mod web;
 
 use std::io::IsTerminal;
 use std::process::ExitCode;

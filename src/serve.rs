@@ -156,9 +156,16 @@ pub async fn run(args: ServeArgs, log: LogLevel) -> anyhow::Result<()> {
         open_broker(&serve.data_dir, serve.min_free_disk, &mut config, &mut out)?;
     let server = Server::bind_with(config, broker).await?;
     let addr = server.local_addr()?;
+    let http = match serve.http {
+        Some(a) => Some(crate::web::bind(a).await?),
+        None => None,
+    };
     // Tests and scripts read these lines to learn the ports.
     if let Some(tls_addr) = server.local_tls_addr()? {
         writeln!(out, "listening (amqps) on {tls_addr}")?;
+    }
+    if let Some(l) = &http {
+        writeln!(out, "listening (http) on {}", l.local_addr()?)?;
     }
     writeln!(out, "listening on {addr}")?;
     out.flush()?;
@@ -181,6 +188,25 @@ pub async fn run(args: ServeArgs, log: LogLevel) -> anyhow::Result<()> {
         )
     });
     let (agent, agent_acl) = start_agent(&server, &serve.agent, &federation)?.unzip();
+    let (web_stop, web_stopped) = tokio::sync::oneshot::channel::<()>();
+    let web = http.map(|listener| {
+        let web = Arc::new(crate::web::Web {
+            broker: server.broker(),
+            admin: server.admin(),
+            federation: federation.clone(),
+            started: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0.0, |d| d.as_secs_f64()),
+        });
+        tokio::spawn(async move {
+            let stopped = async {
+                let _ = web_stopped.await;
+            };
+            if let Err(e) = crate::web::serve(listener, web, stopped).await {
+                tracing::error!("HTTP listener failed: {e}");
+            }
+        })
+    });
     let hangup = tokio::spawn(reload_on_hangup(
         server.acl_reloader(),
         agent_acl,
@@ -196,6 +222,10 @@ pub async fn run(args: ServeArgs, log: LogLevel) -> anyhow::Result<()> {
         }
     };
     server.run(shutdown).await?;
+    let _ = web_stop.send(());
+    if let Some(task) = web {
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), task).await;
+    }
     if let Some(m) = management {
         m.stop().await;
     }

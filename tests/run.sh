@@ -32,6 +32,8 @@ command -v openssl >/dev/null 2>&1 || need_pkgs+=(openssl)
 # The federation tests put a broker in a network namespace of its own (needs root).
 command -v ip >/dev/null 2>&1 || need_pkgs+=(iproute2)
 python3 -c 'import venv, ensurepip' 2>/dev/null || need_pkgs+=(python3-venv)
+# The metrics test checks /metrics with Prometheus' promtool.
+command -v promtool >/dev/null 2>&1 || need_pkgs+=(prometheus)
 # The power-loss test mounts a FUSE filesystem (needs root and /dev/fuse).
 command -v fusermount3 >/dev/null 2>&1 || need_pkgs+=(fuse3)
 # cargo-afl builds AFL++ from source for the fuzzing stage.

@@ -34,6 +34,8 @@ pub struct GroupStats {
     pub largest: u64,
     /// Writes that failed (and were tried again).
     pub failed_writes: u64,
+    /// Time spent in store writes (each a write and its syncs), in microseconds.
+    pub write_micros: u64,
 }
 
 /// Why the store turns new durable work away.
@@ -283,15 +285,20 @@ fn write_loop(store: &dyn Store, shared: &Shared, rx: &mpsc::Receiver<(u64, Vec<
                 last = t;
             }
         }
+        let began = std::time::Instant::now();
         let result = if ops.is_empty() {
             Ok(())
         } else {
             store.resume().and_then(|()| store.apply(&ops))
         };
+        let took = u64::try_from(began.elapsed().as_micros()).unwrap_or(u64::MAX);
         if let Some(free) = store.available_space() {
             shared.gate.free.store(free, Ordering::Relaxed);
         }
         let mut st = shared.lock();
+        if !ops.is_empty() {
+            st.stats.write_micros = st.stats.write_micros.saturating_add(took);
+        }
         if let Err(e) = result {
             st.stats.failed_writes += 1;
             if failures_logged < 10 || failures_logged.is_multiple_of(300) {
