@@ -80,25 +80,46 @@ async fn consume(mut sub: Subscription, count: Arc<AtomicU64>, stop: Arc<AtomicB
     }
 }
 
-/// Publishes to `key` on `exchange` at about `per_second`, counting, until `stop`.
+/// Publishes to `key` on `exchange` at about `per_second`, counting, until `stop`. A
+/// refusal ends a session: the producer opens another and goes on (and counts it).
+#[allow(clippy::too_many_arguments)]
 async fn produce(
-    s: Session,
+    addr: std::net::SocketAddr,
     exchange: &'static str,
     key: &'static str,
     durable: bool,
     per_second: u64,
     count: Arc<AtomicU64>,
+    refused: Arc<AtomicU64>,
     stop: Arc<AtomicBool>,
 ) {
+    let opts = ConnectOptions::parse(&format!("amqp://guest:guest@{addr}")).expect("url");
     let mut tick = tokio::time::interval(Duration::from_millis(100));
+    let mut current: Option<(Connection, Session)> = None;
     while !stop.load(Ordering::SeqCst) {
         tick.tick().await;
+        if current.is_none() {
+            let Ok(c) = Connection::open(opts.clone()).await else {
+                continue;
+            };
+            let Ok(s) = c.session_unique().await else {
+                continue;
+            };
+            current = Some((c, s));
+        }
+        let Some((_, s)) = &current else {
+            continue;
+        };
         for _ in 0..per_second / 10 {
             let m = Message::new(vec![b'x'; 512])
                 .with_routing_key(key)
                 .with_durable(durable);
             if s.send(exchange, m).await.is_ok() {
                 count.fetch_add(1, Ordering::Relaxed);
+            } else {
+                refused.fetch_add(1, Ordering::Relaxed);
+                current = None;
+                break;
             }
         }
     }
@@ -152,19 +173,20 @@ async fn an_hour_of_mixed_traffic_leaves_memory_descriptors_and_threads_flat() {
 
     let stop = Arc::new(AtomicBool::new(false));
     let counters: Vec<Arc<AtomicU64>> = (0..6).map(|_| Arc::new(AtomicU64::new(0))).collect();
+    let refused = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::new();
     for (i, (q, durable, rate)) in [("soak-t", false, 500), ("soak-p", true, 100)]
         .into_iter()
         .enumerate()
     {
-        let (c, s) = session(&a).await;
         tasks.push(tokio::spawn(produce(
-            s,
+            a.addr,
             "",
             q,
             durable,
             rate,
             counters[i * 2].clone(),
+            refused.clone(),
             stop.clone(),
         )));
         let sub = sa
@@ -176,19 +198,17 @@ async fn an_hour_of_mixed_traffic_leaves_memory_descriptors_and_threads_flat() {
             counters[i * 2 + 1].clone(),
             stop.clone(),
         )));
-        std::mem::forget(c);
     }
-    let (cf, sf) = session(&a).await;
     tasks.push(tokio::spawn(produce(
-        sf,
+        a.addr,
         "amq.direct",
         "fed",
         false,
         50,
         counters[4].clone(),
+        refused.clone(),
         stop.clone(),
     )));
-    std::mem::forget(cf);
     let sub = sb
         .subscribe("soak-fed", SubscribeOptions::default())
         .await
@@ -209,7 +229,7 @@ async fn an_hour_of_mixed_traffic_leaves_memory_descriptors_and_threads_flat() {
             let s = sample(pid);
             println!(
                 "{:>5} s: RSS {} KiB, {} fds, {} threads; sent/received: transient {}/{}, \
-                 persistent {}/{}, federated {}/{}; {calls} calls, {churned} connections",
+                 persistent {}/{}, federated {}/{} ({} refused); {calls} calls, {churned} connections",
                 started.elapsed().as_secs(),
                 s.0,
                 s.1,
@@ -220,6 +240,7 @@ async fn an_hour_of_mixed_traffic_leaves_memory_descriptors_and_threads_flat() {
                 counters[3].load(Ordering::Relaxed),
                 counters[4].load(Ordering::Relaxed),
                 counters[5].load(Ordering::Relaxed),
+                refused.load(Ordering::Relaxed),
             );
             samples.push(s);
             next_sample += Duration::from_secs(60);
