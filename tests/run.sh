@@ -43,6 +43,9 @@ if [ ${#need_pkgs[@]} -gt 0 ]; then
   SUDO=""
   [ "$(id -u)" = 0 ] || SUDO=sudo
   export DEBIAN_FRONTEND=noninteractive
+  # Install only: packages such as slapd and prometheus would otherwise start system
+  # daemons listening beyond 127.0.0.1; the tests start what they use themselves.
+  export RUNLEVEL=1
   $SUDO apt-get install -y -q "${need_pkgs[@]}" >/dev/null 2>&1 \
     || { $SUDO apt-get update -q >/dev/null && $SUDO apt-get install -y -q "${need_pkgs[@]}" >/dev/null; }
 fi
