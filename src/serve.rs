@@ -187,13 +187,17 @@ pub async fn run(args: ServeArgs, log: LogLevel) -> anyhow::Result<()> {
             },
         )
     });
-    let (agent, agent_acl) = start_agent(&server, &serve.agent, &federation)?.unzip();
+    let (agent, agent_acl, agent_state) = match start_agent(&server, &serve.agent, &federation)? {
+        Some((handle, acl, state)) => (Some(handle), Some(acl), Some(state)),
+        None => (None, None, None),
+    };
     let (web_stop, web_stopped) = tokio::sync::oneshot::channel::<()>();
     let web = http.map(|listener| {
         let web = Arc::new(crate::web::Web {
             broker: server.broker(),
             admin: server.admin(),
             federation: federation.clone(),
+            agent: agent_state,
             started: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0.0, |d| d.as_secs_f64()),
@@ -346,7 +350,7 @@ fn start_agent(
     server: &Server,
     settings: &config::AgentSettings,
     federation: &Federation,
-) -> anyhow::Result<Option<(AgentHandle, AclReload)>> {
+) -> anyhow::Result<Option<(AgentHandle, AclReload, Arc<clacks_agent::state::AgentState>)>> {
     use clacks_broker::client::{ConnectOptions, Connection};
 
     if settings.enabled == Some(false) {
@@ -365,6 +369,7 @@ fn start_agent(
         ],
     )?;
     let reload = agent.acl_reload();
+    let state = agent.state.clone();
     let domain = agent.state.config.domain.clone();
     let connector = server.internal_connector();
     let (stop, stopped) = tokio::sync::watch::channel(false);
@@ -381,7 +386,7 @@ fn start_agent(
         tracing::info!(?ended, "agent stopped");
     });
     tracing::info!(%domain, "agent started");
-    Ok(Some(((stop, task), reload)))
+    Ok(Some(((stop, task), reload, state)))
 }
 
 /// Reloads the ACL file, and the agent's, whenever the process gets SIGHUP.

@@ -24,6 +24,8 @@ pub struct Web {
     pub admin: Admin,
     /// Federation links.
     pub federation: Federation,
+    /// The agent in this process, if it runs.
+    pub agent: Option<Arc<clacks_agent::state::AgentState>>,
     /// When the broker started, in seconds since the epoch.
     pub started: f64,
 }
@@ -229,6 +231,31 @@ pub fn render(web: &Web) -> String {
             )
         })
         .collect();
+    if let Some(agent) = &web.agent {
+        let calls: Vec<(String, f64)> = agent
+            .call_counts()
+            .into_iter()
+            .map(|(method, ok, n)| {
+                let outcome = if ok { "ok" } else { "error" };
+                let method = if method.is_empty() {
+                    "(invalid)"
+                } else {
+                    &method
+                };
+                (
+                    format!("{{method=\"{}\",outcome=\"{outcome}\"}}", label(method)),
+                    n as f64,
+                )
+            })
+            .collect();
+        family(
+            &mut out,
+            "clacks_agent_calls_total",
+            "counter",
+            "Clacks calls this node's agent answered, by method and outcome.",
+            &calls,
+        );
+    }
     family(
         &mut out,
         "clacks_federation_link_up",

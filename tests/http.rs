@@ -153,4 +153,35 @@ async fn health_readiness_and_metrics() {
         compared += 1;
     }
     assert_eq!(compared, 2, "both test queues listed: {queues}");
+
+    // The agent's calls, by method and outcome; made-up methods share one label.
+    for method in ["noSuchMethod", "anotherMadeUpOne"] {
+        let out = Command::new(env!("CARGO_BIN_EXE_clacks"))
+            .args(["call", "-b", &format!("amqp://guest:guest@{}", broker.addr)])
+            .arg(method)
+            .output()
+            .expect("clacks call");
+        assert!(!out.status.success(), "{method} is not a command");
+    }
+    let (_, metrics) = get(http, "/metrics");
+    assert!(
+        sample(
+            &metrics,
+            r#"clacks_agent_calls_total{method="listQueues",outcome="ok"}"#
+        )
+        .is_some_and(|n| n >= 1.0),
+        "{metrics}"
+    );
+    assert_eq!(
+        sample(
+            &metrics,
+            r#"clacks_agent_calls_total{method="(unknown)",outcome="error"}"#
+        ),
+        Some(2.0),
+        "{metrics}"
+    );
+    assert!(
+        !metrics.contains("noSuchMethod"),
+        "no label per made-up method"
+    );
 }

@@ -271,12 +271,16 @@ async fn handle(
                 None => Caller::User(&stamped),
             };
             match jsonrpc::parse_request(&d.body) {
-                Err(bad) => (
-                    bad.id.clone().unwrap_or(Value::Null),
-                    Err(state.errors.report(bad.code, &bad.text, caller.user())),
-                ),
+                Err(bad) => {
+                    state.count_call("", false);
+                    (
+                        bad.id.clone().unwrap_or(Value::Null),
+                        Err(state.errors.report(bad.code, &bad.text, caller.user())),
+                    )
+                }
                 Ok(request) => {
                     let outcome = call(state, caller, queue, &request).await;
+                    state.count_call(&request.method, outcome.is_ok());
                     (request.id, outcome)
                 }
             }

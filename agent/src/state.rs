@@ -107,6 +107,8 @@ pub struct AgentState {
     pub loads: Mutex<HashMap<String, f64>>,
     /// The rest of each live node's last status.
     statuses: Mutex<HashMap<String, NodeStatus>>,
+    /// Calls answered here, by method and outcome (metrics).
+    calls: Mutex<std::collections::BTreeMap<(String, bool), u64>>,
     /// Error records for `get_error`.
     pub errors: ErrorRegistry,
     /// The rules calls are checked against.
@@ -150,6 +152,7 @@ impl AgentState {
             capabilities: Mutex::new(capabilities),
             loads: Mutex::new(loads),
             statuses: Mutex::new(HashMap::new()),
+            calls: Mutex::new(std::collections::BTreeMap::new()),
             errors: ErrorRegistry::default(),
             acl: RwLock::new(acl),
             schemas,
@@ -295,6 +298,29 @@ impl AgentState {
     /// The capability map, locked.
     pub fn capabilities(&self) -> MutexGuard<'_, Capabilities> {
         self.capabilities.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Counts a call answered here. Methods nobody on the bus offers count as
+    /// `(unknown)`, so that callers cannot make the table grow without bound.
+    pub fn count_call(&self, method: &str, ok: bool) {
+        let known = self.local.contains_key(method) || self.capabilities().get(method).is_some();
+        let method = if known { method } else { "(unknown)" };
+        *self
+            .calls
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry((method.to_string(), ok))
+            .or_default() += 1;
+    }
+
+    /// Calls answered here so far: (method, succeeded, how many), by method.
+    pub fn call_counts(&self) -> Vec<(String, bool, u64)> {
+        self.calls
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|((m, ok), n)| (m.clone(), *ok, *n))
+            .collect()
     }
 
     /// The rest of each node's last status, locked.
