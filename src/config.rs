@@ -531,8 +531,8 @@ pub struct ServeConfig {
     pub min_free_disk: u64,
     /// The amqps listener, if on.
     pub tls: Option<TlsPlan>,
-    /// The HTTP listener, if on.
-    pub http: Option<SocketAddr>,
+    /// The HTTP listener, if on, and whether the configuration named its address.
+    pub http: Option<(SocketAddr, bool)>,
     /// The in-process agent's settings.
     pub agent: AgentSettings,
     /// Federation link timings.
@@ -565,7 +565,8 @@ pub fn serve_config(
         .into();
     let server = merged.clone().into_server_config()?;
     let tls = merged.tls_plan(server.listen)?;
-    let http = merged.http_listen(server.listen)?;
+    let named = merged.http.as_ref().is_some_and(|h| h.listen.is_some());
+    let http = merged.http_listen(server.listen)?.map(|a| (a, named));
     Ok(ServeConfig {
         http,
         server,

@@ -157,7 +157,15 @@ pub async fn run(args: ServeArgs, log: LogLevel) -> anyhow::Result<()> {
     let server = Server::bind_with(config, broker).await?;
     let addr = server.local_addr()?;
     let http = match serve.http {
-        Some(a) => Some(crate::web::bind(a).await?),
+        Some((a, true)) => Some(crate::web::bind(a).await?),
+        // The default port may be someone else's: the broker starts without HTTP then.
+        Some((a, false)) => match crate::web::bind(a).await {
+            Ok(l) => Some(l),
+            Err(e) => {
+                tracing::warn!("no HTTP listener: {e:#}; set [http] listen to choose a port");
+                None
+            }
+        },
         None => None,
     };
     // Tests and scripts read these lines to learn the ports.
