@@ -13,7 +13,7 @@ use clacks_broker::wire::{
     Command, DtxCommit, DtxEnd, DtxPrepare, DtxRecover, DtxRollback, DtxSelect, DtxStart,
     QueueDeclare, RecoverResult, Value, XaResult, Xid,
 };
-use common::{bodies, guest_session, Binary};
+use common::{bodies, depth, guest_session, Binary};
 
 const DEADLINE: Duration = Duration::from_secs(30);
 
@@ -63,14 +63,6 @@ async fn persistent(s: &Session, queue: &str, body: &str) {
         .with_routing_key(queue)
         .with_durable(true);
     s.send("", m).await.expect("send");
-}
-
-async fn depth(s: &Session, queue: &str) -> u32 {
-    s.query_queue(queue)
-        .await
-        .expect("query")
-        .message_count
-        .unwrap_or(0)
 }
 
 /// Prepares a branch that takes `m1` off `dtx-src` and puts `new` on `dtx-dst`, kills the

@@ -12,21 +12,9 @@ use std::time::{Duration, Instant};
 
 use clacks_broker::client::{ConnectOptions, Connection, Message, SubscribeOptions};
 use clacks_broker::wire::QueueDeclare;
-use common::{bodies, Binary};
+use common::{bodies, Binary, Rng};
 
 const QUEUE: &str = "crash-q";
-
-/// A small xorshift generator seeded from the clock: each run kills at other moments.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-}
 
 async fn connect(broker: &Binary) -> Connection {
     let opts = ConnectOptions::parse(&format!("amqp://guest:guest@{}", broker.addr)).expect("url");
@@ -162,12 +150,7 @@ fn completed_persistent_messages_survive_kill_9() {
         20
     };
     let rt = tokio::runtime::Runtime::new().expect("runtime");
-    let seed = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(1)
-        | 1;
-    let mut rng = Rng(seed);
+    let (mut rng, seed) = Rng::from_clock();
     let mut broker = Binary::start("");
     let mut next = 0u64;
     let mut total_completed = 0;

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use clacks_broker::client::{ClientError, Message, Session};
 use clacks_broker::wire::QueueDeclare;
-use common::{guest_session, Binary};
+use common::{depth, guest_session, Binary};
 
 /// A tmpfs mounted for the test's life.
 struct Tmpfs {
@@ -84,14 +84,6 @@ async fn declare(s: &Session, name: &str, durable: bool) {
     })
     .await
     .expect("declare");
-}
-
-async fn depth(s: &Session, queue: &str) -> u32 {
-    s.query_queue(queue)
-        .await
-        .expect("query")
-        .message_count
-        .unwrap_or(0)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

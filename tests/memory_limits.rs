@@ -11,7 +11,7 @@ use bytes::Bytes;
 use clacks_broker::client::{ClientError, ConnectOptions, Connection, Message, Session};
 use clacks_broker::server::ServerConfig;
 use clacks_broker::wire::{FieldTable, QueueDeclare, QueueDelete, Value};
-use common::InProcess;
+use common::{depth, InProcess};
 
 async fn broker(max_queued: Option<u64>, default_queue_max: Option<u64>) -> InProcess {
     let mut config = ServerConfig {
@@ -46,14 +46,6 @@ async fn declare(s: &Session, name: &str, args: FieldTable) {
 
 fn message(queue: &str, size: usize) -> Message {
     Message::new(Bytes::from(vec![b'x'; size])).with_routing_key(queue)
-}
-
-async fn depth(s: &Session, queue: &str) -> u32 {
-    s.query_queue(queue)
-        .await
-        .expect("query")
-        .message_count
-        .unwrap_or(0)
 }
 
 /// Sends 1 KiB messages to `queue` until the broker refuses one; how many it took.

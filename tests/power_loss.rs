@@ -24,7 +24,7 @@ use clacks_broker::wire::{
     Value, XaResult, Xid,
 };
 use clacks_lazyfs::LazyFs;
-use common::Binary;
+use common::{Binary, Rng};
 
 const QUEUE: &str = "power-q";
 /// Where each cycle's transaction branch puts its message.
@@ -124,18 +124,6 @@ async fn commit_branch(broker: &Binary, cycle: u32, seed: u64) {
         "cycle {cycle} (seed {seed}): the committed branch's message"
     );
     conn.close().await.expect("close");
-}
-
-/// A small xorshift generator seeded from the clock: each run cuts at other moments.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
 }
 
 fn config(data: &Path) -> String {
@@ -244,12 +232,7 @@ fn confirmed_messages_survive_power_loss() {
         .enable_all()
         .build()
         .expect("runtime");
-    let seed = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(1)
-        | 1;
-    let mut rng = Rng(seed);
+    let (mut rng, seed) = Rng::from_clock();
     let backing = tempfile::tempdir().expect("backing dir");
     let mount = tempfile::tempdir().expect("mount point");
     let data = mount.path().join("data");

@@ -229,6 +229,38 @@ pub async fn bodies(s: &clacks_broker::client::Session, queue: &str) -> Vec<Stri
     out
 }
 
+/// Messages on `queue` (0 when it does not exist).
+pub async fn depth(s: &clacks_broker::client::Session, queue: &str) -> u32 {
+    s.query_queue(queue)
+        .await
+        .expect("query")
+        .message_count
+        .unwrap_or(0)
+}
+
+/// A small xorshift generator seeded from the clock: each run picks other moments.
+pub struct Rng(pub u64);
+
+impl Rng {
+    /// Seeded from the clock (never 0); the seed is returned for failure messages.
+    pub fn from_clock() -> (Rng, u64) {
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(1)
+            | 1;
+        (Rng(seed), seed)
+    }
+
+    /// The next number.
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+}
+
 /// A connection to `b` as guest and a session on it.
 pub async fn guest_session(
     b: &Binary,

@@ -276,13 +276,7 @@ pub struct Queue {
 impl Drop for Queue {
     fn drop(&mut self) {
         // A deleted queue's messages no longer cost anything.
-        let held: u64 = self
-            .available
-            .values()
-            .chain(self.acquired.values())
-            .map(|e| e.msg.footprint())
-            .sum();
-        self.budget.sub(held);
+        self.budget.sub(self.footprint());
     }
 }
 
@@ -331,16 +325,20 @@ impl Queue {
             self.settings.max_size = default_max_size;
         }
         if !Arc::ptr_eq(&self.budget, budget) {
-            let held: u64 = self
-                .available
-                .values()
-                .chain(self.acquired.values())
-                .map(|e| e.msg.footprint())
-                .sum();
+            let held = self.footprint();
             self.budget.sub(held);
             budget.add(held);
             self.budget = budget.clone();
         }
+    }
+
+    /// What the messages held here cost the broker-wide budget.
+    fn footprint(&self) -> u64 {
+        self.available
+            .values()
+            .chain(self.acquired.values())
+            .map(|e| e.msg.footprint())
+            .sum()
     }
 
     fn count_in(&mut self, msg: &Message) {
