@@ -104,10 +104,7 @@ impl Agent {
         let acl = AclSource {
             file: settings.acl_file.as_ref().map(PathBuf::from),
             base: settings.acl_base.clone().unwrap_or_else(|| domain.clone()),
-            admins: settings
-                .admins
-                .clone()
-                .unwrap_or_else(|| vec!["admin".to_string()]),
+            admins: admins(settings),
         };
         let mut config = AgentConfig::new(&domain, &node);
         config.trusted_agents = settings.trusted_agents.clone().unwrap_or_default();
@@ -288,6 +285,14 @@ pub fn host_name() -> String {
         .map(|h| h.trim().to_string())
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| "localhost".to_string())
+}
+
+/// The users who may do anything: `[agent] admins`, or `admin`.
+pub fn admins(settings: &AgentSettings) -> Vec<String> {
+    settings
+        .admins
+        .clone()
+        .unwrap_or_else(|| vec!["admin".to_string()])
 }
 
 #[cfg(test)]

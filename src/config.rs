@@ -77,7 +77,7 @@ pub struct Settings {
     pub federation: Option<FederationSettings>,
     /// `[management]`: the QMF agent.
     pub management: Option<ManagementSettings>,
-    /// `[http]`: health, readiness and metrics over HTTP.
+    /// `[http]`: the Clacks gateway, the status page, health, readiness and metrics.
     pub http: Option<HttpSettings>,
     /// `[client]` table: for the agent client commands (`clacks call`, ...), so that one
     /// file can serve both; `serve` does not use it.
@@ -167,7 +167,33 @@ pub struct HttpSettings {
     pub enabled: Option<bool>,
     /// `listen = "127.0.0.1:8080"`.
     pub listen: Option<String>,
+    /// `tls = false`: HTTPS with the broker's certificate (`[tls] cert`, or the
+    /// self-signed one in the data directory).
+    pub tls: Option<bool>,
+    /// `cookie_lifetime_s = 1800`: how long a gateway login lasts.
+    pub cookie_lifetime_s: Option<u64>,
+    /// `cookie_secret = "..."`: the key session cookies are signed with (default: a
+    /// random one per start, which logs everyone out on a restart).
+    pub cookie_secret: Option<String>,
 }
+
+/// The HTTP listener as configured.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpPlan {
+    /// Its address.
+    pub listen: SocketAddr,
+    /// Whether the configuration named the address (it must bind then).
+    pub named: bool,
+    /// HTTPS, with these certificate and key files (`None`: the self-signed pair).
+    pub tls: Option<Option<(PathBuf, PathBuf)>>,
+    /// How long a gateway login lasts.
+    pub cookie_lifetime: std::time::Duration,
+    /// The session cookies' signing key.
+    pub cookie_secret: Option<String>,
+}
+
+/// The default `cookie_lifetime_s`, as the original gateway's.
+pub const DEFAULT_COOKIE_LIFETIME_S: u64 = 1800;
 
 /// The `[tls]` table.
 #[derive(Debug, Default, Clone, PartialEq, Eq, Deserialize)]
@@ -461,6 +487,31 @@ impl Settings {
         })
     }
 
+    /// The HTTP listener's address and settings; `None` when off.
+    ///
+    /// # Errors
+    /// A listen address that is not IP:PORT.
+    pub fn http_plan(&self, main: SocketAddr) -> anyhow::Result<Option<HttpPlan>> {
+        let Some(listen) = self.http_listen(main)? else {
+            return Ok(None);
+        };
+        let h = self.http.clone().unwrap_or_default();
+        let t = self.tls.clone().unwrap_or_default();
+        let tls = h.tls.unwrap_or(false).then(|| match (t.cert, t.key) {
+            (Some(c), Some(k)) => Some((PathBuf::from(c), PathBuf::from(k))),
+            _ => None,
+        });
+        Ok(Some(HttpPlan {
+            listen,
+            named: h.listen.is_some(),
+            tls,
+            cookie_lifetime: std::time::Duration::from_secs(
+                h.cookie_lifetime_s.unwrap_or(DEFAULT_COOKIE_LIFETIME_S),
+            ),
+            cookie_secret: h.cookie_secret,
+        }))
+    }
+
     /// Where the amqps listener goes and which certificate it shows; `None` when off.
     ///
     /// # Errors
@@ -531,8 +582,8 @@ pub struct ServeConfig {
     pub min_free_disk: u64,
     /// The amqps listener, if on.
     pub tls: Option<TlsPlan>,
-    /// The HTTP listener, if on, and whether the configuration named its address.
-    pub http: Option<(SocketAddr, bool)>,
+    /// The HTTP listener, if on.
+    pub http: Option<HttpPlan>,
     /// The in-process agent's settings.
     pub agent: AgentSettings,
     /// Federation link timings.
@@ -565,8 +616,7 @@ pub fn serve_config(
         .into();
     let server = merged.clone().into_server_config()?;
     let tls = merged.tls_plan(server.listen)?;
-    let named = merged.http.as_ref().is_some_and(|h| h.listen.is_some());
-    let http = merged.http_listen(server.listen)?.map(|a| (a, named));
+    let http = merged.http_plan(server.listen)?;
     Ok(ServeConfig {
         http,
         server,

@@ -99,6 +99,24 @@ fn raise_open_file_limit(connections: usize) {
     let _ = connections;
 }
 
+/// The HTTPS server config: the broker's certificate, or the self-signed one in `data_dir`.
+fn https_config(
+    files: Option<(std::path::PathBuf, std::path::PathBuf)>,
+    data_dir: &std::path::Path,
+) -> anyhow::Result<Arc<rustls::ServerConfig>> {
+    let (cert, key) = match files {
+        Some(files) => files,
+        None => {
+            let made = tls::ensure_self_signed(data_dir).map_err(anyhow::Error::msg)?;
+            (made.cert, made.key)
+        }
+    };
+    let config = tls::server_config(&cert, &key, None).map_err(anyhow::Error::msg)?;
+    let mut config = Arc::unwrap_or_clone(config);
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
 /// Runs the broker until a shutdown signal.
 ///
 /// # Errors
@@ -156,10 +174,14 @@ pub async fn run(args: ServeArgs, log: LogLevel) -> anyhow::Result<()> {
         open_broker(&serve.data_dir, serve.min_free_disk, &mut config, &mut out)?;
     let server = Server::bind_with(config, broker).await?;
     let addr = server.local_addr()?;
-    let http = match serve.http {
-        Some((a, true)) => Some(crate::web::bind(a).await?),
+    let http_tls = match serve.http.as_ref().and_then(|h| h.tls.clone()) {
+        Some(files) => Some(https_config(files, &serve.data_dir)?),
+        None => None,
+    };
+    let http = match &serve.http {
+        Some(h) if h.named => Some(crate::web::bind(h.listen).await?),
         // The default port may be someone else's: the broker starts without HTTP then.
-        Some((a, false)) => match crate::web::bind(a).await {
+        Some(h) => match crate::web::bind(h.listen).await {
             Ok(l) => Some(l),
             Err(e) => {
                 tracing::warn!("no HTTP listener: {e:#}; set [http] listen to choose a port");
@@ -173,7 +195,8 @@ pub async fn run(args: ServeArgs, log: LogLevel) -> anyhow::Result<()> {
         writeln!(out, "listening (amqps) on {tls_addr}")?;
     }
     if let Some(l) = &http {
-        writeln!(out, "listening (http) on {}", l.local_addr()?)?;
+        let scheme = if http_tls.is_some() { "https" } else { "http" };
+        writeln!(out, "listening ({scheme}) on {}", l.local_addr()?)?;
     }
     writeln!(out, "listening on {addr}")?;
     out.flush()?;
@@ -200,25 +223,35 @@ pub async fn run(args: ServeArgs, log: LogLevel) -> anyhow::Result<()> {
         None => (None, None, None),
     };
     let (web_stop, web_stopped) = tokio::sync::oneshot::channel::<()>();
-    let web = http.map(|listener| {
-        let web = Arc::new(crate::web::Web {
-            broker: server.broker(),
-            admin: server.admin(),
-            federation: federation.clone(),
-            agent: agent_state,
-            started: std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0.0, |d| d.as_secs_f64()),
-        });
-        tokio::spawn(async move {
-            let stopped = async {
-                let _ = web_stopped.await;
-            };
-            if let Err(e) = crate::web::serve(listener, web, stopped).await {
-                tracing::error!("HTTP listener failed: {e}");
-            }
-        })
-    });
+    let web = match (http, &serve.http) {
+        (Some(listener), Some(plan)) => {
+            let web = Arc::new(crate::web::Web {
+                broker: server.broker(),
+                admin: server.admin(),
+                federation: federation.clone(),
+                agent: agent_state,
+                started: std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0.0, |d| d.as_secs_f64()),
+                auth: server.authenticator(),
+                sessions: crate::web::Sessions::new(
+                    plan.cookie_secret.as_deref(),
+                    plan.cookie_lifetime,
+                )?,
+                admins: crate::agent_run::admins(&serve.agent),
+                secure: http_tls.is_some(),
+            });
+            Some(tokio::spawn(async move {
+                let stopped = async {
+                    let _ = web_stopped.await;
+                };
+                if let Err(e) = crate::web::serve(listener, http_tls, web, stopped).await {
+                    tracing::error!("HTTP listener failed: {e}");
+                }
+            }))
+        }
+        _ => None,
+    };
     let hangup = tokio::spawn(reload_on_hangup(
         server.acl_reloader(),
         agent_acl,

@@ -36,6 +36,10 @@ python3 -c 'import venv, ensurepip' 2>/dev/null || need_pkgs+=(python3-venv)
 command -v promtool >/dev/null 2>&1 || need_pkgs+=(prometheus)
 # The power-loss test mounts a FUSE filesystem (needs root and /dev/fuse).
 command -v fusermount3 >/dev/null 2>&1 || need_pkgs+=(fuse3)
+# The gateway tests speak HTTP with curl; the status page is tested in headless Chromium.
+command -v curl >/dev/null 2>&1 || need_pkgs+=(curl)
+command -v chromium >/dev/null 2>&1 || need_pkgs+=(chromium)
+command -v chromedriver >/dev/null 2>&1 || need_pkgs+=(chromium-driver)
 # cargo-afl builds AFL++ from source for the fuzzing stage.
 command -v make >/dev/null 2>&1 && command -v cc >/dev/null 2>&1 || need_pkgs+=(build-essential)
 if [ ${#need_pkgs[@]} -gt 0 ]; then

@@ -59,6 +59,8 @@ pub enum ErrorCode {
     PERMISSION_EVENT,
     /// An event that breaks its schema or the envelope.
     EVENT_INVALID,
+    /// No node's commands were heard in time (a call through the HTTP gateway waits 5 s).
+    REGISTRY_NOT_READY,
 }
 
 impl ErrorCode {
@@ -85,6 +87,9 @@ impl ErrorCode {
                 format!("sending the event '{subject}' is not permitted")
             }
             ErrorCode::EVENT_INVALID => format!("invalid event: {subject}"),
+            ErrorCode::REGISTRY_NOT_READY => {
+                format!("the command registry is not ready for {subject}")
+            }
         }
     }
 }

@@ -334,7 +334,7 @@ fn plan_call(
 }
 
 /// Plans, authorises and runs a call: here, on another node, or on each provider in turn.
-async fn call(
+pub(crate) async fn call(
     state: &Arc<AgentState>,
     caller: Caller<'_>,
     queue: &str,

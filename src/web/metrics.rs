@@ -1,63 +1,19 @@
-//! The HTTP side of `clacks serve`: `/healthz`, `/readyz` and `/metrics` (Prometheus text
-//! format) on one listener beside the AMQP ones.
+//! `/metrics`: the broker's figures in the Prometheus text format, named after
+//! Prometheus' naming guide (units in the name, `_total` on counters).
 
 use std::fmt::Write as _;
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::extract::State;
-use axum::http::{header, StatusCode};
+use axum::http::header;
 use axum::response::IntoResponse;
-use axum::routing::get;
-use axum::Router;
 use clacks_broker::core::snapshot::Parts;
-use clacks_broker::core::Broker;
-use clacks_broker::federation::{Federation, LinkState};
-use clacks_broker::server::Admin;
-use clacks_storage::Refusal;
+use clacks_broker::federation::LinkState;
 
-/// What the handlers read.
-pub struct Web {
-    /// The broker model.
-    pub broker: Arc<Broker>,
-    /// Connections.
-    pub admin: Admin,
-    /// Federation links.
-    pub federation: Federation,
-    /// The agent in this process, if it runs.
-    pub agent: Option<Arc<clacks_agent::state::AgentState>>,
-    /// When the broker started, in seconds since the epoch.
-    pub started: f64,
-}
+use super::Web;
 
-/// Serves the HTTP side on `listener` until `shutdown` completes.
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    web: Arc<Web>,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    let app = Router::new()
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
-        .with_state(web);
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
-}
-
-/// Ready while the store takes durable work; 503 with the reason while it does not.
-async fn readyz(State(web): State<Arc<Web>>) -> impl IntoResponse {
-    match web.broker.journal().and_then(|j| j.refusal()) {
-        Some(Refusal::Failing(e)) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("store writes fail: {e}\n"),
-        ),
-        _ => (StatusCode::OK, "ready\n".to_string()),
-    }
-}
-
-async fn metrics(State(web): State<Arc<Web>>) -> impl IntoResponse {
+/// `/metrics` in the Prometheus text format.
+pub(super) async fn metrics(State(web): State<Arc<Web>>) -> impl IntoResponse {
     (
         [(
             header::CONTENT_TYPE,
@@ -264,11 +220,4 @@ pub fn render(web: &Web) -> String {
         &links,
     );
     out
-}
-
-/// The listener's address when the HTTP side is on.
-pub async fn bind(addr: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
-    tokio::net::TcpListener::bind(addr)
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot listen for HTTP on {addr}: {e}"))
 }
