@@ -65,6 +65,18 @@ pub enum Command {
     /// Federation routes over the links (over the bus).
     #[command(subcommand)]
     Route(RouteCommand),
+    /// Write the man pages and the bash, zsh and fish completions into a directory
+    /// (for packagers).
+    #[command(hide = true)]
+    Generate(GenerateArgs),
+}
+
+/// `clacks generate`.
+#[derive(Debug, Args)]
+pub struct GenerateArgs {
+    /// Where the files go (made if missing).
+    #[arg(value_name = "DIR")]
+    pub out: PathBuf,
 }
 
 /// `clacks link ...`.

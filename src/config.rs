@@ -774,6 +774,46 @@ mod tests {
         assert!(err(server_config(None, env(&[]), &host)).contains("IP:PORT"));
     }
 
+    /// The packaged config as shipped, and with every setting it lists switched on: each
+    /// name and type must be one the broker takes.
+    #[test]
+    fn the_packaged_config_lists_only_real_settings() {
+        let shipped = include_str!("package/clacks.toml");
+        let as_shipped = Settings::from_toml(shipped).expect("the shipped config");
+        assert_eq!(as_shipped.data_dir.as_deref(), Some("/var/lib/clacks"));
+        let mut listed = 0;
+        let all_on: String = shipped
+            .lines()
+            .map(|line| {
+                let Some(setting) = line.strip_prefix("# ") else {
+                    return line.to_string();
+                };
+                let header = setting.starts_with('[') && setting.ends_with(']');
+                let assignment = setting
+                    .split_once(" = ")
+                    .is_some_and(|(k, _)| !k.is_empty() && !k.contains(' '));
+                if assignment {
+                    listed += 1;
+                }
+                if header || assignment {
+                    setting.to_string()
+                } else {
+                    line.to_string()
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        let on = Settings::from_toml(&all_on).expect("every listed setting");
+        assert!(listed > 60, "only {listed} settings listed");
+        assert_eq!(on.http.and_then(|h| h.cookie_lifetime_s), Some(1800));
+        assert!(on.ldap.is_some() && on.users.contains_key("alice"));
+        assert_eq!(
+            on.agent.and_then(|a| a.reconnect_max_ms),
+            Some(30000),
+            "the agent's last setting"
+        );
+    }
+
     #[test]
     fn the_http_listener_sits_beside_the_amqp_one_unless_told_otherwise() {
         let at = |port: u16| SocketAddr::from(([127, 0, 0, 1], port));

@@ -7,6 +7,7 @@ mod bench_dtx;
 mod cli;
 mod client_cmds;
 mod config;
+mod generate;
 mod serve;
 mod users;
 mod web;
@@ -71,6 +72,7 @@ async fn main() -> ExitCode {
         Command::SendEvent(args) => agent_client::send_event(args).await,
         Command::Shell(args) => agent_client::shell(args).await,
         Command::Agent(args) => agent_run::run_standalone(args).await,
+        Command::Generate(args) => generate::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

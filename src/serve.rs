@@ -14,6 +14,7 @@ use clacks_broker::server::{tls, Server, ServerConfig, TlsListener};
 use clacks_storage::{
     FederationRecord, GroupCommit, Recovered, SledStore, Store, StoreOp, UserRecord,
 };
+use sd_notify::NotifyState;
 
 use crate::agent_run::{AclReload, Agent};
 use crate::cli::ServeArgs;
@@ -257,9 +258,15 @@ pub async fn run(args: ServeArgs, log: LogLevel) -> anyhow::Result<()> {
         agent_acl,
         hangup_signal,
     ));
+    // Under systemd (Type=notify) the unit is started once all of the above is.
+    let status = format!("listening on {addr}");
+    if let Err(e) = sd_notify::notify(&[NotifyState::Ready, NotifyState::Status(&status)]) {
+        tracing::warn!("cannot tell the service manager we are ready: {e}");
+    }
     // The agent goes first, so that it can still remove its queues.
     let shutdown = async move {
         shutdown_signal().await;
+        let _ = sd_notify::notify(&[NotifyState::Stopping]);
         federation.stop_all();
         if let Some((stop, task)) = agent {
             let _ = stop.send(true);

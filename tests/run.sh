@@ -4,11 +4,12 @@
 #   tests/run.sh           the full suite, as CI runs it
 #   tests/run.sh --long    also the long-running modes (set CLACKS_LONG=1)
 #
-# Needs: a Rust toolchain, python3 (3.8 to 3.12, for lib2to3) with venv support, and apt for
-# Debian packages (amqp-specs: the 0-10 spec the codec generator reads; strace for the
-# durability tests; slapd for the LDAP tests; openssl for the test CA; iproute2 for the
-# federation test that cuts a link, which also needs root). Everything else is fetched into
-# target/.
+# Needs: a Rust toolchain, python3 (3.8 to 3.12, for lib2to3) with venv support, root, and
+# apt for Debian packages (amqp-specs: the 0-10 spec the codec generator reads; strace for
+# the durability tests; slapd for the LDAP tests; openssl for the test CA; iproute2 for the
+# federation test that cuts a link; fuse3 for the power-loss test; prometheus for promtool;
+# curl, chromium and chromium-driver for the web tests; systemd for systemd-analyze), and
+# cargo-deb, installed with cargo. Everything else is fetched into target/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -40,6 +41,8 @@ command -v fusermount3 >/dev/null 2>&1 || need_pkgs+=(fuse3)
 command -v curl >/dev/null 2>&1 || need_pkgs+=(curl)
 command -v chromium >/dev/null 2>&1 || need_pkgs+=(chromium)
 command -v chromedriver >/dev/null 2>&1 || need_pkgs+=(chromium-driver)
+# The package test checks the service unit with systemd-analyze.
+command -v systemd-analyze >/dev/null 2>&1 || need_pkgs+=(systemd)
 # cargo-afl builds AFL++ from source for the fuzzing stage.
 command -v make >/dev/null 2>&1 && command -v cc >/dev/null 2>&1 || need_pkgs+=(build-essential)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
@@ -52,6 +55,11 @@ if [ ${#need_pkgs[@]} -gt 0 ]; then
   export RUNLEVEL=1
   $SUDO apt-get install -y -q "${need_pkgs[@]}" >/dev/null 2>&1 \
     || { $SUDO apt-get update -q >/dev/null && $SUDO apt-get install -y -q "${need_pkgs[@]}" >/dev/null; }
+fi
+
+if ! command -v cargo-deb >/dev/null 2>&1; then
+  log "installing cargo-deb (the package test builds the .deb with it)"
+  cargo install cargo-deb --locked --quiet
 fi
 
 log "Qpid's Python client and conformance suite"
