@@ -116,8 +116,11 @@ pub(crate) async fn serve<S>(
     if !matches!(got, Ok(Ok(_))) {
         return;
     }
+    if header == super::amqp091::PROTOCOL_HEADER {
+        return super::amqp091::serve(reader, writer, ctx, shutdown, peer, pending).await;
+    }
     if header != PROTOCOL_HEADER {
-        // Tell the peer what we speak, then close (0-9-1 and 1.0 get the same answer).
+        // Tell the peer what we speak, then close (1.0 and others get the same answer).
         tracing::debug!(?header, "unsupported protocol header");
         let _ = writer.write_all(&PROTOCOL_HEADER).await;
         let _ = writer.shutdown().await;

@@ -933,7 +933,11 @@ fn acl_checks(command: &Command) -> [Option<AclCheck<'_>>; 2] {
 }
 
 /// Checks a command against the ACL; a denial is logged and answered with 403.
-fn authorize(acl: &Acl, identity: Option<&Identity>, command: &Command) -> Result<(), Error> {
+pub(crate) fn authorize(
+    acl: &Acl,
+    identity: Option<&Identity>,
+    command: &Command,
+) -> Result<(), Error> {
     let both;
     let names: &[&str] = match identity {
         Some(i) => {
