@@ -65,6 +65,9 @@ fi
 log "Qpid's Python client and conformance suite"
 mkdir -p target
 bash tests/qpid-setup.sh >target/qpid-setup.log 2>&1 || { cat target/qpid-setup.log; exit 1; }
+# pika, the 0-9-1 client of the AMQP 0-9-1 tests, in the same venv (they cross to qpid.messaging).
+target/qpidpy/venv/bin/python -c 'import pika' 2>/dev/null \
+  || target/qpidpy/venv/bin/pip install -q pika==1.3.2
 
 log "format and lints"
 cargo fmt --all -- --check

@@ -231,6 +231,7 @@ async fn handle(
     d: Delivery,
 ) {
     let props = &d.message_properties;
+    let correlation = props.correlation_id.clone();
     let reply_to = props
         .reply_to
         .as_ref()
@@ -308,6 +309,8 @@ async fn handle(
     let mut headers = FieldTable::new();
     headers.insert(NODE_HEADER, state.config.node.as_str());
     reply.message_properties.application_headers = Some(headers);
+    // Callers that match replies by correlation id (the 0-9-1 convention) find theirs.
+    reply.message_properties.correlation_id = correlation;
     if let Err(e) = session.send("", reply).await {
         tracing::warn!(reply_to = %reply_to, "reply not delivered: {e}");
     }

@@ -138,8 +138,26 @@ impl Conn<'_> {
         }
         match frame {
             Frame::Method(ch, m) => {
-                if let AMQPClass::Channel(channel::AMQPMethod::Open(_)) = m.as_ref() {
-                    return self.open_channel(ch);
+                match m.as_ref() {
+                    AMQPClass::Channel(channel::AMQPMethod::Open(_)) => {
+                        return self.open_channel(ch)
+                    }
+                    // Closing a channel that is already gone harms nobody: a client that
+                    // missed our close may do it.
+                    AMQPClass::Channel(channel::AMQPMethod::Close(_))
+                        if !self.channels.contains_key(&ch) =>
+                    {
+                        return self.method(
+                            ch,
+                            AMQPClass::Channel(channel::AMQPMethod::CloseOk(channel::CloseOk {})),
+                        );
+                    }
+                    AMQPClass::Channel(channel::AMQPMethod::CloseOk(_))
+                        if !self.channels.contains_key(&ch) =>
+                    {
+                        return;
+                    }
+                    _ => {}
                 }
                 let Some(c) = self.channels.get(&ch) else {
                     return self.close(
@@ -416,13 +434,11 @@ impl Conn<'_> {
                     auto_delete: d.auto_delete,
                     arguments: Some(args.clone()),
                 }))?;
-                if d.passive {
-                    if self.ctx.broker.query_queue(&name).is_none() {
-                        return Err(Failure::new(
-                            code::NOT_FOUND,
-                            format!("no queue '{name}' in vhost '/'"),
-                        ));
-                    }
+                if d.passive && self.ctx.broker.query_queue(&name).is_none() {
+                    return Err(Failure::new(
+                        code::NOT_FOUND,
+                        format!("no queue '{name}' in vhost '/'"),
+                    ));
                 }
                 self.ctx
                     .broker

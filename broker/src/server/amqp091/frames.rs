@@ -124,7 +124,7 @@ fn method(payload: &[u8]) -> Result<AMQPClass, FrameError> {
         });
     }
     match parse_class(payload) {
-        Ok((rest, m)) if rest.is_empty() => Ok(m),
+        Ok(([], m)) => Ok(m),
         Ok(_) => Err(FrameError {
             code: 502,
             text: format!("method {class}.{id} has trailing bytes"),

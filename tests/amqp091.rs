@@ -1,0 +1,526 @@
+//! AMQP 0-9-1 on the broker's own port, with a real 0-9-1 client (pika, from PyPI, in the
+//! venv tests/qpid-setup.sh makes): publisher confirms, qos, get, reject and requeue,
+//! mandatory returns, transactions, TTL and dead letters; messages crossing to and from
+//! Qpid's qpid.messaging with their properties; a Clacks command called over 0-9-1; bad
+//! input answered with the close codes RabbitMQ sends; and no confirmed message lost to a
+//! `kill -9`.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::{qpidpy, Binary, Rng};
+
+/// Runs a Python script (pika and qpid.messaging importable) with the broker's port as
+/// its argument; its output, once it succeeded.
+fn python(broker: &Binary, script: &str) -> String {
+    let out = Command::new(qpidpy().join("venv/bin/python"))
+        .args(["-W", "ignore", "-c", script])
+        .arg(broker.addr.port().to_string())
+        .output()
+        .expect("python");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "script failed:\n{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    text
+}
+
+const PRELUDE: &str = r#"
+import sys, time, json, uuid
+import pika
+PORT = int(sys.argv[1])
+def connect(user="guest", password="guest"):
+    return pika.BlockingConnection(pika.ConnectionParameters(
+        host="127.0.0.1", port=PORT, credentials=pika.PlainCredentials(user, password),
+        connection_attempts=1))
+"#;
+
+fn broker() -> Binary {
+    Binary::start("[agent]\nadmins = [\"guest\"]\n[users]\nbob = \"bobpw\"\n")
+}
+
+#[test]
+fn pika_confirms_qos_get_reject_and_requeue() {
+    let b = broker();
+    let script = format!(
+        "{PRELUDE}{}",
+        r#"
+conn = connect()
+ch = conn.channel()
+q = ch.queue_declare("", exclusive=True).method.queue
+assert q.startswith("amq.gen-"), q
+ch.confirm_delivery()
+for i in range(20):
+    # Confirmed: basic_publish raises if the broker nacks or returns.
+    ch.basic_publish("", q, b"m%d" % i, pika.BasicProperties(delivery_mode=2, content_type="text/plain"))
+assert ch.queue_declare(q, passive=True).method.message_count == 20
+
+# get, then reject with requeue: it comes back, marked redelivered.
+m = ch.basic_get(q)
+assert m[2] == b"m0" and not m[0].redelivered
+ch.basic_reject(m[0].delivery_tag, requeue=True)
+m = ch.basic_get(q)
+assert m[2] == b"m0" and m[0].redelivered, m
+ch.basic_ack(m[0].delivery_tag)
+
+# qos: a consumer with prefetch 3 has at most 3 unacknowledged messages.
+ch.basic_qos(prefetch_count=3)
+held = []
+def on_message(c, method, props, body):
+    held.append(method.delivery_tag)
+ch.basic_consume(q, on_message)
+deadline = time.time() + 10
+while len(held) < 3 and time.time() < deadline:
+    conn.process_data_events(time_limit=0.1)
+conn.process_data_events(time_limit=0.3)
+assert len(held) == 3, held
+# Acking two (multiple) lets two more come.
+ch.basic_ack(held[1], multiple=True)
+deadline = time.time() + 10
+while len(held) < 5 and time.time() < deadline:
+    conn.process_data_events(time_limit=0.1)
+conn.process_data_events(time_limit=0.3)
+assert len(held) == 5, held
+# nack with requeue of everything outstanding: they come again.
+ch.basic_nack(0, multiple=True, requeue=True)
+deadline = time.time() + 10
+while len(held) < 8 and time.time() < deadline:
+    conn.process_data_events(time_limit=0.1)
+assert len(held) >= 8, held
+conn.close()
+print("ok")
+"#
+    );
+    assert!(python(&b, &script).contains("ok"));
+}
+
+#[test]
+fn pika_mandatory_returns_tx_ttl_and_dead_letters() {
+    let b = broker();
+    let script = format!(
+        "{PRELUDE}{}",
+        r#"
+conn = connect()
+ch = conn.channel()
+ch.exchange_declare("dlx", "fanout")
+dead = ch.queue_declare("dead", exclusive=True).method.queue
+ch.queue_bind(dead, "dlx")
+q = ch.queue_declare("work", exclusive=True, arguments={"x-dead-letter-exchange": "dlx"}).method.queue
+
+# A rejected message without requeue goes to the dead-letter exchange.
+ch.basic_publish("", q, b"poison")
+m = ch.basic_get(q)
+ch.basic_reject(m[0].delivery_tag, requeue=False)
+m = ch.basic_get(dead, auto_ack=True)
+assert m[2] == b"poison", m
+
+# An unroutable mandatory message comes back with 312 NO_ROUTE.
+returned = []
+ch.add_on_return_callback(lambda c, method, props, body: returned.append((method.reply_code, body)))
+ch.basic_publish("amq.direct", "nobody", b"lost", mandatory=True)
+deadline = time.time() + 10
+while not returned and time.time() < deadline:
+    conn.process_data_events(time_limit=0.1)
+assert returned == [(312, b"lost")], returned
+
+# Transactions: publishes and acks take effect at commit, and not at rollback.
+tx = conn.channel()
+tx.tx_select()
+tx.basic_publish("", q, b"t1")
+assert tx.queue_declare(q, passive=True).method.message_count == 0
+tx.tx_commit()
+assert tx.queue_declare(q, passive=True).method.message_count == 1
+tx.basic_publish("", q, b"t2")
+tx.tx_rollback()
+assert tx.queue_declare(q, passive=True).method.message_count == 1
+m = tx.basic_get(q)
+tx.basic_ack(m[0].delivery_tag)
+tx.tx_rollback()
+assert tx.queue_declare(q, passive=True).method.message_count == 0  # still held, unacked
+tx.basic_recover(requeue=True)
+assert tx.queue_declare(q, passive=True).method.message_count == 1
+
+# Per-message TTL: an expired message is never delivered.
+ch.queue_purge(q)
+ch.basic_publish("", q, b"brief", pika.BasicProperties(expiration="50"))
+ch.basic_publish("", q, b"lasting")
+time.sleep(0.3)
+m = ch.basic_get(q, auto_ack=True)
+assert m[2] == b"lasting", m
+assert ch.basic_get(q)[0] is None
+
+# A queue limited to 2 messages drops the oldest (RabbitMQ's default overflow).
+lim = ch.queue_declare("limited", exclusive=True, arguments={"x-max-length": 2}).method.queue
+for body in (b"a", b"b", b"c"):
+    ch.basic_publish("", lim, body)
+assert [ch.basic_get(lim, auto_ack=True)[2] for _ in range(2)] == [b"b", b"c"]
+conn.close()
+print("ok")
+"#
+    );
+    assert!(python(&b, &script).contains("ok"));
+}
+
+#[test]
+fn errors_logins_and_forged_user_ids_as_rabbitmq_answers_them() {
+    let b = broker();
+    let script = format!(
+        "{PRELUDE}{}",
+        r#"
+try:
+    connect("guest", "wrong")
+    raise SystemExit("a wrong password was let in")
+except pika.exceptions.ProbableAuthenticationError as e:
+    assert "ACCESS_REFUSED" in str(e), e
+
+conn = connect("bob", "bobpw")
+ch = conn.channel()
+q = ch.queue_declare("", exclusive=True).method.queue
+# A user_id that is not the sender's closes the channel with 406.
+ch.confirm_delivery()
+try:
+    ch.basic_publish("", q, b"x", pika.BasicProperties(user_id="mallory"))
+    raise SystemExit("a forged user_id was taken")
+except pika.exceptions.ChannelClosedByBroker as e:
+    assert e.reply_code == 406 and "mallory" in e.reply_text, e
+
+ch = conn.channel()
+try:
+    ch.queue_declare("no-such-queue", passive=True)
+    raise SystemExit("a missing queue was found")
+except pika.exceptions.ChannelClosedByBroker as e:
+    assert e.reply_code == 404 and "no queue 'no-such-queue'" in e.reply_text, e
+
+# Without a user_id the broker stamps the sender's.
+ch = conn.channel()
+q = ch.queue_declare("", exclusive=True).method.queue
+ch.basic_publish("", q, b"y")
+m = ch.basic_get(q, auto_ack=True)
+assert m[1].user_id == "bob", m[1]
+conn.close()
+print("ok")
+"#
+    );
+    assert!(python(&b, &script).contains("ok"));
+}
+
+#[test]
+fn messages_cross_to_and_from_qpid_messaging_with_their_properties() {
+    let b = broker();
+    let script = format!(
+        "{PRELUDE}{}",
+        r#"
+from qpid.messaging import Connection, Message
+qc = Connection("127.0.0.1:%d" % PORT, username="guest", password="guest", reconnect=False)
+qc.open()
+qs = qc.session()
+
+conn = connect()
+ch = conn.channel()
+ch.queue_declare("to-qpid")
+ch.queue_declare("to-pika")
+
+# 0-9-1 to 0-10: every mapped property arrives.
+props = pika.BasicProperties(
+    content_type="application/json", content_encoding="utf-8",
+    headers={"n": 7, "s": "text", "b": True},
+    delivery_mode=2, priority=6, correlation_id="corr-9", reply_to="answers",
+    expiration="600000", message_id="6ba7b810-9dad-11d1-80b4-00c04fd430c8",
+    timestamp=1700000000, type="order.created", user_id="guest", app_id="shop")
+ch.basic_publish("", "to-qpid", b'{"x": 1}', props)
+m = qs.receiver("to-qpid").fetch(timeout=10)
+qs.acknowledge()
+assert m.content_type == "application/json", m.content_type
+assert m.content == '{"x": 1}' or m.content == b'{"x": 1}', m.content
+assert m.durable and m.priority == 6, (m.durable, m.priority)
+assert m.correlation_id == "corr-9", m.correlation_id
+assert str(m.reply_to).startswith("answers"), m.reply_to
+assert m.user_id == "guest", m.user_id
+assert str(m.id) == "6ba7b810-9dad-11d1-80b4-00c04fd430c8", m.id
+assert m.ttl is not None and 0 < m.ttl <= 600, m.ttl
+p = m.properties
+assert p["n"] == 7 and p["s"] == "text" and p["b"] is True, p
+assert p["x-amqp-0-9-1-type"] == "order.created", p
+
+# 0-10 to 0-9-1.
+qs.sender("to-pika").send(Message(
+    content="hello", content_type="text/plain", durable=True, priority=3,
+    correlation_id="c-1", user_id="guest", reply_to="replies",
+    properties={"k": "v", "i": 42}))
+deadline = time.time() + 10
+m = (None, None, None)
+while m[0] is None and time.time() < deadline:
+    m = ch.basic_get("to-pika", auto_ack=True)
+    time.sleep(0.05)
+method, props, body = m
+assert body == b"hello", body
+assert props.content_type == "text/plain", props
+assert props.delivery_mode == 2 and props.priority == 3, props
+assert props.correlation_id == "c-1" and props.user_id == "guest", props
+assert props.reply_to.endswith("replies"), props.reply_to
+assert props.headers["k"] == b"v" or props.headers["k"] == "v", props.headers
+assert props.headers["i"] == 42, props.headers
+qc.close()
+conn.close()
+print("ok")
+"#
+    );
+    assert!(python(&b, &script).contains("ok"));
+}
+
+#[test]
+fn a_pika_client_calls_a_clacks_command() {
+    let b = broker();
+    let script = format!(
+        "{PRELUDE}{}",
+        r#"
+conn = connect()
+ch = conn.channel()
+replies = ch.queue_declare("", exclusive=True).method.queue
+corr = str(uuid.uuid4())
+request = {"method": "getSessionUser", "params": [], "id": "jsonrpc"}
+ch.basic_publish("", "org.clacks.command.core", json.dumps(request).encode(),
+                 pika.BasicProperties(reply_to=replies, correlation_id=corr))
+deadline = time.time() + 30
+while time.time() < deadline:
+    method, props, body = ch.basic_get(replies, auto_ack=True)
+    if method:
+        break
+    time.sleep(0.05)
+else:
+    raise SystemExit("no reply")
+reply = json.loads(body)
+assert reply == {"result": "guest", "error": None, "id": "jsonrpc"}, reply
+assert props.correlation_id == corr, props
+conn.close()
+print("ok")
+"#
+    );
+    assert!(python(&b, &script).contains("ok"));
+}
+
+/// A raw 0-9-1 connection for hostile input.
+struct Raw(TcpStream);
+
+impl Raw {
+    /// Connected, protocol header sent, connection.start read.
+    fn open(b: &Binary) -> Raw {
+        let mut s = TcpStream::connect(b.addr).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(30)))
+            .expect("timeout");
+        s.write_all(b"AMQP\x00\x00\x09\x01").expect("header");
+        let mut raw = Raw(s);
+        assert_eq!(raw.method().0, (10, 10), "connection.start");
+        raw
+    }
+
+    fn frame(&mut self, kind: u8, channel: u16, payload: &[u8]) {
+        let mut f = vec![kind];
+        f.extend_from_slice(&channel.to_be_bytes());
+        f.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+        f.extend_from_slice(payload);
+        f.push(0xCE);
+        self.0.write_all(&f).expect("write");
+    }
+
+    fn method_frame(&mut self, channel: u16, class: u16, method: u16, args: &[u8]) {
+        let mut p = class.to_be_bytes().to_vec();
+        p.extend_from_slice(&method.to_be_bytes());
+        p.extend_from_slice(args);
+        self.frame(1, channel, &p);
+    }
+
+    /// The next method frame: (class, method) and its arguments, skipping heartbeats.
+    fn method(&mut self) -> ((u16, u16), Vec<u8>) {
+        loop {
+            let mut head = [0u8; 7];
+            self.0.read_exact(&mut head).expect("frame header");
+            let size = u32::from_be_bytes([head[3], head[4], head[5], head[6]]) as usize;
+            let mut payload = vec![0u8; size + 1];
+            self.0.read_exact(&mut payload).expect("frame payload");
+            if head[0] != 1 {
+                continue;
+            }
+            let class = u16::from_be_bytes([payload[0], payload[1]]);
+            let method = u16::from_be_bytes([payload[2], payload[3]]);
+            return ((class, method), payload[4..size].to_vec());
+        }
+    }
+
+    /// Logs in as guest with PLAIN and opens the connection.
+    fn login(&mut self) {
+        let mut args = vec![0, 0, 0, 0]; // client-properties: empty table
+        args.push(5);
+        args.extend_from_slice(b"PLAIN");
+        let response = b"\x00guest\x00guest";
+        args.extend_from_slice(&(response.len() as u32).to_be_bytes());
+        args.extend_from_slice(response);
+        args.push(5);
+        args.extend_from_slice(b"en_US");
+        self.method_frame(0, 10, 11, &args);
+        assert_eq!(self.method().0, (10, 30), "connection.tune");
+        // tune-ok: channel-max 0, frame-max 131072, heartbeat 0.
+        self.method_frame(0, 10, 31, &[0, 0, 0, 2, 0, 0, 0, 0]);
+        self.method_frame(0, 10, 40, &[1, b'/', 0, 0]);
+        assert_eq!(self.method().0, (10, 41), "connection.open-ok");
+    }
+
+    /// The reply code of the connection.close the broker sends next.
+    fn close_code(&mut self) -> u16 {
+        let ((class, method), args) = self.method();
+        assert_eq!((class, method), (10, 50), "connection.close expected");
+        u16::from_be_bytes([args[0], args[1]])
+    }
+}
+
+#[test]
+fn bad_input_gets_the_close_codes_rabbitmq_sends_and_others_carry_on() {
+    let b = broker();
+    // A wrong frame end octet: 501 frame-error.
+    let mut r = Raw::open(&b);
+    r.0.write_all(&[8, 0, 0, 0, 0, 0, 0, 0x00]).expect("write");
+    assert_eq!(r.close_code(), 501);
+    // A frame over the frame size: 501, before the frame is read.
+    let mut r = Raw::open(&b);
+    r.0.write_all(&[3, 0, 1, 0x7f, 0xff, 0xff, 0xff])
+        .expect("write");
+    assert_eq!(r.close_code(), 501);
+    // An unknown class: 540 not-implemented.
+    let mut r = Raw::open(&b);
+    r.login();
+    r.method_frame(0, 99, 10, &[]);
+    assert_eq!(r.close_code(), 540);
+    // A method on a channel that was never opened: 504 channel-error.
+    let mut r = Raw::open(&b);
+    r.login();
+    // basic.qos: prefetch-size 0, prefetch-count 1, global false.
+    r.method_frame(3, 60, 10, &[0, 0, 0, 0, 0, 1, 0]);
+    assert_eq!(r.close_code(), 504);
+    // A body with no publish before it: 505 unexpected-frame.
+    let mut r = Raw::open(&b);
+    r.login();
+    r.method_frame(1, 20, 10, &[0]);
+    assert_eq!(r.method().0, (20, 11), "channel.open-ok");
+    r.frame(3, 1, b"stray body");
+    assert_eq!(r.close_code(), 505);
+    // A method before the handshake is done: 503.
+    let mut r = Raw::open(&b);
+    r.method_frame(1, 20, 10, &[0]);
+    assert_eq!(r.close_code(), 503);
+    // Garbage for a protocol header: our own header back, and the door shuts.
+    let mut s = TcpStream::connect(b.addr).expect("connect");
+    s.write_all(b"HTTP/1.1").expect("write");
+    let mut back = Vec::new();
+    let _ = s.read_to_end(&mut back);
+    assert!(back.starts_with(b"AMQP"), "{back:?}");
+
+    // Meanwhile others are served: a full round trip with pika.
+    let script = format!(
+        "{PRELUDE}{}",
+        r#"
+conn = connect()
+ch = conn.channel()
+q = ch.queue_declare("", exclusive=True).method.queue
+ch.basic_publish("", q, b"still here")
+assert ch.basic_get(q, auto_ack=True)[2] == b"still here"
+conn.close()
+print("ok")
+"#
+    );
+    assert!(python(&b, &script).contains("ok"));
+}
+
+#[test]
+fn no_confirmed_message_is_lost_to_a_kill_during_0_9_1_publishing() {
+    let cycles = if std::env::var_os("CLACKS_LONG").is_some() {
+        20
+    } else {
+        3
+    };
+    let (mut rng, seed) = Rng::from_clock();
+    let mut b = broker();
+    let publisher = format!(
+        "{PRELUDE}{}",
+        r#"
+conn = connect()
+ch = conn.channel()
+ch.queue_declare("durable-091", durable=True)
+ch.confirm_delivery()
+n = int(sys.argv[2])
+while True:
+    ch.basic_publish("", "durable-091", str(n).encode(), pika.BasicProperties(delivery_mode=2))
+    # Confirmed: the broker has it on disk.
+    print(n, flush=True)
+    n += 1
+"#
+    );
+    let mut first = 0u64;
+    for cycle in 0..cycles {
+        let mut child = Command::new(qpidpy().join("venv/bin/python"))
+            .args(["-W", "ignore", "-u", "-c", &publisher])
+            .arg(b.addr.port().to_string())
+            .arg(first.to_string())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("publisher");
+        let stdout = child.stdout.take().expect("stdout");
+        let reader = std::thread::spawn(move || {
+            BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+                .filter_map(|l| l.trim().parse::<u64>().ok())
+                .collect::<BTreeSet<u64>>()
+        });
+        std::thread::sleep(Duration::from_millis(300 + rng.next() % 700));
+        let dir = b.kill();
+        let confirmed = reader.join().expect("reader");
+        let _ = child.kill();
+        let _ = child.wait();
+        b = Binary::start_in(
+            dir,
+            "[agent]\nadmins = [\"guest\"]\n[users]\nbob = \"bobpw\"\n",
+        );
+        let drain = format!(
+            "{PRELUDE}{}",
+            r#"
+conn = connect()
+ch = conn.channel()
+while True:
+    m = ch.basic_get("durable-091", auto_ack=True)
+    if m[0] is None:
+        break
+    print(m[2].decode())
+conn.close()
+"#
+        );
+        let seen: BTreeSet<u64> = python(&b, &drain)
+            .lines()
+            .filter_map(|l| l.trim().parse().ok())
+            .collect();
+        let lost: Vec<&u64> = confirmed.difference(&seen).collect();
+        assert!(
+            lost.is_empty(),
+            "cycle {cycle} (seed {seed}): {} of {} confirmed messages lost, first {:?}",
+            lost.len(),
+            confirmed.len(),
+            lost.first()
+        );
+        assert!(
+            !confirmed.is_empty(),
+            "cycle {cycle}: nothing was confirmed"
+        );
+        println!(
+            "cycle {cycle}: {} confirmed, all recovered",
+            confirmed.len()
+        );
+        first += 1_000_000;
+    }
+}
