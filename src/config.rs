@@ -173,7 +173,8 @@ pub struct HttpSettings {
     /// `cookie_lifetime_s = 1800`: how long a gateway login lasts.
     pub cookie_lifetime_s: Option<u64>,
     /// `cookie_secret = "..."`: the key session cookies are signed with (default: a
-    /// random one per start, which logs everyone out on a restart).
+    /// random one per start). Sessions live in memory, so a restart logs everyone out
+    /// whatever the key.
     pub cookie_secret: Option<String>,
 }
 
@@ -497,10 +498,12 @@ impl Settings {
         };
         let h = self.http.clone().unwrap_or_default();
         let t = self.tls.clone().unwrap_or_default();
-        let tls = h.tls.unwrap_or(false).then(|| match (t.cert, t.key) {
-            (Some(c), Some(k)) => Some((PathBuf::from(c), PathBuf::from(k))),
-            _ => None,
-        });
+        let tls = match (h.tls.unwrap_or(false), t.cert, t.key) {
+            (false, ..) => None,
+            (true, Some(c), Some(k)) => Some(Some((PathBuf::from(c), PathBuf::from(k)))),
+            (true, None, None) => Some(None),
+            _ => bail!("[tls] needs both cert and key, or neither (a self-signed one is made)"),
+        };
         Ok(Some(HttpPlan {
             listen,
             named: h.listen.is_some(),

@@ -197,7 +197,15 @@ pub async fn run(args: ServeArgs, log: LogLevel) -> anyhow::Result<()> {
     }
     if let Some(l) = &http {
         let scheme = if http_tls.is_some() { "https" } else { "http" };
-        writeln!(out, "listening ({scheme}) on {}", l.local_addr()?)?;
+        let at = l.local_addr()?;
+        if http_tls.is_none() && !at.ip().is_loopback() {
+            tracing::warn!(
+                %at,
+                "the gateway takes passwords over plain HTTP on a network address; \
+                 set [http] tls = true"
+            );
+        }
+        writeln!(out, "listening ({scheme}) on {at}")?;
     }
     writeln!(out, "listening on {addr}")?;
     out.flush()?;
@@ -241,6 +249,7 @@ pub async fn run(args: ServeArgs, log: LogLevel) -> anyhow::Result<()> {
                 )?,
                 admins: crate::agent_run::admins(&serve.agent),
                 secure: http_tls.is_some(),
+                logins: tokio::sync::Semaphore::new(crate::web::CONCURRENT_LOGINS),
             });
             Some(tokio::spawn(async move {
                 let stopped = async {

@@ -29,7 +29,7 @@ fn broker(extra_http: &str) -> Binary {
         dir,
         &format!(
             "auth_failure_delay_ms = 50\n[http]\n{extra_http}\n[agent]\nadmins = [\"guest\"]\n\
-             acl_file = {:?}\n[users]\nbob = \"bobpw\"\n",
+             node = \"gw\"\nacl_file = {:?}\n[users]\nbob = \"bobpw\"\n",
             acl.display().to_string()
         ),
     )
@@ -84,6 +84,17 @@ impl Curl {
     }
 
     fn request(&self, method: &str, path: &str, body: Option<&str>) -> Reply {
+        self.request_with(method, path, body, &["Content-Type: application/json"])
+    }
+
+    /// A request with these headers (none of the JSON default).
+    fn request_with(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&str>,
+        extra: &[&str],
+    ) -> Reply {
         let headers = self._dir.path().join("headers");
         let mut cmd = Command::new("curl");
         cmd.args(["-sS", "-X", method, "-o", "-", "-w", "\n%{http_code}"])
@@ -98,13 +109,11 @@ impl Curl {
         if let Some(ca) = &self.ca {
             cmd.arg("--cacert").arg(ca);
         }
+        for h in extra {
+            cmd.args(["-H", h]);
+        }
         if let Some(body) = body {
-            cmd.args([
-                "-H",
-                "Content-Type: application/json",
-                "--data-binary",
-                body,
-            ]);
+            cmd.args(["--data-binary", body]);
         }
         let out = cmd
             .arg(format!("{}{path}", self.base))
@@ -213,6 +222,32 @@ fn login_calls_as_the_user_acl_errors_and_logout() {
     assert_eq!(r.status, 400);
     assert!(r.json()["error"].is_string());
 
+    // What a browser sends for another site is refused: a form post is not JSON, and a
+    // cross-site fetch says where it comes from.
+    let call = r#"{"method":"getSessionUser","params":[],"id":1}"#;
+    let form = http.request_with("POST", "/rpc", Some(call), &["Content-Type: text/plain"]);
+    assert_eq!(form.status, 415, "{}", form.body);
+    let cross = http.request_with(
+        "POST",
+        "/rpc",
+        Some(call),
+        &[
+            "Content-Type: application/json",
+            "Sec-Fetch-Site: cross-site",
+        ],
+    );
+    assert_eq!(cross.status, 403, "{}", cross.body);
+    let same = http.request_with(
+        "POST",
+        "/rpc",
+        Some(call),
+        &[
+            "Content-Type: application/json",
+            "Sec-Fetch-Site: same-origin",
+        ],
+    );
+    assert_eq!(same.json()["result"], "bob", "{}", same.body);
+
     // bob is no admin: the status figures are not for him.
     assert_eq!(http.request("GET", "/status.json", None).status, 403);
 
@@ -239,6 +274,27 @@ fn login_calls_as_the_user_acl_errors_and_logout() {
     assert_eq!(r.json()["result"], true, "{}", r.body);
     http.set_cookie(&genuine);
     assert_eq!(http.call("getSessionUser", json!([])).status, 401);
+
+    // An admin's `shutdown` stops the agent as it does on the bus: its queues go.
+    let admin = Curl::new(format!("http://{}", http_addr(&b, "http")), None);
+    assert_eq!(admin.call("login", json!(["guest", "guest"])).status, 200);
+    let r = admin.call("shutdown", json!([]));
+    assert_eq!(r.json()["result"], true, "{}", r.body);
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    rt.block_on(async {
+        let (_c, s) = guest_session(&b).await;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while s
+            .query_queue("org.clacks.command.core.gw")
+            .await
+            .expect("query")
+            .queue
+            .is_some()
+        {
+            assert!(Instant::now() < deadline, "the agent did not stop");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
 }
 
 #[test]

@@ -30,7 +30,14 @@ pub enum Outcome {
 pub async fn call_as(state: &Arc<AgentState>, user: &str, request: &Request) -> Outcome {
     let outcome = answer(state, user, request, READY_WAIT).await;
     state.count_call(&request.method, matches!(outcome, Outcome::Answered(Ok(_))));
+    // A `shutdown` call asked the agent to stop: it does so now, as on the bus.
+    state.stop_if_asked();
     outcome
+}
+
+/// Counts a request that did not parse, as the bus counts one.
+pub fn count_unparsed(state: &AgentState) {
+    state.count_call("", false);
 }
 
 async fn answer(state: &Arc<AgentState>, user: &str, request: &Request, wait: Duration) -> Outcome {
@@ -55,10 +62,6 @@ async fn answer(state: &Arc<AgentState>, user: &str, request: &Request, wait: Du
         None => return Outcome::NoSuchMethod,
     };
     // This node's own queue of the target: commands that take the queue act here.
-    let queue = format!(
-        "{}.{}",
-        names::shared_queue(&state.config.domain, &target),
-        state.config.node
-    );
+    let queue = names::private_queue(&state.config.domain, &target, &state.config.node);
     Outcome::Answered(service::call(state, Caller::User(user), &queue, request).await)
 }

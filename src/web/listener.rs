@@ -1,28 +1,147 @@
-//! HTTPS: a listener whose connections are TLS streams, for `axum::serve`. Handshakes run
-//! in their own tasks with a deadline, so that a peer that never finishes one holds up
-//! nobody else.
+//! The HTTP side's listeners, plain and TLS, for `axum::serve`: at most
+//! [`MAX_CONNECTIONS`] connections at once (more wait in the kernel's backlog, so that
+//! HTTP can never take the descriptors AMQP needs), each closed after [`IDLE`] without a
+//! byte from its peer. TLS handshakes run in their own tasks with a deadline, so that a
+//! peer that never finishes one holds up nobody else.
 
+use std::future::Future;
+use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::extract::connect_info::Connected;
 use axum::serve::IncomingStream;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::task::AbortHandle;
+use tokio::time::{Instant, Sleep};
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 
-/// How long a client may take over its handshake.
+/// HTTP connections served at once.
+pub const MAX_CONNECTIONS: usize = 256;
+/// A connection whose peer sends nothing for this long is closed.
+pub const IDLE: Duration = Duration::from_secs(60);
+/// How long a client may take over its TLS handshake.
 const HANDSHAKE_DEADLINE: Duration = Duration::from_secs(10);
-/// Handshakes under way at once; more wait to be accepted.
-const MAX_HANDSHAKES: usize = 256;
 
-/// Accepts TCP connections and hands on those whose TLS handshake succeeded.
+/// A connection holding its place among the [`MAX_CONNECTIONS`], closed when idle.
+pub struct Guarded<IO> {
+    io: IO,
+    _slot: OwnedSemaphorePermit,
+    idle: Pin<Box<Sleep>>,
+}
+
+impl<IO> Guarded<IO> {
+    fn new(io: IO, slot: OwnedSemaphorePermit) -> Guarded<IO> {
+        Guarded {
+            io,
+            _slot: slot,
+            idle: Box::pin(tokio::time::sleep(IDLE)),
+        }
+    }
+}
+
+impl<IO: AsyncRead + Unpin> AsyncRead for Guarded<IO> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        match Pin::new(&mut this.io).poll_read(cx, buf) {
+            Poll::Ready(r) => {
+                this.idle.as_mut().reset(Instant::now() + IDLE);
+                Poll::Ready(r)
+            }
+            Poll::Pending => match this.idle.as_mut().poll(cx) {
+                Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "HTTP peer idle",
+                ))),
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+}
+
+impl<IO: AsyncWrite + Unpin> AsyncWrite for Guarded<IO> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+}
+
+/// Accepts the next TCP connection once a slot is free.
+async fn accept(
+    listener: &TcpListener,
+    slots: &Arc<Semaphore>,
+) -> Option<(TcpStream, SocketAddr, OwnedSemaphorePermit)> {
+    let slot = slots.clone().acquire_owned().await.ok()?;
+    loop {
+        match listener.accept().await {
+            Ok((tcp, addr)) => return Some((tcp, addr, slot)),
+            Err(e) => {
+                // Out of descriptors, say: wait rather than spin.
+                tracing::debug!("HTTP accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+/// Plain HTTP.
+pub struct PlainListener {
+    tcp: TcpListener,
+    slots: Arc<Semaphore>,
+}
+
+impl PlainListener {
+    /// Serves connections accepted on `tcp`.
+    pub fn new(tcp: TcpListener) -> PlainListener {
+        PlainListener {
+            tcp,
+            slots: Arc::new(Semaphore::new(MAX_CONNECTIONS)),
+        }
+    }
+}
+
+impl axum::serve::Listener for PlainListener {
+    type Io = Guarded<TcpStream>;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        match accept(&self.tcp, &self.slots).await {
+            Some((tcp, addr, slot)) => (Guarded::new(tcp, slot), addr),
+            // The semaphore is never closed: nothing more would come.
+            None => std::future::pending().await,
+        }
+    }
+
+    fn local_addr(&self) -> io::Result<Self::Addr> {
+        self.tcp.local_addr()
+    }
+}
+
+/// HTTPS: hands on the connections whose TLS handshake succeeded.
 pub struct TlsListener {
-    ready: mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
-    local: std::io::Result<SocketAddr>,
+    ready: mpsc::Receiver<(Guarded<TlsStream<TcpStream>>, SocketAddr)>,
+    local: io::Result<SocketAddr>,
     accepting: AbortHandle,
 }
 
@@ -32,29 +151,15 @@ impl TlsListener {
         let local = listener.local_addr();
         let (tx, ready) = mpsc::channel(64);
         let acceptor = TlsAcceptor::from(config);
-        let slots = Arc::new(Semaphore::new(MAX_HANDSHAKES));
+        let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
         let accepting = tokio::spawn(async move {
-            loop {
-                let Ok(slot) = slots.clone().acquire_owned().await else {
-                    return;
-                };
-                let (tcp, addr) = match listener.accept().await {
-                    Ok(accepted) => accepted,
-                    Err(e) => {
-                        // Out of descriptors, say: wait rather than spin.
-                        tracing::debug!("HTTPS accept failed: {e}");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                };
+            while let Some((tcp, addr, slot)) = accept(&listener, &slots).await {
                 let acceptor = acceptor.clone();
                 let tx = tx.clone();
                 tokio::spawn(async move {
-                    let handshake = acceptor.accept(tcp);
-                    match tokio::time::timeout(HANDSHAKE_DEADLINE, handshake).await {
+                    match tokio::time::timeout(HANDSHAKE_DEADLINE, acceptor.accept(tcp)).await {
                         Ok(Ok(tls)) => {
-                            drop(slot);
-                            let _ = tx.send((tls, addr)).await;
+                            let _ = tx.send((Guarded::new(tls, slot), addr)).await;
                         }
                         Ok(Err(e)) => tracing::debug!(%addr, "HTTPS handshake failed: {e}"),
                         Err(_) => tracing::debug!(%addr, "HTTPS handshake timed out"),
@@ -78,7 +183,7 @@ impl Drop for TlsListener {
 }
 
 impl axum::serve::Listener for TlsListener {
-    type Io = TlsStream<TcpStream>;
+    type Io = Guarded<TlsStream<TcpStream>>;
     type Addr = SocketAddr;
 
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {
@@ -89,10 +194,10 @@ impl axum::serve::Listener for TlsListener {
         }
     }
 
-    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+    fn local_addr(&self) -> io::Result<Self::Addr> {
         match &self.local {
             Ok(a) => Ok(*a),
-            Err(e) => Err(std::io::Error::new(e.kind(), e.to_string())),
+            Err(e) => Err(io::Error::new(e.kind(), e.to_string())),
         }
     }
 }
@@ -107,8 +212,8 @@ impl Connected<IncomingStream<'_, TlsListener>> for PeerAddr {
     }
 }
 
-impl Connected<IncomingStream<'_, TcpListener>> for PeerAddr {
-    fn connect_info(stream: IncomingStream<'_, TcpListener>) -> Self {
+impl Connected<IncomingStream<'_, PlainListener>> for PeerAddr {
+    fn connect_info(stream: IncomingStream<'_, PlainListener>) -> Self {
         PeerAddr(*stream.remote_addr())
     }
 }

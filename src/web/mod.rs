@@ -22,7 +22,7 @@ use clacks_broker::federation::Federation;
 use clacks_broker::server::Admin;
 use clacks_storage::Refusal;
 
-pub use listener::{PeerAddr, TlsListener};
+pub use listener::{PeerAddr, PlainListener, TlsListener};
 pub use sessions::Sessions;
 
 /// What the handlers read.
@@ -45,7 +45,14 @@ pub struct Web {
     pub admins: Vec<String>,
     /// Whether the listener is TLS (cookies are marked Secure then).
     pub secure: bool,
+    /// Gateway logins checked at once.
+    pub logins: tokio::sync::Semaphore,
 }
+
+/// Gateway logins checked at once; more are told to come back.
+pub const CONCURRENT_LOGINS: usize = 4;
+/// The largest request body taken (JSON-RPC requests are small).
+const MAX_BODY: usize = 64 << 10;
 
 /// The routes.
 fn app(web: Arc<Web>) -> Router {
@@ -58,6 +65,7 @@ fn app(web: Arc<Web>) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics::metrics))
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
         .with_state(web)
 }
 
@@ -71,7 +79,7 @@ pub async fn serve(
     let app = app(web).into_make_service_with_connect_info::<PeerAddr>();
     match tls {
         None => {
-            axum::serve(listener, app)
+            axum::serve(PlainListener::new(listener), app)
                 .with_graceful_shutdown(shutdown)
                 .await
         }

@@ -30,9 +30,15 @@ pub(super) async fn rpc(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    if let Some(refusal) = cross_site(&headers) {
+        return refusal;
+    }
     let request = match jsonrpc::parse_request(&body) {
         Ok(r) => r,
         Err(bad) => {
+            if let Some(agent) = &web.agent {
+                gateway::count_unparsed(agent);
+            }
             let id = bad.id.unwrap_or(Value::Null);
             return reply(StatusCode::BAD_REQUEST, &id, Err(Value::String(bad.text)));
         }
@@ -45,15 +51,12 @@ pub(super) async fn rpc(
     if request.method == "login" {
         return login(&web, peer, &request).await;
     }
-    let cookie = cookie(&headers);
-    let Some(user) = cookie.and_then(|c| web.sessions.user(c)) else {
+    let Some((cookie, user)) = session(&web, &headers) else {
         let why = "not logged in (call login first)".to_string();
         return reply(StatusCode::UNAUTHORIZED, &id, Err(Value::String(why)));
     };
     if request.method == "logout" {
-        if let Some(c) = cookie {
-            web.sessions.end(c);
-        }
+        web.sessions.end(&cookie);
         let mut r = reply(StatusCode::OK, &id, Ok(Value::Bool(true)));
         set_cookie(&mut r, &format!("{COOKIE}=; Path=/; HttpOnly; Max-Age=0"));
         return r;
@@ -89,6 +92,12 @@ async fn login(web: &Web, peer: SocketAddr, request: &Request) -> Response {
         let why = "login takes a user and a password".to_string();
         return reply(StatusCode::BAD_REQUEST, id, Err(Value::String(why)));
     };
+    // Password checks are dear, and AMQP logins wait for the same hashing slots: only a
+    // few HTTP logins run at once, the rest are told to come back.
+    let Ok(_permit) = web.logins.try_acquire() else {
+        let why = "too many logins under way; try again shortly".to_string();
+        return reply(StatusCode::SERVICE_UNAVAILABLE, id, Err(Value::String(why)));
+    };
     let peer = PeerInfo {
         addr: Some(peer),
         local: None,
@@ -104,8 +113,10 @@ async fn login(web: &Web, peer: SocketAddr, request: &Request) -> Response {
         Ok(identity) if !identity.anonymous => identity,
         outcome => {
             let failures = web.auth.note_failure(&peer);
+            // The name is the peer's: quoted and cut short in the log.
+            let shown: String = user.chars().take(64).collect();
             tracing::warn!(peer = %peer.addr.map(|a| a.to_string()).unwrap_or_default(),
-                %user, failures, "HTTP login refused: {}",
+                user = ?shown, failures, "HTTP login refused: {}",
                 outcome.err().unwrap_or_default());
             tokio::time::sleep(web.auth.config().failure_delay).await;
             let why = "login failed".to_string();
@@ -138,13 +149,50 @@ fn credentials(params: &Params) -> Option<(String, String)> {
     Some((user.as_str()?.to_string(), password.as_str()?.to_string()))
 }
 
-/// The session cookie a request carries.
-pub(super) fn cookie(headers: &HeaderMap) -> Option<&str> {
+/// The session a request's cookies name, if one is genuine and current: its cookie
+/// value and user.
+pub(super) fn session(web: &Web, headers: &HeaderMap) -> Option<(String, String)> {
     headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
-        .find_map(sessions::from_header)
+        .flat_map(sessions::from_header)
+        .find_map(|c| web.sessions.user(c).map(|u| (c.to_string(), u)))
+}
+
+/// Refuses what a browser sends on behalf of another site: calls must be JSON (a form
+/// post cannot be, and a cross-origin fetch of JSON needs a preflight the gateway does not
+/// answer), and must not come from another site by the browser's own account.
+fn cross_site(headers: &HeaderMap) -> Option<Response> {
+    let json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.split(';')
+                .next()
+                .is_some_and(|t| t.trim().eq_ignore_ascii_case("application/json"))
+        });
+    if !json {
+        let why = "calls are JSON: send Content-Type: application/json".to_string();
+        return Some(reply(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            &Value::Null,
+            Err(Value::String(why)),
+        ));
+    }
+    let site = headers
+        .get("sec-fetch-site")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("none");
+    if !matches!(site, "same-origin" | "none") {
+        let why = "calls from another site are refused".to_string();
+        return Some(reply(
+            StatusCode::FORBIDDEN,
+            &Value::Null,
+            Err(Value::String(why)),
+        ));
+    }
+    None
 }
 
 fn set_cookie(response: &mut Response, value: &str) {

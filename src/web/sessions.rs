@@ -13,8 +13,11 @@ use sha2::Sha256;
 /// The cookie's name, as the original gateway calls it.
 pub const COOKIE: &str = "ClacksRPC";
 
-/// Sessions past this many are refused a new login until some expire: a bound on memory.
+/// Sessions kept at most: past this the oldest goes (a bound on memory).
 const MAX_SESSIONS: usize = 10_000;
+/// Sessions one user keeps at most: past this that user's oldest goes, so that one
+/// account cannot crowd everyone else out.
+const MAX_SESSIONS_PER_USER: usize = 16;
 
 /// The logged-in users of the gateway.
 pub struct Sessions {
@@ -45,18 +48,34 @@ impl Sessions {
         self.lifetime
     }
 
-    /// Starts a session for `user`: the cookie value, or `None` when the table is full.
+    /// Starts a session for `user`: the cookie value, or `None` without a random source.
     pub fn start(&self, user: &str) -> Option<String> {
         let id = hex(&random_bytes::<24>().ok()?);
         let now = Instant::now();
+        // A lifetime too long to add is as good as forever.
+        let until = now
+            .checked_add(self.lifetime)
+            .or_else(|| now.checked_add(Duration::from_secs(100 * 365 * 86_400)))
+            .unwrap_or(now);
         let mut live = self.live.lock().unwrap_or_else(|e| e.into_inner());
-        if live.len() >= MAX_SESSIONS {
-            live.retain(|_, (_, until)| *until > now);
-            if live.len() >= MAX_SESSIONS {
-                return None;
+        live.retain(|_, (_, until)| *until > now);
+        let oldest_of = |live: &HashMap<String, (String, Instant)>, user: Option<&str>| {
+            live.iter()
+                .filter(|(_, (u, _))| user.is_none_or(|user| u == user))
+                .min_by_key(|(_, (_, until))| *until)
+                .map(|(id, _)| id.clone())
+        };
+        if live.values().filter(|(u, _)| u == user).count() >= MAX_SESSIONS_PER_USER {
+            if let Some(old) = oldest_of(&live, Some(user)) {
+                live.remove(&old);
             }
         }
-        live.insert(id.clone(), (user.to_string(), now + self.lifetime));
+        if live.len() >= MAX_SESSIONS {
+            if let Some(old) = oldest_of(&live, None) {
+                live.remove(&old);
+            }
+        }
+        live.insert(id.clone(), (user.to_string(), until));
         Some(format!("{id}.{}", hex(&self.mac(&id))))
     }
 
@@ -109,12 +128,13 @@ impl Sessions {
     }
 }
 
-/// The value of the `ClacksRPC` cookie in a `Cookie` header, if any.
-pub fn from_header(header: &str) -> Option<&str> {
+/// The values of the `ClacksRPC` cookies in a `Cookie` header (a sibling site may have
+/// planted one of its own beside the genuine one).
+pub fn from_header(header: &str) -> impl Iterator<Item = &str> {
     header
         .split(';')
         .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(name, _)| *name == COOKIE)
+        .filter(|(name, _)| *name == COOKIE)
         .map(|(_, value)| value.trim_matches('"'))
 }
 
@@ -171,8 +191,26 @@ mod tests {
     }
 
     #[test]
-    fn the_cookie_is_found_among_others() {
-        assert_eq!(from_header("a=1; ClacksRPC=abc.def; b=2"), Some("abc.def"));
-        assert_eq!(from_header("a=1"), None);
+    fn the_cookies_are_found_among_others() {
+        let found: Vec<&str> = from_header("a=1; ClacksRPC=abc.def; b=2; ClacksRPC=x").collect();
+        assert_eq!(found, ["abc.def", "x"]);
+        assert_eq!(from_header("a=1").count(), 0);
+    }
+
+    #[test]
+    fn one_user_cannot_crowd_out_the_others() {
+        let s = Sessions::new(Some("k"), Duration::from_secs(60)).expect("sessions");
+        let alice = s.start("alice").expect("cookie");
+        let first = s.start("bob").expect("cookie");
+        for _ in 0..MAX_SESSIONS_PER_USER {
+            s.start("bob").expect("cookie");
+        }
+        assert_eq!(s.user(&first), None, "bob's oldest session made room");
+        assert_eq!(s.user(&alice).as_deref(), Some("alice"));
+        let forever = Sessions::new(None, Duration::MAX).expect("sessions");
+        let cookie = forever
+            .start("carol")
+            .expect("a huge lifetime does not overflow");
+        assert_eq!(forever.user(&cookie).as_deref(), Some("carol"));
     }
 }

@@ -18,27 +18,43 @@ const PAGE: &str = include_str!("assets/status.html");
 const SCRIPT: &str = include_str!("assets/status.js");
 const STYLE: &str = include_str!("assets/status.css");
 
+/// The page's own files only, never inside another site's frame, types as declared.
+const HARDENING: [(header::HeaderName, &str); 3] = [
+    (
+        header::CONTENT_SECURITY_POLICY,
+        "default-src 'self'; frame-ancestors 'none'; form-action 'none'",
+    ),
+    (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+    (header::REFERRER_POLICY, "no-referrer"),
+];
+
+fn asset(content_type: &'static str, body: &'static str) -> Response {
+    let mut r = ([(header::CONTENT_TYPE, content_type)], body).into_response();
+    for (name, value) in HARDENING {
+        r.headers_mut()
+            .insert(name, header::HeaderValue::from_static(value));
+    }
+    r
+}
+
 /// `GET /`: the page; it logs in through `/rpc` and then polls `/status.json`.
-pub(super) async fn page() -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], PAGE)
+pub(super) async fn page() -> Response {
+    asset("text/html; charset=utf-8", PAGE)
 }
 
 /// `GET /status.js`.
-pub(super) async fn script() -> impl IntoResponse {
-    (
-        [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
-        SCRIPT,
-    )
+pub(super) async fn script() -> Response {
+    asset("text/javascript; charset=utf-8", SCRIPT)
 }
 
 /// `GET /status.css`.
-pub(super) async fn style() -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, "text/css; charset=utf-8")], STYLE)
+pub(super) async fn style() -> Response {
+    asset("text/css; charset=utf-8", STYLE)
 }
 
 /// `GET /status.json`: 401 without a session, 403 for a user who is not an admin.
 pub(super) async fn status(State(web): State<Arc<Web>>, headers: HeaderMap) -> Response {
-    let Some(user) = rpc::cookie(&headers).and_then(|c| web.sessions.user(c)) else {
+    let Some((_, user)) = rpc::session(&web, &headers) else {
         return (StatusCode::UNAUTHORIZED, "not logged in\n").into_response();
     };
     if !web.admins.contains(&user) {
@@ -198,15 +214,16 @@ pub fn figures(web: &Web, user: &str) -> Value {
     })
 }
 
-/// A link URL fit to show: its password left out.
+/// A link URL fit to show: its password left out (with or without a scheme before it).
 fn without_password(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_string();
+    let (scheme, rest) = match url.split_once("://") {
+        Some((scheme, rest)) => (format!("{scheme}://"), rest),
+        None => (String::new(), url),
     };
     match rest.rsplit_once('@') {
         Some((userinfo, host)) => {
             let user = userinfo.split_once(':').map_or(userinfo, |(u, _)| u);
-            format!("{scheme}://{user}@{host}")
+            format!("{scheme}{user}@{host}")
         }
         None => url.to_string(),
     }
@@ -214,9 +231,10 @@ fn without_password(url: &str) -> String {
 
 /// The process's resident memory, from /proc (Linux); `None` elsewhere.
 fn resident_bytes() -> Option<u64> {
-    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
-    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
-    Some(pages * 4096)
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
 }
 
 #[cfg(test)]
@@ -231,5 +249,7 @@ mod tests {
         );
         assert_eq!(without_password("amqp://hub:5672"), "amqp://hub:5672");
         assert_eq!(without_password("hub:5672"), "hub:5672");
+        assert_eq!(without_password("fed:secret@hub:5672"), "fed@hub:5672");
+        assert_eq!(without_password("a:b:c@d@hub"), "a@hub");
     }
 }

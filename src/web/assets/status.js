@@ -85,19 +85,20 @@ function render(s) {
     card("Connections", b.connections),
     card("Store", b.store),
   );
-  const rates = {};
+  // Maps, not objects: a queue may be called "__proto__".
+  const rates = new Map();
   const dt = previous ? now - previous.at : 0;
   for (const q of s.queues) {
-    const before = previous && previous.queues[q.name];
-    rates[q.name] = before && dt > 0
+    const before = previous && previous.queues.get(q.name);
+    rates.set(q.name, before && dt > 0
       ? [(q.enqueued - before.enqueued) / dt, (q.dequeued - before.dequeued) / dt]
-      : [0, 0];
+      : [0, 0]);
   }
   fill("queues", s.queues, (q) => tr([
     cell(q.name, "name"), cell(q.depth, "num depth"), cell(bytes(q.bytes), "num"),
     cell(q.unacked, "num"), cell(q.consumers, "num"),
-    cell(Math.max(0, rates[q.name][0]).toFixed(1), "num"),
-    cell(Math.max(0, rates[q.name][1]).toFixed(1), "num"),
+    cell(Math.max(0, rates.get(q.name)[0]).toFixed(1), "num"),
+    cell(Math.max(0, rates.get(q.name)[1]).toFixed(1), "num"),
     cell(q.durable ? "yes" : "no"),
   ], { "data-queue": q.name }));
   fill("exchanges", s.exchanges, (e) => tr([
@@ -120,32 +121,31 @@ function render(s) {
     cell(n.latency === null ? "" : n.latency.toFixed(3), "num"), cell(n.workers, "num"),
     cell(n.received ? duration(now - n.received) + " ago" : ""),
   ], { "data-node": n.node }));
-  const sample = { at: now, queues: {} };
-  for (const q of s.queues) sample.queues[q.name] = q;
+  const sample = { at: now, queues: new Map() };
+  for (const q of s.queues) sample.queues.set(q.name, q);
   previous = sample;
   $("updated").textContent = new Date().toLocaleTimeString();
 }
 
 async function poll() {
   clearTimeout(timer);
-  let r;
+  let again = true;
   try {
-    r = await fetch("/status.json", { credentials: "same-origin", cache: "no-store" });
+    const r = await fetch("/status.json", { credentials: "same-origin", cache: "no-store" });
+    if (r.status === 401 || r.status === 403) {
+      again = false;
+      show(false);
+      if (r.status === 403) $("login-error").textContent = "That user is not an admin of this broker.";
+    } else if (r.ok) {
+      show(true);
+      render(await r.json());
+    }
   } catch (e) {
     $("updated").textContent = "broker unreachable, retrying";
-    timer = setTimeout(poll, POLL_MS);
-    return;
+  } finally {
+    // Whatever went wrong in one round, the page keeps following the broker.
+    if (again) timer = setTimeout(poll, POLL_MS);
   }
-  if (r.status === 401 || r.status === 403) {
-    show(false);
-    if (r.status === 403) $("login-error").textContent = "That user is not an admin of this broker.";
-    return;
-  }
-  if (r.ok) {
-    show(true);
-    render(await r.json());
-  }
-  timer = setTimeout(poll, POLL_MS);
 }
 
 $("login").addEventListener("submit", async (event) => {
@@ -158,8 +158,11 @@ $("login").addEventListener("submit", async (event) => {
       $("password").value = "";
       previous = null;
       await poll();
-    } else {
+    } else if (r.status === 401) {
       $("login-error").textContent = "Login failed: wrong user or password.";
+    } else {
+      const reply = await r.json().catch(() => ({}));
+      $("login-error").textContent = "Login failed: " + (reply.error || r.statusText);
     }
   } finally {
     $("submit").disabled = false;
