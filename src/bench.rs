@@ -24,12 +24,12 @@ use crate::cli::BenchArgs;
 
 /// What one run measured.
 #[derive(Debug)]
-struct Report {
-    sent: u64,
-    send_time: Duration,
-    receive_time: Duration,
+pub(crate) struct Report {
+    pub sent: u64,
+    pub send_time: Duration,
+    pub receive_time: Duration,
     /// Per message, receive time minus send time, in nanoseconds.
-    latencies: Vec<u64>,
+    pub latencies: Vec<u64>,
 }
 
 /// Runs the benchmark and prints the report.
@@ -42,6 +42,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     }
     if args.dtx {
         return crate::bench_dtx::run(&args).await;
+    }
+    if args.amqp091 {
+        return crate::bench_091::run(&args).await;
     }
     if args.size < 8 {
         bail!("--size must be at least 8 (the send timestamp)");
@@ -490,7 +493,7 @@ impl Consumer {
 }
 
 /// Nanoseconds since the Unix epoch: producers and consumers share the host clock.
-fn now_ns() -> u64 {
+pub(crate) fn now_ns() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
@@ -506,13 +509,20 @@ pub(crate) fn percentile(sorted: &[u64], p: f64) -> u64 {
     sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
-fn render(args: &BenchArgs, queue: &str, mut r: Report) -> String {
+pub(crate) fn render(args: &BenchArgs, queue: &str, mut r: Report) -> String {
     r.latencies.sort_unstable();
     let rate = |n: u64, t: Duration| n as f64 / t.as_secs_f64().max(1e-9);
     let ms = |ns: u64| ns as f64 / 1e6;
     let received = r.latencies.len() as u64;
     let recv_rate = rate(received, r.receive_time);
-    let via = if let Some(url) = &args.consume_from {
+    let via = if args.amqp091 {
+        let confirms = if args.confirm {
+            "with publisher confirms"
+        } else {
+            "without confirms"
+        };
+        format!(", AMQP 0-9-1 (lapin) {confirms}")
+    } else if let Some(url) = &args.consume_from {
         let host = url.rsplit('@').next().unwrap_or(url);
         format!(", consumed on {host} through a federation route")
     } else if args.xml_bindings > 0 {

@@ -524,3 +524,85 @@ conn.close()
         first += 1_000_000;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lapin_publishes_with_confirms_and_consumes_in_order() {
+    use futures_util::StreamExt;
+    use lapin::options::{
+        BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions,
+        QueueDeclareOptions,
+    };
+    use lapin::types::FieldTable;
+    use lapin::{BasicProperties, Connection, ConnectionProperties};
+
+    let b = broker();
+    let uri = format!("amqp://guest:guest@{}/%2f", b.addr);
+    let conn = Connection::connect(&uri, ConnectionProperties::default())
+        .await
+        .expect("lapin connects");
+    let ch = conn.create_channel().await.expect("channel");
+    ch.queue_declare(
+        "lapin-q".into(),
+        QueueDeclareOptions {
+            durable: true,
+            ..QueueDeclareOptions::default()
+        },
+        FieldTable::default(),
+    )
+    .await
+    .expect("declare");
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .expect("confirm mode");
+    let mut confirms = Vec::new();
+    for i in 0..200u32 {
+        let c = ch
+            .basic_publish(
+                "".into(),
+                "lapin-q".into(),
+                BasicPublishOptions::default(),
+                format!("m{i}").as_bytes(),
+                BasicProperties::default()
+                    .with_delivery_mode(2)
+                    .with_content_type("text/plain".into()),
+            )
+            .await
+            .expect("publish");
+        confirms.push(c);
+    }
+    for c in confirms {
+        assert!(c.await.expect("confirmation").is_ack(), "a nack");
+    }
+    // The messages are on the broker: a 0-10 client sees them queued.
+    let (_c, s) = common::guest_session(&b).await;
+    assert_eq!(common::depth(&s, "lapin-q").await, 200);
+
+    let mut consumer = ch
+        .basic_consume(
+            "lapin-q".into(),
+            "lapin".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .expect("consume");
+    for i in 0..200u32 {
+        let d = tokio::time::timeout(Duration::from_secs(30), consumer.next())
+            .await
+            .expect("a delivery in time")
+            .expect("stream")
+            .expect("delivery");
+        assert_eq!(d.data, format!("m{i}").as_bytes(), "in order");
+        assert_eq!(
+            d.properties.content_type().as_ref().map(|c| c.as_str()),
+            Some("text/plain")
+        );
+        d.ack(BasicAckOptions::default()).await.expect("ack");
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while common::depth(&s, "lapin-q").await != 0 {
+        assert!(std::time::Instant::now() < deadline, "acks did not settle");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    conn.close(200, "done".into()).await.expect("close");
+}

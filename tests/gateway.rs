@@ -88,13 +88,7 @@ impl Curl {
     }
 
     /// A request with these headers (none of the JSON default).
-    fn request_with(
-        &self,
-        method: &str,
-        path: &str,
-        body: Option<&str>,
-        extra: &[&str],
-    ) -> Reply {
+    fn request_with(&self, method: &str, path: &str, body: Option<&str>, extra: &[&str]) -> Reply {
         let headers = self._dir.path().join("headers");
         let mut cmd = Command::new("curl");
         cmd.args(["-sS", "-X", method, "-o", "-", "-w", "\n%{http_code}"])

@@ -11,7 +11,7 @@ cd "$(dirname "$0")"
 seconds="${1:-20}"
 shift || true
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(frames commands sasl xquery xml_route jsonrpc events acl recovery)
+[ ${#targets[@]} -gt 0 ] || targets=(frames commands amqp091 sasl xquery xml_route jsonrpc events acl recovery)
 
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/../../target/fuzz}"
 if ! cargo afl --version >/dev/null 2>&1; then

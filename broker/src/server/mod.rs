@@ -1,7 +1,7 @@
 //! The 0-10 server: listener, per-connection drivers and the adapter onto `core`.
 
 mod admin;
-mod amqp091;
+pub mod amqp091;
 mod connection;
 mod session;
 pub mod tls;

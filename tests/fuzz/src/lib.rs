@@ -21,6 +21,19 @@ pub fn frames(data: &[u8]) {
     }
 }
 
+/// AMQP 0-9-1 frames as the 0-9-1 door reads a socket: framing, methods and content
+/// headers, and the headers' properties mapped to the broker's and back.
+pub fn amqp091(data: &[u8]) {
+    use clacks_broker::server::amqp091::{frames, properties};
+    let mut input = BytesMut::from(data);
+    while let Ok(Some(frame)) = frames::next(&mut input, 131_072) {
+        if let frames::Frame::Header(_, _, props) = frame {
+            let (delivery, message) = properties::to_010(&props);
+            let _ = properties::to_091(&delivery, Some(&message));
+        }
+    }
+}
+
 /// One control or command segment, and a message header and body, decoded as the session
 /// decodes them.
 pub fn commands(data: &[u8]) {

@@ -9,8 +9,8 @@
 
 mod basic;
 mod channel;
-mod frames;
-mod properties;
+pub mod frames;
+pub mod properties;
 
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -97,6 +97,7 @@ fn main() -> std::io::Result<()> {
         &mut stream,
     );
     write("frames", "session", &stream[PROTOCOL_HEADER.len()..])?;
+    amqp091_seeds()?;
 
     let mut control = BytesMut::new();
     small.control(
@@ -197,4 +198,57 @@ fn main() -> std::io::Result<()> {
         }
     }
     write("recovery", "records", &records)
+}
+
+/// A 0-9-1 session's frames: start-ok, channel open, a publish with every property, a
+/// body split over frames, an ack and a heartbeat.
+fn amqp091_seeds() -> std::io::Result<()> {
+    use amq_protocol::protocol::{basic, channel, connection, AMQPClass};
+    use amq_protocol::types::{AMQPValue, FieldTable};
+    use clacks_broker::server::amqp091::frames::Writer;
+
+    let mut w = Writer::new(4096);
+    let mut out = BytesMut::new();
+    w.method(
+        0,
+        AMQPClass::Connection(connection::AMQPMethod::StartOk(connection::StartOk {
+            mechanism: "PLAIN".into(),
+            response: "\0guest\0guest".into(),
+            locale: "en_US".into(),
+            ..Default::default()
+        })),
+        &mut out,
+    );
+    w.method(1, AMQPClass::Channel(channel::AMQPMethod::Open(channel::Open {})), &mut out);
+    let mut headers = FieldTable::default();
+    headers.insert("n".into(), AMQPValue::LongInt(7));
+    headers.insert("s".into(), AMQPValue::LongString("text".into()));
+    let props = basic::AMQPProperties::default()
+        .with_content_type("text/plain".into())
+        .with_headers(headers)
+        .with_delivery_mode(2)
+        .with_priority(5)
+        .with_correlation_id("c".into())
+        .with_reply_to("r".into())
+        .with_expiration("1000".into())
+        .with_message_id("6ba7b810-9dad-11d1-80b4-00c04fd430c8".into())
+        .with_timestamp(1)
+        .with_type("t".into())
+        .with_user_id("guest".into())
+        .with_app_id("a".into());
+    let publish = AMQPClass::Basic(basic::AMQPMethod::Publish(basic::Publish {
+        routing_key: "q".into(),
+        ..Default::default()
+    }));
+    w.content(1, publish, props, &[7u8; 9000], &mut out);
+    w.method(
+        1,
+        AMQPClass::Basic(basic::AMQPMethod::Ack(basic::Ack {
+            delivery_tag: 1,
+            multiple: true,
+        })),
+        &mut out,
+    );
+    w.heartbeat(&mut out);
+    write("amqp091", "session", &out)
 }
