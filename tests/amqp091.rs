@@ -606,3 +606,96 @@ async fn lapin_publishes_with_confirms_and_consumes_in_order() {
     }
     conn.close(200, "done".into()).await.expect("close");
 }
+
+/// py-amqp's own integration tests (`t/integration/test_rmq.py` from its sdist, which
+/// tests/run.sh unpacks into target/py-amqp), plain and over TLS with client certificates
+/// from our test CA, against a broker that, like RabbitMQ, does not stamp `user-id` (the
+/// tests compare message properties exactly). Left out, because they test no broker:
+/// `test_tls_default_certs` and `test_tls_no_default_certs_fails` connect to
+/// badssl.com on the internet.
+#[test]
+fn py_amqp_integration_tests_pass() {
+    let suite = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/py-amqp");
+    assert!(
+        suite.join("t/integration/test_rmq.py").exists(),
+        "py-amqp's sdist is missing: tests/run.sh unpacks it into target/py-amqp"
+    );
+    let work = tempfile::tempdir().expect("dir");
+    let run = work.path().join("py-amqp");
+    let copied = Command::new("cp")
+        .arg("-r")
+        .arg(&suite)
+        .arg(&run)
+        .status()
+        .expect("cp");
+    assert!(copied.success());
+    // Its certificates: ours for the client and the broker, another CA's for the
+    // "broken" client that must be refused.
+    let make = |dir: &std::path::Path| {
+        let made = Command::new(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/certs/make-test-ca.sh"
+        ))
+        .arg(dir)
+        .arg("client")
+        .stdout(Stdio::null())
+        .status()
+        .expect("make-test-ca.sh");
+        assert!(made.success());
+    };
+    let (ca, other) = (work.path().join("ca"), work.path().join("other"));
+    make(&ca);
+    make(&other);
+    let certs = run.join("t/certs");
+    std::fs::create_dir_all(&certs).expect("certs dir");
+    for (from, to) in [
+        (ca.join("ca.pem"), "ca_certificate.pem"),
+        (ca.join("client.pem"), "client_certificate.pem"),
+        (ca.join("client-key.pem"), "client_key.pem"),
+        (other.join("client.pem"), "client_certificate_broken.pem"),
+        (other.join("client-key.pem"), "client_key_broken.pem"),
+    ] {
+        std::fs::copy(from, certs.join(to)).expect("copy a certificate");
+    }
+    let b = Binary::start(&format!(
+        "stamp_user_id = false\n[tls]\nlisten = \"127.0.0.1:0\"\ncert = {:?}\nkey = {:?}\n\
+         client_ca = {:?}\n",
+        ca.join("server.pem").display().to_string(),
+        ca.join("server-key.pem").display().to_string(),
+        ca.join("ca.pem").display().to_string(),
+    ));
+    let tls = b.tls_addr.expect("an amqps listener");
+    let out = Command::new(qpidpy().join("venv/bin/python"))
+        .args([
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "-W",
+            "ignore",
+            "--reruns",
+            "0",
+            "t/integration/test_rmq.py",
+            "-k",
+            "not test_tls_default_certs and not test_tls_no_default_certs_fails",
+        ])
+        .current_dir(&run)
+        .env("RABBITMQ_HOST", "localhost")
+        .env("RABBITMQ_5672_TCP", b.addr.port().to_string())
+        .env("RABBITMQ_5671_TCP", tls.port().to_string())
+        .output()
+        .expect("pytest");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "py-amqp's integration tests failed:\n{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let summary = text.lines().last().unwrap_or_default().to_string();
+    assert!(
+        summary.contains("passed") && !summary.contains("failed"),
+        "{summary}"
+    );
+    println!("py-amqp integration tests: {summary}");
+}

@@ -68,6 +68,14 @@ bash tests/qpid-setup.sh >target/qpid-setup.log 2>&1 || { cat target/qpid-setup.
 # pika, the 0-9-1 client of the AMQP 0-9-1 tests, in the same venv (they cross to qpid.messaging).
 target/qpidpy/venv/bin/python -c 'import pika' 2>/dev/null \
   || target/qpidpy/venv/bin/pip install -q pika==1.3.2
+# py-amqp's own integration tests (from its sdist) run against the broker too.
+target/qpidpy/venv/bin/python -c 'import amqp, pytest, pytest_rerunfailures' 2>/dev/null \
+  || target/qpidpy/venv/bin/pip install -q amqp==5.4.2 'pytest<9' pytest-rerunfailures
+if [ ! -f target/py-amqp/t/integration/test_rmq.py ]; then
+  rm -rf target/py-amqp target/py-amqp-dl && mkdir -p target/py-amqp-dl
+  target/qpidpy/venv/bin/pip download -q --no-deps --no-binary :all: -d target/py-amqp-dl amqp==5.4.2
+  tar -xzf target/py-amqp-dl/amqp-5.4.2.tar.gz -C target && mv target/amqp-5.4.2 target/py-amqp
+fi
 
 log "format and lints"
 cargo fmt --all -- --check
