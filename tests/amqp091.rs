@@ -156,6 +156,18 @@ m = ch.basic_get(q, auto_ack=True)
 assert m[2] == b"lasting", m
 assert ch.basic_get(q)[0] is None
 
+# A consumer whose queue is deleted is told so (consumer_cancel_notify).
+cancelled = []
+gone = ch.queue_declare("going", exclusive=True).method.queue
+ch.add_on_cancel_callback(lambda frame: cancelled.append(frame.method.consumer_tag))
+tag = ch.basic_consume(gone, lambda *a: None, consumer_tag="watcher")
+other = conn.channel()
+other.queue_delete(gone)
+deadline = time.time() + 10
+while not cancelled and time.time() < deadline:
+    conn.process_data_events(time_limit=0.1)
+assert cancelled == ["watcher"], cancelled
+
 # A queue limited to 2 messages drops the oldest (RabbitMQ's default overflow).
 lim = ch.queue_declare("limited", exclusive=True, arguments={"x-max-length": 2}).method.queue
 for body in (b"a", b"b", b"c"):

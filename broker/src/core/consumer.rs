@@ -91,6 +91,11 @@ fn add_credit(have: u32, more: u32) -> u32 {
 pub trait DeliverySink: Send + Sync {
     /// Takes one delivery; must not block (the broker lock is held).
     fn deliver(&self, delivery: Delivery);
+
+    /// The consumer `destination` of `session` lost its queue (deleted under it); must not
+    /// block. 0-10 sessions learn nothing (qpidd tells them nothing either); 0-9-1 clients
+    /// that asked for it get a `basic.cancel`.
+    fn cancelled(&self, _session: SessionId, _destination: &Arc<str>) {}
 }
 
 /// One message handed to one consumer.

@@ -604,6 +604,9 @@ impl State {
             self.record(op);
         }
         self.remove_unused_exchanges();
+        for c in &q.consumers {
+            c.sink.cancelled(c.session, &c.destination);
+        }
         // Subscriptions outlive their queue (the peer still cancels them); they point at no
         // queue from now on, so a new queue of the same name is not mistaken for it.
         for qn in self.subscriptions.values_mut() {

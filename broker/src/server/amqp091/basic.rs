@@ -115,6 +115,8 @@ impl Conn<'_> {
                 self.recover(ch);
                 Ok(None)
             }
+            // A client may answer our cancel of a consumer whose queue went away.
+            basic::AMQPMethod::CancelOk(_) => Ok(None),
             _ => Err(Failure::new(
                 code::COMMAND_INVALID,
                 "not a basic method a client sends",
@@ -289,6 +291,30 @@ impl Conn<'_> {
         ConnectionLive::bump(&self.live.msgs_to, 1);
         self.writer
             .content(ch, deliver, props, &d.msg.body, &mut self.out);
+    }
+
+    /// A consumer's queue was deleted: the consumer is gone, and a client that asked
+    /// for it (`consumer_cancel_notify`) is told with a `basic.cancel`.
+    pub(super) fn consumer_cancelled(&mut self, destination: &str) {
+        let Some((ch, tag)) = parse_destination(destination) else {
+            return;
+        };
+        let Some(channel) = self.channels.get_mut(&ch) else {
+            return;
+        };
+        if channel.consumers.remove(tag).is_none() {
+            return;
+        }
+        let _ = self.ctx.broker.cancel(self.session(), destination);
+        if self.capabilities.consumer_cancel_notify {
+            self.method(
+                ch,
+                AMQPClass::Basic(basic::AMQPMethod::Cancel(basic::Cancel {
+                    consumer_tag: short(tag),
+                    nowait: true,
+                })),
+            );
+        }
     }
 
     /// A delivery nobody will take here goes back to its queue.

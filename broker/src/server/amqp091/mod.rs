@@ -157,12 +157,23 @@ enum Phase {
     Closing,
 }
 
-/// Hands deliveries to the connection task.
-struct Sink(mpsc::UnboundedSender<Delivery>);
+/// What the broker model tells a connection about its consumers.
+enum Event {
+    Delivery(Delivery),
+    /// The consumer's queue was deleted.
+    Cancelled(Arc<str>),
+}
+
+/// Hands deliveries (and cancellations) to the connection task.
+struct Sink(mpsc::UnboundedSender<Event>);
 
 impl DeliverySink for Sink {
     fn deliver(&self, delivery: Delivery) {
-        let _ = self.0.send(delivery);
+        let _ = self.0.send(Event::Delivery(delivery));
+    }
+
+    fn cancelled(&self, _session: SessionId, destination: &Arc<str>) {
+        let _ = self.0.send(Event::Cancelled(destination.clone()));
     }
 }
 
@@ -187,6 +198,7 @@ pub(crate) enum Durable {
 #[derive(Debug, Clone, Copy, Default)]
 struct Capabilities {
     authentication_failure_close: bool,
+    consumer_cancel_notify: bool,
 }
 
 pub(crate) struct Conn<'a> {
@@ -320,11 +332,11 @@ pub(crate) async fn serve<R, W>(
                 }
                 conn.send_confirms();
             }
-            Some(d) = deliveries.recv(), if can_read => {
-                conn.deliver(d);
+            Some(event) = deliveries.recv(), if can_read => {
+                conn.event(event);
                 while conn.out.len() < OUTPUT_HIGH_WATER {
                     match deliveries.try_recv() {
-                        Ok(d) => conn.deliver(d),
+                        Ok(event) => conn.event(event),
                         Err(_) => break,
                     }
                 }
@@ -381,12 +393,21 @@ pub(crate) async fn serve<R, W>(
     }
     // Whatever was still on its way to this connection goes back to its queue.
     deliveries.close();
-    while let Ok(d) = deliveries.try_recv() {
-        conn.give_back(&d);
+    while let Ok(event) = deliveries.try_recv() {
+        if let Event::Delivery(d) = event {
+            conn.give_back(&d);
+        }
     }
 }
 
 impl Conn<'_> {
+    fn event(&mut self, event: Event) {
+        match event {
+            Event::Delivery(d) => self.deliver(d),
+            Event::Cancelled(destination) => self.consumer_cancelled(&destination),
+        }
+    }
+
     fn method(&mut self, channel: u16, m: AMQPClass) {
         self.writer.method(channel, m, &mut self.out);
     }
@@ -559,6 +580,7 @@ impl Conn<'_> {
             let on = |name: &str| matches!(caps.inner().get(name), Some(AMQPValue::Boolean(true)));
             self.capabilities = Capabilities {
                 authentication_failure_close: on("authentication_failure_close"),
+                consumer_cancel_notify: on("consumer_cancel_notify"),
             };
         }
         self.mechanism = ok.mechanism.to_string();
