@@ -156,6 +156,12 @@ m = ch.basic_get(q, auto_ack=True)
 assert m[2] == b"lasting", m
 assert ch.basic_get(q)[0] is None
 
+# A queue's TTL (x-message-ttl) caps every message on it.
+brief = ch.queue_declare("brief", exclusive=True, arguments={"x-message-ttl": 50}).method.queue
+ch.basic_publish("", brief, b"soon gone")
+time.sleep(0.5)
+assert ch.basic_get(brief)[0] is None
+
 # A consumer whose queue is deleted is told so (consumer_cancel_notify).
 cancelled = []
 gone = ch.queue_declare("going", exclusive=True).method.queue

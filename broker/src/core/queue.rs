@@ -65,6 +65,9 @@ pub struct QueueSettings {
     /// `qpid.trace.id`: the broker id added to the `x-qpid.trace` header of each message
     /// (federation bridge queues).
     pub trace_id: Option<String>,
+    /// `x-message-ttl` (RabbitMQ's, in milliseconds): how long a message may wait here,
+    /// whatever its own TTL says (the earlier of the two counts).
+    pub message_ttl: Option<std::time::Duration>,
     /// `qpid.trace.exclude`: messages whose trace names one of these brokers are dropped,
     /// so that a message never travels a federation loop twice.
     pub trace_exclude: Vec<String>,
@@ -86,6 +89,7 @@ impl Default for QueueSettings {
             fairshare: Vec::new(),
             no_local: false,
             auto_delete_timeout: 0,
+            message_ttl: None,
             sequence_key: None,
             trace_id: None,
             trace_exclude: Vec::new(),
@@ -128,6 +132,7 @@ impl QueueSettings {
                     .map_or_else(|| v.as_str() != Some("false"), |n| n != 0)
             }),
             auto_delete_timeout: arg_u64(args, "qpid.auto_delete_timeout")?.unwrap_or(0),
+            message_ttl: arg_u64(args, "x-message-ttl")?.map(std::time::Duration::from_millis),
             sequence_key: args
                 .get("qpid.queue_msg_sequence")
                 .and_then(Value::as_str)
@@ -218,6 +223,8 @@ pub struct Entry {
     pub msg: Arc<Message>,
     /// Whether it was delivered before and given back.
     pub redelivered: bool,
+    /// When it expires here: its own TTL or the queue's, whichever comes first.
+    pub expires_at: Option<std::time::Instant>,
 }
 
 /// A queue and its consumers.
@@ -476,7 +483,8 @@ impl Queue {
             seq: self.next_seq,
         };
         self.next_seq += 1;
-        if let Some(t) = msg.expires_at {
+        let expires_at = self.expiry_of(&msg);
+        if let Some(t) = expires_at {
             self.expiries.insert((t, pos));
         }
         if self.persists(&msg) {
@@ -496,6 +504,7 @@ impl Queue {
             Entry {
                 msg,
                 redelivered: false,
+                expires_at,
             },
         );
         self.check_threshold();
@@ -701,7 +710,9 @@ impl Queue {
         // A damaged store may hold any number here (found by fuzzing recovery).
         self.next_seq = self.next_seq.max(seq.saturating_add(1));
         self.count_in(&msg);
-        if let Some(t) = msg.expires_at {
+        // The queue's TTL counts from the restart: the store keeps no arrival time.
+        let expires_at = self.expiry_of(&msg);
+        if let Some(t) = expires_at {
             self.expiries.insert((t, pos));
         }
         self.stats.enqueued(&msg, false);
@@ -713,13 +724,14 @@ impl Queue {
             Entry {
                 msg,
                 redelivered: delivered,
+                expires_at,
             },
         );
     }
 
     fn remove_available(&mut self, pos: Position) -> Option<Entry> {
         let e = self.available.remove(&pos)?;
-        self.forget_expiry(pos, &e.msg);
+        self.forget_expiry(pos, e.expires_at);
         self.record_dequeue(pos, &e.msg);
         self.count_out(&e.msg);
         self.stats.dequeued(&e.msg);
@@ -745,7 +757,7 @@ impl Queue {
     pub fn purge(&mut self) -> usize {
         let n = self.available.len();
         for (pos, e) in std::mem::take(&mut self.available) {
-            self.forget_expiry(pos, &e.msg);
+            self.forget_expiry(pos, e.expires_at);
             self.record_dequeue(pos, &e.msg);
             self.count_out(&e.msg);
             self.stats.dequeued(&e.msg);
@@ -792,9 +804,21 @@ impl Queue {
         }
     }
 
-    fn forget_expiry(&mut self, pos: Position, msg: &Message) {
-        if let Some(t) = msg.expires_at {
+    fn forget_expiry(&mut self, pos: Position, expires_at: Option<std::time::Instant>) {
+        if let Some(t) = expires_at {
             self.expiries.remove(&(t, pos));
+        }
+    }
+
+    /// When a message arriving now expires here.
+    fn expiry_of(&self, msg: &Message) -> Option<std::time::Instant> {
+        let queue = self
+            .settings
+            .message_ttl
+            .and_then(|ttl| std::time::Instant::now().checked_add(ttl));
+        match (msg.expires_at, queue) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
         }
     }
 
@@ -804,13 +828,14 @@ impl Queue {
         if let Some(g) = &mut self.groups {
             g.settled(&e.msg);
         }
-        self.settle(pos, &e.msg);
+        self.settle(pos, &e);
         Some(e.msg)
     }
 
     /// What leaving the queue costs a message no longer in `available` or `acquired`.
-    fn settle(&mut self, pos: Position, msg: &Message) {
-        self.forget_expiry(pos, msg);
+    fn settle(&mut self, pos: Position, e: &Entry) {
+        let msg = &e.msg;
+        self.forget_expiry(pos, e.expires_at);
         self.record_dequeue(pos, msg);
         self.count_out(msg);
         self.stats.dequeued(msg);
@@ -824,7 +849,7 @@ impl Queue {
                 g.settled(&e.msg);
             }
             e.redelivered |= redelivered;
-            if let Some(t) = e.msg.expires_at {
+            if let Some(t) = e.expires_at {
                 self.expiries.insert((t, pos));
             }
             self.stats.releases += 1;
@@ -956,7 +981,7 @@ impl Queue {
                         self.lvq.retain(|_, p| *p != pos);
                     }
                     self.stats.acquires += 1;
-                    self.settle(pos, &e.msg);
+                    self.settle(pos, &e);
                     e
                 } else if self.consumers[idx].acquire {
                     let c = &self.consumers[idx];
@@ -1077,6 +1102,30 @@ mod tests {
         let mut m = Message::new("q", body.to_string());
         m.expires_at = Some(at);
         Arc::new(m)
+    }
+
+    #[test]
+    fn a_queue_ttl_caps_every_message_and_the_earlier_expiry_counts() {
+        let mut args = FieldTable::new();
+        args.insert("x-message-ttl", Value::Int64(60_000));
+        let mut q = Queue::new("q", args).expect("queue");
+        let now = std::time::Instant::now();
+        q.enqueue(Arc::new(Message::new("q", "no ttl of its own")))
+            .expect("enqueue");
+        q.enqueue(expiring("own ttl sooner", now)).expect("enqueue");
+        q.enqueue(expiring(
+            "own ttl later",
+            now + std::time::Duration::from_secs(3600),
+        ))
+        .expect("enqueue");
+        q.expire(now);
+        assert_eq!(q.stats.discards_ttl, 1, "its own, sooner TTL counts");
+        q.expire(now + std::time::Duration::from_secs(61));
+        assert_eq!(q.stats.discards_ttl, 3, "the queue's TTL caps the rest");
+        assert!(q.expiries.is_empty());
+        let mut bad = FieldTable::new();
+        bad.insert("x-message-ttl", Value::Str16("soon".into()));
+        assert!(Queue::new("q", bad).is_err());
     }
 
     #[test]
