@@ -48,8 +48,10 @@ async fn still_serves(broker: &InProcess) {
 #[tokio::test]
 async fn wrong_protocol_headers_get_our_header_and_close() {
     let broker = InProcess::start().await;
+    // AMQP 1.0, a 0-10 header of another version, and no AMQP at all (0-9-1 is served:
+    // tests/amqp091.rs).
     for header in [
-        &b"AMQP\x00\x00\x09\x01"[..],
+        &b"AMQP\x00\x01\x00\x00"[..],
         &b"AMQP\x01\x01\x01\x00"[..],
         &b"GET / HTTP/1.1\r\n"[..],
     ] {
