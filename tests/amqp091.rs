@@ -717,3 +717,61 @@ fn py_amqp_integration_tests_pass() {
     );
     println!("py-amqp integration tests: {summary}");
 }
+
+/// EXTERNAL over TLS: pika presents a client certificate from a CA the broker trusts and
+/// logs in as its common name, which the broker then stamps into `user_id`.
+#[test]
+fn pika_logs_in_with_external_over_tls() {
+    let work = tempfile::tempdir().expect("dir");
+    let ca = work.path().join("ca");
+    let made = Command::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/certs/make-test-ca.sh"
+    ))
+    .arg(&ca)
+    .arg("alice")
+    .stdout(Stdio::null())
+    .status()
+    .expect("make-test-ca.sh");
+    assert!(made.success());
+    let path = |f: &str| ca.join(f).display().to_string();
+    let b = Binary::start(&format!(
+        "[tls]\nlisten = \"127.0.0.1:0\"\ncert = {:?}\nkey = {:?}\nclient_ca = {:?}\n",
+        path("server.pem"),
+        path("server-key.pem"),
+        path("ca.pem"),
+    ));
+    let tls = b.tls_addr.expect("an amqps listener");
+    let script = format!(
+        "{PRELUDE}{}",
+        r#"
+import ssl
+ca, cert, key, tls_port = sys.argv[2:6]
+ctx = ssl.create_default_context(cafile=ca)
+ctx.load_cert_chain(cert, key)
+conn = pika.BlockingConnection(pika.ConnectionParameters(
+    host="localhost", port=int(tls_port), ssl_options=pika.SSLOptions(ctx, "localhost"),
+    credentials=pika.credentials.ExternalCredentials(), connection_attempts=1))
+ch = conn.channel()
+q = ch.queue_declare("", exclusive=True).method.queue
+ch.basic_publish("", q, b"signed")
+m = ch.basic_get(q, auto_ack=True)
+assert m[2] == b"signed" and m[1].user_id == "alice", m[1]
+conn.close()
+print("ok")
+"#
+    );
+    let out = Command::new(qpidpy().join("venv/bin/python"))
+        .args(["-W", "ignore", "-c", &script])
+        .arg(b.addr.port().to_string())
+        .args([path("ca.pem"), path("alice.pem"), path("alice-key.pem")])
+        .arg(tls.port().to_string())
+        .output()
+        .expect("python");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.contains("ok"),
+        "EXTERNAL login failed:\n{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
