@@ -775,3 +775,37 @@ print("ok")
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// A store that refuses persistent messages (here: a disk reserve no disk has) is told to
+/// clients that asked for `connection.blocked`, and their persistent publishes are nacked.
+#[test]
+fn a_refusing_store_blocks_publishers_and_nacks_what_it_cannot_keep() {
+    let b = Binary::start("min_free_disk_bytes = 1000000000000000000\n");
+    let script = format!(
+        "{PRELUDE}{}",
+        r#"
+blocked = []
+conn = pika.BlockingConnection(pika.ConnectionParameters(
+    host="127.0.0.1", port=PORT, credentials=pika.PlainCredentials("guest", "guest")))
+conn.add_on_connection_blocked_callback(lambda c, frame: blocked.append(frame.method.reason))
+ch = conn.channel()
+deadline = time.time() + 10
+while not blocked and time.time() < deadline:
+    conn.process_data_events(time_limit=0.1)
+assert blocked and "disk" in blocked[0].lower(), blocked
+q = ch.queue_declare("kept", durable=True).method.queue
+ch.confirm_delivery()
+try:
+    ch.basic_publish("", q, b"persistent", pika.BasicProperties(delivery_mode=2))
+    raise SystemExit("a persistent message was confirmed by a store that refuses it")
+except pika.exceptions.NackError:
+    pass
+# Transient messages go on.
+ch.basic_publish("", q, b"transient")
+assert ch.basic_get(q, auto_ack=True)[2] == b"transient"
+conn.close()
+print("ok")
+"#
+    );
+    assert!(python(&b, &script).contains("ok"));
+}

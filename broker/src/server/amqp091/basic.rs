@@ -622,6 +622,9 @@ impl Conn<'_> {
     }
 
     fn nack(&mut self, ch: u16, seq: u64) {
+        if let Some(c) = self.channels.get_mut(&ch).and_then(|c| c.confirm.as_mut()) {
+            c.nacked.insert(seq);
+        }
         self.method(
             ch,
             AMQPClass::Basic(basic::AMQPMethod::Nack(basic::Nack {
@@ -644,9 +647,22 @@ impl Conn<'_> {
                 .pending
                 .first()
                 .map_or(confirm.last, |oldest| oldest - 1);
-            if upto > confirm.acked_upto {
-                confirm.acked_upto = upto;
-                acks.push((*ch, upto));
+            // Up to `upto` in `multiple` acks, stepping over what was nacked.
+            while upto > confirm.acked_upto {
+                let from = confirm.acked_upto + 1;
+                match confirm.nacked.range(from..=upto).next().copied() {
+                    Some(nacked) => {
+                        if nacked > from {
+                            acks.push((*ch, nacked - 1));
+                        }
+                        confirm.nacked.remove(&nacked);
+                        confirm.acked_upto = nacked;
+                    }
+                    None => {
+                        acks.push((*ch, upto));
+                        confirm.acked_upto = upto;
+                    }
+                }
             }
         }
         for (ch, upto) in acks {

@@ -33,6 +33,8 @@ pub(super) struct Confirms {
     pub pending: BTreeSet<u64>,
     /// Confirmed up to here (acks go out with `multiple`).
     pub acked_upto: u64,
+    /// Nacked, above `acked_upto`: a `multiple` ack must not cover them as well.
+    pub nacked: BTreeSet<u64>,
 }
 
 /// What a transaction holds until commit.

@@ -199,6 +199,7 @@ pub(crate) enum Durable {
 struct Capabilities {
     authentication_failure_close: bool,
     consumer_cancel_notify: bool,
+    connection_blocked: bool,
 }
 
 pub(crate) struct Conn<'a> {
@@ -229,6 +230,8 @@ pub(crate) struct Conn<'a> {
     durable_tx: mpsc::UnboundedSender<Durable>,
     /// Set once the socket should close after flushing output.
     done: bool,
+    /// Whether the client was told `connection.blocked`.
+    blocked: bool,
     live: Arc<ConnectionLive>,
     pending: Option<tokio::sync::OwnedSemaphorePermit>,
 }
@@ -272,6 +275,7 @@ pub(crate) async fn serve<R, W>(
         sink: Arc::new(Sink(tx)),
         durable_tx,
         done: false,
+        blocked: false,
         live: Arc::new(ConnectionLive::default()),
         pending,
     };
@@ -342,6 +346,7 @@ pub(crate) async fn serve<R, W>(
                 }
             }
             _ = tick.tick() => {
+                conn.tell_blocked();
                 let now = Instant::now();
                 if conn.phase != Phase::Open && conn.phase != Phase::Closing && now > opened_by {
                     tracing::debug!("0-9-1 negotiation timed out");
@@ -408,6 +413,37 @@ impl Conn<'_> {
         }
     }
 
+    /// Tells a client that asked for it (`connection.blocked`) when the store refuses
+    /// persistent messages (a disk short of space, failing writes) and when it takes them
+    /// again. Publishing goes on: what the store cannot keep is nacked.
+    fn tell_blocked(&mut self) {
+        if self.phase != Phase::Open || !self.capabilities.connection_blocked {
+            return;
+        }
+        let refusal = self.ctx.broker.journal().and_then(|j| j.refusal());
+        match (refusal, self.blocked) {
+            (Some(why), false) => {
+                self.method(
+                    0,
+                    AMQPClass::Connection(connection::AMQPMethod::Blocked(connection::Blocked {
+                        reason: short(&why.to_string()),
+                    })),
+                );
+                self.blocked = true;
+            }
+            (None, true) => {
+                self.method(
+                    0,
+                    AMQPClass::Connection(connection::AMQPMethod::Unblocked(
+                        connection::Unblocked {},
+                    )),
+                );
+                self.blocked = false;
+            }
+            _ => {}
+        }
+    }
+
     fn method(&mut self, channel: u16, m: AMQPClass) {
         self.writer.method(channel, m, &mut self.out);
     }
@@ -420,6 +456,7 @@ impl Conn<'_> {
             "consumer_cancel_notify",
             "per_consumer_qos",
             "authentication_failure_close",
+            "connection.blocked",
         ] {
             capabilities.insert(cap.into(), AMQPValue::Boolean(true));
         }
@@ -581,6 +618,7 @@ impl Conn<'_> {
             self.capabilities = Capabilities {
                 authentication_failure_close: on("authentication_failure_close"),
                 consumer_cancel_notify: on("consumer_cancel_notify"),
+                connection_blocked: on("connection.blocked"),
             };
         }
         self.mechanism = ok.mechanism.to_string();
