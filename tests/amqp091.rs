@@ -156,6 +156,38 @@ m = ch.basic_get(q, auto_ack=True)
 assert m[2] == b"lasting", m
 assert ch.basic_get(q)[0] is None
 
+# basic.get is no consumer: an auto-delete queue outlives it.
+ad = ch.queue_declare("auto-del", auto_delete=True).method.queue
+ch.basic_publish("", ad, b"a1")
+ch.basic_publish("", ad, b"a2")
+assert ch.basic_get(ad, auto_ack=True)[2] == b"a1"
+assert ch.queue_declare(ad, passive=True).method.message_count == 1
+
+# Exclusive queues: another connection cannot take one (405), and it goes with its
+# connection.
+other_conn = connect()
+oc = other_conn.channel()
+oc.queue_declare("mine", exclusive=True)
+try:
+    ch.queue_declare("mine", exclusive=True)
+    raise SystemExit("another connection's exclusive queue was taken")
+except pika.exceptions.ChannelClosedByBroker as e:
+    assert e.reply_code == 405, e
+ch = conn.channel()
+other_conn.close()
+deadline = time.time() + 10
+while time.time() < deadline:
+    probe = conn.channel()
+    try:
+        probe.queue_declare("mine", passive=True)
+        probe.close()
+        time.sleep(0.05)
+    except pika.exceptions.ChannelClosedByBroker as e:
+        assert e.reply_code == 404, e
+        break
+else:
+    raise SystemExit("the exclusive queue outlived its connection")
+
 # A queue's TTL (x-message-ttl) caps every message on it.
 brief = ch.queue_declare("brief", exclusive=True, arguments={"x-message-ttl": 50}).method.queue
 ch.basic_publish("", brief, b"soon gone")

@@ -68,6 +68,52 @@ impl Broker {
         Ok(())
     }
 
+    /// One message for a fetch (0-9-1's `basic.get`): the next available one, acquired
+    /// (and held, with `accept_explicit`), handed to `sink` under the lock; nothing when
+    /// the queue has none to give. A fetch is no consumer: an auto-delete queue outlives
+    /// it, and management hears of no subscription.
+    ///
+    /// # Errors
+    /// 404 missing queue, 405 another session's exclusive queue.
+    pub fn fetch(
+        &self,
+        session: SessionId,
+        queue: &str,
+        accept_explicit: bool,
+        sink: Arc<dyn DeliverySink>,
+    ) -> Result<(), Error> {
+        let mut st = self.lock();
+        let connection = st.sessions.get(&session).copied().unwrap_or(0);
+        let q = st
+            .queues
+            .get_mut(queue)
+            .ok_or_else(|| Error::NotFound(format!("queue not found: {queue}")))?;
+        if q.owner.is_some_and(|o| o != session) {
+            return Err(Error::ResourceLocked(format!(
+                "cannot fetch from exclusive queue {queue}"
+            )));
+        }
+        let had_consumers = q.had_consumers;
+        let destination: Arc<str> = Arc::from("\u{0}fetch");
+        q.consumers.push(Consumer {
+            session,
+            connection,
+            epoch: 0,
+            destination: destination.clone(),
+            acquire: true,
+            accept_explicit,
+            exclusive: false,
+            credit: Credit::messages(1),
+            cursor: None,
+            sink,
+            delivered: 0,
+        });
+        q.dispatch();
+        q.remove_consumer(session, &destination);
+        q.had_consumers = had_consumers;
+        Ok(())
+    }
+
     pub(super) fn with_consumer(
         &self,
         session: SessionId,

@@ -28,8 +28,12 @@ pub(super) struct Publishing {
     body: BytesMut,
 }
 
-/// The destination of a basic.get: no client tag can hold a NUL.
-const GET_TAG: &str = "\u{0}get";
+/// The window of consumers that set no limit (no-ack, or prefetch 0): deliveries on their
+/// way to the socket at most, so that a consumer that does not read holds the rest back
+/// in its queue.
+const OPEN_WINDOW: u32 = 1000;
+/// Consumers one connection may have.
+const MAX_CONSUMERS: usize = 10_000;
 
 /// Keeps the one message a basic.get takes.
 #[derive(Default)]
@@ -139,7 +143,14 @@ impl Conn<'_> {
             Some(channel) => (channel.prefetch, channel.consumers.contains_key(&tag)),
             None => return Ok(None),
         };
-        if taken || tag == GET_TAG {
+        let consumers: usize = self.channels.values().map(|c| c.consumers.len()).sum();
+        if consumers >= MAX_CONSUMERS {
+            return Err(Failure::new(
+                code::PRECONDITION_FAILED,
+                format!("a connection may have at most {MAX_CONSUMERS} consumers"),
+            ));
+        }
+        if taken {
             return Err(Failure::new(
                 code::NOT_ALLOWED,
                 format!("attempt to reuse consumer tag '{tag}'"),
@@ -161,12 +172,14 @@ impl Conn<'_> {
                 },
             )
             .map_err(|e| consume_failure(&e, &queue))?;
-        // Acknowledging consumers with a prefetch get it as a window that acks refill.
-        let window = !c.no_ack && prefetch > 0;
-        let messages = if window {
+        // Acknowledging consumers with a prefetch get it as a window that acks refill; the
+        // others get a window that refills as deliveries reach the socket (no-ack) or are
+        // acked (prefetch 0).
+        let window = true;
+        let messages = if !c.no_ack && prefetch > 0 {
             u32::from(prefetch)
         } else {
-            UNLIMITED
+            OPEN_WINDOW
         };
         let broker = &self.ctx.broker;
         let credit = broker
@@ -192,30 +205,11 @@ impl Conn<'_> {
             queue: Some(queue.clone()),
             ..wire::MessageSubscribe::default()
         }))?;
-        let session = self.session();
-        let dest = destination(ch, GET_TAG);
         let capture = Arc::new(Capture::default());
         let broker = &self.ctx.broker;
         broker
-            .subscribe(
-                session,
-                Subscribe {
-                    queue: queue.clone(),
-                    destination: dest.clone(),
-                    acquire: true,
-                    accept_explicit: !g.no_ack,
-                    exclusive: false,
-                    sink: capture.clone(),
-                },
-            )
+            .fetch(self.session(), &queue, !g.no_ack, capture.clone())
             .map_err(|e| consume_failure(&e, &queue))?;
-        // One message of credit delivers at once, under the broker lock, into the capture.
-        let taken = broker
-            .set_flow_mode(session, &dest, false)
-            .and_then(|()| broker.flow(session, &dest, true, UNLIMITED))
-            .and_then(|()| broker.flow(session, &dest, false, 1));
-        let _ = broker.cancel(session, &dest);
-        taken.map_err(|e| Failure::from_core(&e))?;
         let got = capture.0.lock().unwrap_or_else(|e| e.into_inner()).take();
         let Some(d) = got else {
             return reply(AMQPClass::Basic(basic::AMQPMethod::GetEmpty(
@@ -257,15 +251,18 @@ impl Conn<'_> {
 
     /// A message for one of this connection's consumers.
     pub(super) fn deliver(&mut self, d: Delivery) {
+        if self.closing() {
+            return self.give_back(&d);
+        }
         let Some((ch, tag)) = parse_destination(&d.destination) else {
             return self.give_back(&d);
         };
         let Some(channel) = self.channels.get_mut(&ch) else {
             return self.give_back(&d);
         };
-        if !channel.consumers.contains_key(tag) {
+        let Some(&acks) = channel.consumers.get(tag) else {
             return self.give_back(&d);
-        }
+        };
         channel.next_tag += 1;
         let delivery_tag = channel.next_tag;
         if d.acquired && !d.settled {
@@ -291,6 +288,12 @@ impl Conn<'_> {
         ConnectionLive::bump(&self.live.msgs_to, 1);
         self.writer
             .content(ch, deliver, props, &d.msg.body, &mut self.out);
+        if !acks && d.window {
+            // No-ack: written is done; the next one may come.
+            self.ctx
+                .broker
+                .restore_credit(self.session(), &d.destination, 1, d.size, d.epoch);
+        }
     }
 
     /// A consumer's queue was deleted: the consumer is gone, and a client that asked
@@ -594,7 +597,7 @@ impl Conn<'_> {
         }
         if let Some(ttl) = draft.delivery.ttl {
             draft.expires_at =
-                Some(std::time::Instant::now() + std::time::Duration::from_millis(ttl));
+                std::time::Instant::now().checked_add(std::time::Duration::from_millis(ttl));
         }
         let msg = Arc::new(draft.seal());
         let broker = &self.ctx.broker;
@@ -704,14 +707,14 @@ impl Conn<'_> {
                 incarnation,
                 ok,
             } => {
-                let Some(c) = self
+                self.committing = self.committing.saturating_sub(1);
+                if self
                     .channels
-                    .get_mut(&channel)
-                    .filter(|c| c.incarnation == incarnation)
-                else {
+                    .get(&channel)
+                    .is_none_or(|c| c.incarnation != incarnation)
+                {
                     return;
-                };
-                c.committing = false;
+                }
                 if ok {
                     self.method(
                         channel,
@@ -754,7 +757,19 @@ impl Conn<'_> {
                 let accepts: Vec<Held> = work.acks.iter().map(|(_, u)| u.held.clone()).collect();
                 let broker = &self.ctx.broker;
                 let (committed, ticket) = journaled(|| broker.commit_tx(work.publishes, &accepts));
-                committed.map_err(|e| Failure::from_core(&e))?;
+                if let Err(e) = committed {
+                    // Nothing was settled: the acks and rejects are unacknowledged again,
+                    // to go back to their queues with the channel.
+                    if let Some(c) = self.channels.get_mut(&ch) {
+                        for (tag, u) in work.acks {
+                            c.unacked.insert(tag, u);
+                        }
+                        for (tag, u, _) in work.returns {
+                            c.unacked.insert(tag, u);
+                        }
+                    }
+                    return Err(Failure::from_core(&e));
+                }
                 for (_, u, requeue) in &work.returns {
                     if *requeue {
                         broker.release(std::slice::from_ref(&u.held), true);
@@ -766,9 +781,9 @@ impl Conn<'_> {
                 self.refill(ch, work.returns.iter().map(|(_, u, _)| u));
                 match (ticket, broker.journal()) {
                     (Some(ticket), Some(journal)) => {
-                        if let Some(c) = self.channels.get_mut(&ch) {
-                            c.committing = true;
-                        }
+                        // No more input is taken until the commit is on disk: what follows
+                        // on this channel is answered after commit-ok.
+                        self.committing += 1;
                         let tx = self.durable_tx.clone();
                         journal.when_durable(
                             ticket,
@@ -852,7 +867,8 @@ fn refused(e: &Error, exchange: &str) -> Refused {
             code::NOT_FOUND,
             format!("no exchange '{exchange}' in vhost '/'"),
         )),
-        Error::LimitExceeded(why) => Refused::Nack(why.clone()),
+        // A full queue, a disk short of its reserve, a store whose writes fail.
+        Error::LimitExceeded(why) | Error::Internal(why) => Refused::Nack(why.clone()),
         other => Refused::Fail(Failure::from_core(other)),
     }
 }
@@ -863,9 +879,13 @@ fn consume_failure(e: &Error, queue: &str) -> Failure {
         Error::NotFound(_) => {
             Failure::new(code::NOT_FOUND, format!("no queue '{queue}' in vhost '/'"))
         }
-        Error::ResourceLocked(_) => Failure::new(
+        Error::ResourceLocked(why) if why.contains("exclusive consumer") => Failure::new(
             code::ACCESS_REFUSED,
             format!("queue '{queue}' in vhost '/' in exclusive use"),
+        ),
+        Error::ResourceLocked(_) => Failure::new(
+            code::RESOURCE_LOCKED,
+            format!("cannot obtain exclusive access to locked queue '{queue}' in vhost '/'"),
         ),
         other => Failure::from_core(other),
     }

@@ -63,8 +63,6 @@ pub(super) struct Channel {
     /// The queue a queue.declare on this channel last named (the default for an empty
     /// queue name in later methods).
     pub last_queue: Option<String>,
-    /// A commit waiting for the store.
-    pub committing: bool,
 }
 
 impl Channel {
@@ -79,7 +77,6 @@ impl Channel {
             confirm: None,
             tx: None,
             last_queue: None,
-            committing: false,
         }
     }
 
@@ -436,7 +433,16 @@ impl Conn<'_> {
                     auto_delete: d.auto_delete,
                     arguments: Some(args.clone()),
                 }))?;
-                if d.passive && self.ctx.broker.query_queue(&name).is_none() {
+                let exists = self.ctx.broker.query_queue(&name).is_some();
+                if d.exclusive && !d.passive && exists && !self.exclusive_queues.contains(&name) {
+                    return Err(Failure::new(
+                        code::RESOURCE_LOCKED,
+                        format!(
+                            "cannot obtain exclusive access to locked queue '{name}' in vhost '/'"
+                        ),
+                    ));
+                }
+                if d.passive && !exists {
                     return Err(Failure::new(
                         code::NOT_FOUND,
                         format!("no queue '{name}' in vhost '/'"),
@@ -459,6 +465,10 @@ impl Conn<'_> {
                         },
                     )
                     .map_err(|e| Failure::from_core(&e))?;
+                if d.exclusive && !d.passive {
+                    // Deleted with this connection, as RabbitMQ deletes exclusive queues.
+                    self.exclusive_queues.insert(name.clone());
+                }
                 let info = self.ctx.broker.query_queue(&name);
                 if let Some(c) = self.channels.get_mut(&ch) {
                     c.last_queue = Some(name.clone());

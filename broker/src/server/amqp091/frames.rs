@@ -19,6 +19,10 @@ pub const FRAME_OVERHEAD: usize = 8;
 
 /// The classes 0-9-1 defines (anything else is answered with not-implemented).
 const KNOWN_CLASSES: [u16; 8] = [10, 20, 30, 40, 50, 60, 85, 90];
+/// Field tables and arrays nest at most this deep. `amq-protocol` parses them by
+/// recursion without a limit, so deeper ones are refused before it sees them; and the
+/// broker's own 0-10 codec stores no deeper than 32.
+pub const MAX_TABLE_DEPTH: usize = 16;
 
 /// One frame received.
 #[derive(Debug)]
@@ -93,6 +97,12 @@ pub fn next(input: &mut BytesMut, max_size: usize) -> Result<Option<Frame>, Fram
     Ok(Some(match kind {
         FRAME_METHOD => Frame::Method(channel, Box::new(method(&payload)?)),
         FRAME_HEADER => {
+            if !header_tables_shallow(&payload) {
+                return Err(FrameError::new(
+                    502,
+                    format!("content header with tables nested over {MAX_TABLE_DEPTH} deep"),
+                ));
+            }
             let header = amq_protocol::frame::parsing::parse_content_header(&payload[..])
                 .map_err(|_| FrameError::new(502, "malformed content header"))?
                 .1;
@@ -123,6 +133,13 @@ fn method(payload: &[u8]) -> Result<AMQPClass, FrameError> {
             method: (class, id),
         });
     }
+    if !method_tables_shallow(class, id, payload) {
+        return Err(FrameError {
+            code: 502,
+            text: format!("method {class}.{id} with tables nested over {MAX_TABLE_DEPTH} deep"),
+            method: (class, id),
+        });
+    }
     match parse_class(payload) {
         Ok(([], m)) => Ok(m),
         Ok(_) => Err(FrameError {
@@ -136,6 +153,128 @@ fn method(payload: &[u8]) -> Result<AMQPClass, FrameError> {
             method: (class, id),
         }),
     }
+}
+
+/// Where the field table of a method starts: after which fields (the layout of the 0-9-1
+/// methods that carry one), or `None` for a method without a table.
+fn table_offset(class: u16, id: u16, payload: &[u8]) -> Option<usize> {
+    // (leading fixed bytes after class and method, short strings, then a bits octet?)
+    let (fixed, shorts, bits) = match (class, id) {
+        (10, 10) => (2, 0, false),           // connection.start
+        (10, 11) => (0, 0, false),           // connection.start-ok
+        (40, 10) => (2, 2, true),            // exchange.declare
+        (40, 30) | (40, 40) => (2, 3, true), // exchange.bind, unbind
+        (50, 10) => (2, 1, true),            // queue.declare
+        (50, 20) => (2, 3, true),            // queue.bind
+        (50, 50) => (2, 3, false),           // queue.unbind
+        (60, 20) => (2, 2, true),            // basic.consume
+        _ => return None,
+    };
+    let mut at = 4 + fixed;
+    for _ in 0..shorts {
+        at += 1 + usize::from(*payload.get(at)?);
+    }
+    Some(at + usize::from(bits))
+}
+
+fn method_tables_shallow(class: u16, id: u16, payload: &[u8]) -> bool {
+    match table_offset(class, id, payload) {
+        // A layout that does not fit is left to the parser, which refuses it.
+        Some(at) => payload
+            .get(at..)
+            .is_none_or(|t| table_depth(t).is_none_or(|d| d <= MAX_TABLE_DEPTH)),
+        None => true,
+    }
+}
+
+/// Whether a content header's `headers` property nests no deeper than allowed.
+fn header_tables_shallow(payload: &[u8]) -> bool {
+    // class, weight, body size, then the property flags (bit 15 content-type, 14
+    // content-encoding, 13 headers), in words whose bit 0 says another follows.
+    let Some(flags) = payload
+        .get(12..14)
+        .map(|f| u16::from_be_bytes([f[0], f[1]]))
+    else {
+        return true;
+    };
+    let mut at = 14;
+    let mut word = flags;
+    while word & 1 == 1 {
+        let Some(next) = payload.get(at..at + 2) else {
+            return true;
+        };
+        word = u16::from_be_bytes([next[0], next[1]]);
+        at += 2;
+    }
+    if flags & (1 << 13) == 0 {
+        return true;
+    }
+    for bit in [15, 14] {
+        if flags & (1 << bit) != 0 {
+            let Some(len) = payload.get(at) else {
+                return true;
+            };
+            at += 1 + usize::from(*len);
+        }
+    }
+    payload
+        .get(at..)
+        .is_none_or(|t| table_depth(t).is_none_or(|d| d <= MAX_TABLE_DEPTH))
+}
+
+/// How deep the field table at the start of `buf` nests tables and arrays, found
+/// without recursion; `None` when it is not a well-formed table.
+pub fn table_depth(buf: &[u8]) -> Option<usize> {
+    #[derive(Clone, Copy, PartialEq)]
+    enum Kind {
+        Table,
+        Array,
+    }
+    let u32_at = |at: usize| -> Option<usize> {
+        let b = buf.get(at..at + 4)?;
+        Some(u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize)
+    };
+    let mut stack = vec![(4usize.checked_add(u32_at(0)?)?, Kind::Table)];
+    let mut at = 4;
+    let mut deepest = 1;
+    while let Some(&(end, kind)) = stack.last() {
+        if at == end {
+            stack.pop();
+            continue;
+        }
+        if at > end || end > buf.len() {
+            return None;
+        }
+        if kind == Kind::Table {
+            at += 1 + usize::from(*buf.get(at)?);
+        }
+        let tag = *buf.get(at)?;
+        at += 1;
+        match tag {
+            b't' | b'b' | b'B' => at += 1,
+            b's' | b'U' | b'u' => at += 2,
+            b'I' | b'i' | b'f' => at += 4,
+            b'L' | b'l' | b'd' | b'T' => at += 8,
+            b'D' => at += 5,
+            b'V' => {}
+            b'S' | b'x' => at = at.checked_add(4)?.checked_add(u32_at(at)?)?,
+            b'F' | b'A' => {
+                let inner_end = at.checked_add(4)?.checked_add(u32_at(at)?)?;
+                at += 4;
+                stack.push((
+                    inner_end,
+                    if tag == b'F' {
+                        Kind::Table
+                    } else {
+                        Kind::Array
+                    },
+                ));
+                deepest = deepest.max(stack.len());
+            }
+            _ => return None,
+        }
+    }
+    Some(deepest)
 }
 
 /// Writes frames into the connection's output buffer.
@@ -260,6 +399,61 @@ mod tests {
         assert_eq!(next(&mut class, 4096).map(|_| ()).unwrap_err().code, 540);
         let mut short = BytesMut::from(&[FRAME_METHOD, 0, 1, 0, 0, 0, 2, 0, 20, FRAME_END][..]);
         assert_eq!(next(&mut short, 4096).map(|_| ()).unwrap_err().code, 502);
+    }
+
+    /// `levels` arrays inside one another, as a field table's only value.
+    fn nested_table(levels: usize) -> Vec<u8> {
+        let mut inner: Vec<u8> = Vec::new();
+        for _ in 0..levels {
+            let mut outer = vec![b'A'];
+            outer.extend_from_slice(&(inner.len() as u32).to_be_bytes());
+            outer.extend_from_slice(&inner);
+            inner = outer;
+        }
+        let mut entries = vec![1, b'k'];
+        entries.extend_from_slice(&inner);
+        let mut table = (entries.len() as u32).to_be_bytes().to_vec();
+        table.extend_from_slice(&entries);
+        table
+    }
+
+    #[test]
+    fn deeply_nested_tables_are_refused_before_they_are_parsed() {
+        assert_eq!(table_depth(&nested_table(3)), Some(4));
+        assert_eq!(table_depth(&[0, 0, 0, 0]), Some(1));
+        assert_eq!(table_depth(&[0, 0, 0, 9, 1]), None, "cut short");
+        // queue.declare on channel 1 with 26,000 nested arrays in its arguments: refused
+        // with 502 at once, where the parser's recursion would overflow the stack.
+        let mut payload = vec![0, 50, 0, 10, 0, 0, 1, b'q', 0];
+        payload.extend_from_slice(&nested_table(26_000));
+        let mut frame = BytesMut::new();
+        frame.extend_from_slice(&[FRAME_METHOD, 0, 1]);
+        frame.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+        frame.extend_from_slice(&payload);
+        frame.extend_from_slice(&[FRAME_END]);
+        let e = next(&mut frame, 1 << 20).map(|_| ()).unwrap_err();
+        assert_eq!(e.code, 502, "{}", e.text);
+        // The same with a shallow table parses.
+        let mut payload = vec![0, 50, 0, 10, 0, 0, 1, b'q', 0];
+        payload.extend_from_slice(&nested_table(3));
+        let mut frame = BytesMut::new();
+        frame.extend_from_slice(&[FRAME_METHOD, 0, 1]);
+        frame.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+        frame.extend_from_slice(&payload);
+        frame.extend_from_slice(&[FRAME_END]);
+        assert!(matches!(
+            next(&mut frame, 1 << 20),
+            Ok(Some(Frame::Method(1, _)))
+        ));
+        // A content header whose headers property nests too deep.
+        let mut header = vec![0, 60, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0x20, 0];
+        header.extend_from_slice(&nested_table(1000));
+        let mut frame = BytesMut::new();
+        frame.extend_from_slice(&[FRAME_HEADER, 0, 1]);
+        frame.extend_from_slice(&(header.len() as u32).to_be_bytes());
+        frame.extend_from_slice(&header);
+        frame.extend_from_slice(&[FRAME_END]);
+        assert_eq!(next(&mut frame, 1 << 20).map(|_| ()).unwrap_err().code, 502);
     }
 
     #[test]

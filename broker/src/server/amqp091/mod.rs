@@ -40,6 +40,8 @@ const OUTPUT_HIGH_WATER: usize = 4 << 20;
 const FRAME_MAX: u32 = 131_072;
 /// The smallest frame-max a client may ask for (the spec's minimum).
 const FRAME_MIN: u32 = 4096;
+/// Channels offered per connection, at most (RabbitMQ's default).
+const CHANNEL_MAX: u16 = 2047;
 
 /// Reply codes.
 pub(crate) mod code {
@@ -114,7 +116,8 @@ impl Failure {
             E::NotFound(_) => code::NOT_FOUND,
             E::ResourceLocked(_) => code::RESOURCE_LOCKED,
             E::Unauthorized(_) => code::ACCESS_REFUSED,
-            E::NotAllowed(_) => code::NOT_ALLOWED,
+            // Redeclaring with another type, the reserved `amq.` names: the channel's error.
+            E::NotAllowed(_) => code::PRECONDITION_FAILED,
             E::CommandInvalid(_) => code::COMMAND_INVALID,
             E::NotImplemented(_) => code::NOT_IMPLEMENTED,
             E::Internal(_) => code::INTERNAL_ERROR,
@@ -232,6 +235,10 @@ pub(crate) struct Conn<'a> {
     done: bool,
     /// Whether the client was told `connection.blocked`.
     blocked: bool,
+    /// Commits waiting for the store: no input is taken meanwhile.
+    committing: usize,
+    /// Exclusive queues this connection declared: deleted when it ends.
+    exclusive_queues: std::collections::HashSet<String>,
     live: Arc<ConnectionLive>,
     pending: Option<tokio::sync::OwnedSemaphorePermit>,
 }
@@ -266,7 +273,8 @@ pub(crate) async fn serve<R, W>(
         capabilities: Capabilities::default(),
         writer: Writer::new(FRAME_MIN as usize),
         frame_max: FRAME_MIN as usize,
-        channel_max: ctx.config.channel_max,
+        // RabbitMQ's default: a client opening channels by the thousand is not served.
+        channel_max: ctx.config.channel_max.min(CHANNEL_MAX),
         heartbeat: None,
         out: BytesMut::with_capacity(8192),
         channels: HashMap::new(),
@@ -276,6 +284,8 @@ pub(crate) async fn serve<R, W>(
         durable_tx,
         done: false,
         blocked: false,
+        committing: 0,
+        exclusive_queues: std::collections::HashSet::new(),
         live: Arc::new(ConnectionLive::default()),
         pending,
     };
@@ -297,7 +307,10 @@ pub(crate) async fn serve<R, W>(
         if let Some(v) = conn.verdict.take() {
             verdict = Some(v);
         }
-        let can_read = conn.out.len() < OUTPUT_HIGH_WATER && !conn.done && verdict.is_none();
+        let can_read = conn.out.len() < OUTPUT_HIGH_WATER
+            && !conn.done
+            && verdict.is_none()
+            && conn.committing == 0;
         tokio::select! {
             v = async {
                 match verdict.as_mut() {
@@ -326,6 +339,11 @@ pub(crate) async fn serve<R, W>(
                         ConnectionLive::bump(&live.bytes_to, n as u64);
                         conn.out.advance(n);
                         last_output = Instant::now();
+                        // Input held back while the output was full goes on now.
+                        if !input.is_empty() {
+                            conn.handle_input(&mut input);
+                            conn.send_confirms();
+                        }
                     }
                 }
             }
@@ -333,6 +351,10 @@ pub(crate) async fn serve<R, W>(
                 conn.durable_done(done);
                 while let Ok(more) = durable_rx.try_recv() {
                     conn.durable_done(more);
+                }
+                // Input held back during a commit goes on now.
+                if !input.is_empty() {
+                    conn.handle_input(&mut input);
                 }
                 conn.send_confirms();
             }
@@ -382,8 +404,10 @@ pub(crate) async fn serve<R, W>(
             }
         }
     }
-    let _ = writer.shutdown().await;
+    // Unacknowledged messages go back before the socket's goodbye, which a peer that does
+    // not read could hold up.
     conn.end();
+    let _ = tokio::time::timeout(Duration::from_secs(5), writer.shutdown()).await;
     if let Some(identity) = &conn.identity {
         tracing::info!(
             peer = %conn.peer.addr.map_or_else(|| "-".to_string(), |a| a.to_string()),
@@ -507,7 +531,8 @@ impl Conn<'_> {
     }
 
     fn handle_input(&mut self, input: &mut BytesMut) {
-        while !self.done {
+        // Frames wait in `input` while the output is full or a commit is under way.
+        while !self.done && self.committing == 0 && self.out.len() < OUTPUT_HIGH_WATER {
             match frames::next(input, self.frame_max) {
                 Ok(Some(frame)) => self.frame(frame),
                 Ok(None) => return,
@@ -718,7 +743,7 @@ impl Conn<'_> {
         self.method(
             0,
             AMQPClass::Connection(connection::AMQPMethod::Tune(connection::Tune {
-                channel_max: cfg.channel_max,
+                channel_max: self.channel_max,
                 frame_max: FRAME_MAX,
                 heartbeat: cfg.heartbeat_max.min(60),
             })),
@@ -765,7 +790,15 @@ impl Conn<'_> {
         }
         if let Some(session) = self.session.take() {
             self.ctx.broker.end_session(session, &held);
+            for queue in self.exclusive_queues.drain() {
+                let _ = self.ctx.broker.delete_queue(session, &queue, false, false);
+            }
         }
+    }
+
+    /// Whether the connection is closing (nothing more goes out but the close).
+    pub(super) fn closing(&self) -> bool {
+        self.phase == Phase::Closing || self.done
     }
 }
 
