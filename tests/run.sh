@@ -59,7 +59,8 @@ fi
 
 if ! command -v cargo-deb >/dev/null 2>&1; then
   log "installing cargo-deb (the package test builds the .deb with it)"
-  cargo install cargo-deb --locked --quiet
+  # Pinned: newer releases plan to refuse the test build's dev profile.
+  cargo install cargo-deb --version 3.8.0 --locked --quiet
 fi
 
 log "Qpid's Python client and conformance suite"
