@@ -32,6 +32,12 @@ fn python(broker: &Binary, script: &str) -> String {
     text
 }
 
+/// Runs a pika script (after [`PRELUDE`]) that prints "ok" when all its assertions held.
+fn pika(broker: &Binary, script: &str) {
+    let out = python(broker, &format!("{PRELUDE}{script}"));
+    assert!(out.contains("ok"), "the script did not finish: {out}");
+}
+
 const PRELUDE: &str = r#"
 import sys, time, json, uuid
 import pika
@@ -49,8 +55,8 @@ fn broker() -> Binary {
 #[test]
 fn pika_confirms_qos_get_reject_and_requeue() {
     let b = broker();
-    let script = format!(
-        "{PRELUDE}{}",
+    pika(
+        &b,
         r#"
 conn = connect()
 ch = conn.channel()
@@ -96,16 +102,15 @@ while len(held) < 8 and time.time() < deadline:
 assert len(held) >= 8, held
 conn.close()
 print("ok")
-"#
+"#,
     );
-    assert!(python(&b, &script).contains("ok"));
 }
 
 #[test]
 fn pika_mandatory_returns_tx_ttl_and_dead_letters() {
     let b = broker();
-    let script = format!(
-        "{PRELUDE}{}",
+    pika(
+        &b,
         r#"
 conn = connect()
 ch = conn.channel()
@@ -213,16 +218,15 @@ for body in (b"a", b"b", b"c"):
 assert [ch.basic_get(lim, auto_ack=True)[2] for _ in range(2)] == [b"b", b"c"]
 conn.close()
 print("ok")
-"#
+"#,
     );
-    assert!(python(&b, &script).contains("ok"));
 }
 
 #[test]
 fn errors_logins_and_forged_user_ids_as_rabbitmq_answers_them() {
     let b = broker();
-    let script = format!(
-        "{PRELUDE}{}",
+    pika(
+        &b,
         r#"
 try:
     connect("guest", "wrong")
@@ -256,16 +260,15 @@ m = ch.basic_get(q, auto_ack=True)
 assert m[1].user_id == "bob", m[1]
 conn.close()
 print("ok")
-"#
+"#,
     );
-    assert!(python(&b, &script).contains("ok"));
 }
 
 #[test]
 fn messages_cross_to_and_from_qpid_messaging_with_their_properties() {
     let b = broker();
-    let script = format!(
-        "{PRELUDE}{}",
+    pika(
+        &b,
         r#"
 from qpid.messaging import Connection, Message
 qc = Connection("127.0.0.1:%d" % PORT, username="guest", password="guest", reconnect=False)
@@ -320,16 +323,15 @@ assert props.headers["i"] == 42, props.headers
 qc.close()
 conn.close()
 print("ok")
-"#
+"#,
     );
-    assert!(python(&b, &script).contains("ok"));
 }
 
 #[test]
 fn a_pika_client_calls_a_clacks_command() {
     let b = broker();
-    let script = format!(
-        "{PRELUDE}{}",
+    pika(
+        &b,
         r#"
 conn = connect()
 ch = conn.channel()
@@ -351,9 +353,8 @@ assert reply == {"result": "guest", "error": None, "id": "jsonrpc"}, reply
 assert props.correlation_id == corr, props
 conn.close()
 print("ok")
-"#
+"#,
     );
-    assert!(python(&b, &script).contains("ok"));
 }
 
 /// A raw 0-9-1 connection for hostile input.
@@ -472,8 +473,8 @@ fn bad_input_gets_the_close_codes_rabbitmq_sends_and_others_carry_on() {
     assert!(back.starts_with(b"AMQP"), "{back:?}");
 
     // Meanwhile others are served: a full round trip with pika.
-    let script = format!(
-        "{PRELUDE}{}",
+    pika(
+        &b,
         r#"
 conn = connect()
 ch = conn.channel()
@@ -482,9 +483,8 @@ ch.basic_publish("", q, b"still here")
 assert ch.basic_get(q, auto_ack=True)[2] == b"still here"
 conn.close()
 print("ok")
-"#
+"#,
     );
-    assert!(python(&b, &script).contains("ok"));
 }
 
 #[test]
@@ -813,8 +813,8 @@ print("ok")
 #[test]
 fn a_refusing_store_blocks_publishers_and_nacks_what_it_cannot_keep() {
     let b = Binary::start("min_free_disk_bytes = 1000000000000000000\n");
-    let script = format!(
-        "{PRELUDE}{}",
+    pika(
+        &b,
         r#"
 blocked = []
 conn = pika.BlockingConnection(pika.ConnectionParameters(
@@ -837,7 +837,6 @@ ch.basic_publish("", q, b"transient")
 assert ch.basic_get(q, auto_ack=True)[2] == b"transient"
 conn.close()
 print("ok")
-"#
+"#,
     );
-    assert!(python(&b, &script).contains("ok"));
 }

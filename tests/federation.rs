@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use clacks_broker::client::{ConnectOptions, Connection, Message, Session, Subscription};
 use clacks_broker::wire::{ExchangeBind, QueueDeclare};
-use common::Binary;
+use common::{cli, Binary};
 use serde_json::Value;
 
 const DEADLINE: Duration = Duration::from_secs(30);
@@ -49,21 +49,6 @@ fn call(b: &Binary, args: &[&str]) -> Value {
         String::from_utf8_lossy(&out.stderr)
     );
     serde_json::from_str(stdout.trim()).expect("json")
-}
-
-/// A `clacks` client command against `b` as guest; its stdout.
-fn cli(b: &Binary, args: &[&str]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_clacks"))
-        .args(args)
-        .args(["-b", &format!("amqp://guest:guest@{}", b.addr)])
-        .output()
-        .expect("clacks");
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// Polls `listLinks` on `b` until the link `name` is in `state`.

@@ -30,7 +30,7 @@ use clacks_broker::wire::{
     RecoverResult, Value, XaResult, Xid,
 };
 use clacks_lazyfs::LazyFs;
-use common::{Binary, Rng};
+use common::{cli, Binary, Rng};
 
 const QUEUE: &str = "power-q";
 /// Where each cycle's transaction branch puts its message.
@@ -331,20 +331,6 @@ fn destination_config(data: &Path) -> String {
          [federation]\nretry_min_ms = 100\nretry_max_ms = 500\nheartbeat_s = 1\n",
         data.display().to_string()
     )
-}
-
-/// A `clacks` client command against `broker` as guest.
-fn cli(broker: &Binary, args: &[&str]) {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_clacks"))
-        .args(args)
-        .args(["-b", &format!("amqp://guest:guest@{}", broker.addr)])
-        .output()
-        .expect("clacks");
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 /// Declares a durable queue, bound to amq.direct by its name when `bind`.

@@ -109,16 +109,15 @@ async fn login(web: &Web, peer: SocketAddr, request: &Request) -> Response {
         authcid: user.clone(),
         password,
     };
-    let identity = match web.auth.decide(claim, &peer).await {
-        Ok(identity) if !identity.anonymous => identity,
-        outcome => {
+    // A PLAIN claim never makes an anonymous identity.
+    let identity = match web.auth.decide_slowly(Ok(claim), &peer).await {
+        Ok(identity) => identity,
+        Err(refusal) => {
             let failures = web.auth.note_failure(&peer);
             // The name is the peer's: quoted and cut short in the log.
             let shown: String = user.chars().take(64).collect();
             tracing::warn!(peer = %peer.addr.map(|a| a.to_string()).unwrap_or_default(),
-                user = ?shown, failures, "HTTP login refused: {}",
-                outcome.err().unwrap_or_default());
-            tokio::time::sleep(web.auth.config().failure_delay).await;
+                user = ?shown, failures, "HTTP login refused: {refusal}");
             let why = "login failed".to_string();
             return reply(StatusCode::UNAUTHORIZED, id, Err(Value::String(why)));
         }

@@ -277,6 +277,21 @@ pub async fn guest_session(
     (conn, s)
 }
 
+/// A `clacks` client command against `b` as guest, which must succeed; its stdout.
+pub fn cli(b: &Binary, args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_clacks"))
+        .args(args)
+        .args(["-b", &format!("amqp://guest:guest@{}", b.addr)])
+        .output()
+        .expect("clacks");
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// Where tests/qpid-setup.sh put Qpid's Python client; the test command runs it first.
 pub fn qpidpy() -> PathBuf {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/qpidpy");

@@ -263,6 +263,24 @@ impl Authenticator {
         }
     }
 
+    /// Judges a claim (or the reason there is none) as [`Authenticator::decide`] does, but
+    /// answers a refusal only after the configured delay, to slow down guessing. Every
+    /// door (0-10, 0-9-1, the HTTP gateway) logs in through here.
+    pub async fn decide_slowly(
+        &self,
+        claim: Result<Claim, String>,
+        peer: &PeerInfo,
+    ) -> Result<Identity, String> {
+        let verdict = match claim {
+            Ok(claim) => self.decide(claim, peer).await,
+            Err(why) => Err(why),
+        };
+        if verdict.is_err() {
+            tokio::time::sleep(self.config.failure_delay).await;
+        }
+        verdict
+    }
+
     /// Whether `password` was already proven for `user`, whose credentials are `known`.
     fn proven_login(&self, user: &str, known: Option<&Credentials>, password: &str) -> bool {
         let Some(known) = known else {

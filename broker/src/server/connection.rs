@@ -475,15 +475,7 @@ impl Conn<'_> {
             return;
         };
         let cfg = &self.ctx.config;
-        // One atomic load per command; the rules are re-read only after a reload.
-        if self
-            .ctx
-            .acl_generation
-            .load(std::sync::atomic::Ordering::Acquire)
-            != self.acl.0
-        {
-            self.acl = self.ctx.acl();
-        }
+        self.ctx.refresh_acl(&mut self.acl);
         let peer_link = self.peer_link;
         let mut env = SessionEnv {
             broker: &self.ctx.broker,
@@ -657,20 +649,7 @@ impl Conn<'_> {
                 return self.close(ConnectionCloseCode::CONNECTION_FORCED, &why);
             }
         }
-        let auth = self.ctx.auth.clone();
-        let peer = self.peer.clone();
-        let (tx, rx) = oneshot::channel();
-        tokio::spawn(async move {
-            let verdict = match claim {
-                Ok(claim) => auth.decide(claim, &peer).await,
-                Err(why) => Err(why),
-            };
-            if verdict.is_err() {
-                tokio::time::sleep(auth.config().failure_delay).await;
-            }
-            let _ = tx.send(verdict);
-        });
-        self.verdict = Some(rx);
+        self.verdict = Some(self.ctx.judge(claim, &self.peer));
         self.phase = Phase::Authenticating;
     }
 

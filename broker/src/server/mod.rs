@@ -237,6 +237,34 @@ impl ServerContext {
         }
     }
 
+    /// Judges a login off the connection's task (password hashing and the directory take
+    /// time); the verdict arrives on the returned channel, a refusal after the delay.
+    pub(crate) fn judge(
+        &self,
+        claim: Result<crate::auth::Claim, String>,
+        peer: &PeerInfo,
+    ) -> tokio::sync::oneshot::Receiver<Result<crate::auth::Identity, String>> {
+        let auth = self.auth.clone();
+        let peer = peer.clone();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        tokio::spawn(async move {
+            let _ = tx.send(auth.decide_slowly(claim, &peer).await);
+        });
+        rx
+    }
+
+    /// Brings a connection's copy of the rules up to date: one atomic load, and the rules
+    /// re-read only after a reload.
+    pub(crate) fn refresh_acl(&self, held: &mut (u64, Option<Arc<Acl>>)) {
+        if self
+            .acl_generation
+            .load(std::sync::atomic::Ordering::Acquire)
+            != held.0
+        {
+            *held = self.acl();
+        }
+    }
+
     /// The rules in force now and their generation.
     pub(crate) fn acl(&self) -> (u64, Option<Arc<Acl>>) {
         let acl = self.acl.read().unwrap_or_else(|e| e.into_inner());

@@ -512,18 +512,12 @@ impl Conn<'_> {
                     if let Some(c) = self.channels.get_mut(&ch).and_then(|c| c.confirm.as_mut()) {
                         c.pending.insert(seq);
                     }
-                    let tx = self.durable_tx.clone();
-                    journal.when_durable(
-                        ticket,
-                        Box::new(move |result| {
-                            let _ = tx.send(Durable::Confirm {
-                                channel: ch,
-                                incarnation,
-                                seq,
-                                ok: result.is_ok(),
-                            });
-                        }),
-                    );
+                    self.when_durable(journal, ticket, move |ok| Durable::Confirm {
+                        channel: ch,
+                        incarnation,
+                        seq,
+                        ok,
+                    });
                 }
             }
             Err(Refused::Nack(why)) => match seq {
@@ -622,6 +616,23 @@ impl Conn<'_> {
                 .content(ch, ret, props, &msg.body, &mut self.out);
         }
         Ok(ticket)
+    }
+
+    /// Once the store has `ticket` on disk (or failed to put it there), this connection
+    /// hears `event(ok)`.
+    fn when_durable(
+        &self,
+        journal: &clacks_storage::GroupCommit,
+        ticket: clacks_storage::Ticket,
+        event: impl FnOnce(bool) -> Durable + Send + 'static,
+    ) {
+        let tx = self.durable_tx.clone();
+        journal.when_durable(
+            ticket,
+            Box::new(move |result| {
+                let _ = tx.send(event(result.is_ok()));
+            }),
+        );
     }
 
     fn nack(&mut self, ch: u16, seq: u64) {
@@ -784,17 +795,11 @@ impl Conn<'_> {
                         // No more input is taken until the commit is on disk: what follows
                         // on this channel is answered after commit-ok.
                         self.committing += 1;
-                        let tx = self.durable_tx.clone();
-                        journal.when_durable(
-                            ticket,
-                            Box::new(move |result| {
-                                let _ = tx.send(Durable::Commit {
-                                    channel: ch,
-                                    incarnation,
-                                    ok: result.is_ok(),
-                                });
-                            }),
-                        );
+                        self.when_durable(journal, ticket, move |ok| Durable::Commit {
+                            channel: ch,
+                            incarnation,
+                            ok,
+                        });
                         Ok(None)
                     }
                     _ => reply(AMQPClass::Tx(tx::AMQPMethod::CommitOk(tx::CommitOk {}))),

@@ -256,14 +256,7 @@ impl Conn<'_> {
 
     /// Checks an operation against the ACL, as the same 0-10 command would be.
     pub(super) fn authorize(&mut self, command: &Command) -> Result<(), Failure> {
-        if self
-            .ctx
-            .acl_generation
-            .load(std::sync::atomic::Ordering::Acquire)
-            != self.acl.0
-        {
-            self.acl = self.ctx.acl();
-        }
+        self.ctx.refresh_acl(&mut self.acl);
         let Some(acl) = self.acl.1.as_deref() else {
             return Ok(());
         };

@@ -678,20 +678,7 @@ impl Conn<'_> {
     /// Judges a claim off this task; a failure is answered after the configured delay.
     fn judge(&mut self, claim: Result<Claim, String>) {
         self.sasl = None;
-        let auth = self.ctx.auth.clone();
-        let peer = self.peer.clone();
-        let (tx, rx) = oneshot::channel();
-        tokio::spawn(async move {
-            let verdict = match claim {
-                Ok(claim) => auth.decide(claim, &peer).await,
-                Err(why) => Err(why),
-            };
-            if verdict.is_err() {
-                tokio::time::sleep(auth.config().failure_delay).await;
-            }
-            let _ = tx.send(verdict);
-        });
-        self.verdict = Some(rx);
+        self.verdict = Some(self.ctx.judge(claim, &self.peer));
         self.phase = Phase::Authenticating;
     }
 
