@@ -44,7 +44,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         return crate::bench_dtx::run(&args).await;
     }
     if args.amqp091 {
-        return crate::bench_091::run(&args).await;
+        return crate::bench091::run(&args).await;
     }
     if args.size < 8 {
         bail!("--size must be at least 8 (the send timestamp)");
@@ -521,7 +521,7 @@ pub(crate) fn render(args: &BenchArgs, queue: &str, mut r: Report) -> String {
         } else {
             "without confirms"
         };
-        format!(", AMQP 0-9-1 (lapin) {confirms}")
+        format!(", AMQP 0-9-1 {confirms}")
     } else if let Some(url) = &args.consume_from {
         let host = url.rsplit('@').next().unwrap_or(url);
         format!(", consumed on {host} through a federation route")

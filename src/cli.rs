@@ -562,7 +562,7 @@ pub struct BenchArgs {
     /// ended, prepared and committed in two phases; prints branches per second.
     #[arg(long, conflicts_with_all = ["rpc", "xml_bindings", "consume_from", "groups"])]
     pub dtx: bool,
-    /// Speak AMQP 0-9-1 (with the lapin client) instead of 0-10: the same producers,
+    /// Speak AMQP 0-9-1 (a streaming client of its own) instead of 0-10: the same producers,
     /// consumers and figures, to compare with a RabbitMQ on the same machine.
     #[arg(long, conflicts_with_all = ["rpc", "xml_bindings", "consume_from", "groups", "dtx", "perftest", "rate"])]
     pub amqp091: bool,

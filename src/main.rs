@@ -3,7 +3,7 @@
 mod agent_client;
 mod agent_run;
 mod bench;
-mod bench_091;
+mod bench091;
 mod bench_dtx;
 mod cli;
 mod client_cmds;

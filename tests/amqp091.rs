@@ -223,6 +223,157 @@ print("ok")
 }
 
 #[test]
+fn exchange_bindings_expiring_queues_dead_lettered_expiry_and_tx_returns() {
+    let b = broker();
+    pika(
+        &b,
+        r#"
+conn = connect()
+ch = conn.channel()
+
+# Exchange-to-exchange: a topic exchange passes what matches on to a fanout exchange,
+# and a queue reached two ways gets one copy.
+ch.exchange_declare("e2e.src", "topic", durable=True)
+ch.exchange_declare("e2e.dst", "fanout", durable=True)
+ch.exchange_bind("e2e.dst", "e2e.src", routing_key="a.*")
+ch.queue_declare("e2e.q", durable=True)
+ch.queue_bind("e2e.q", "e2e.dst")
+ch.queue_bind("e2e.q", "e2e.src", routing_key="a.b")
+ch.basic_publish("e2e.src", "a.b", b"both ways")
+ch.basic_publish("e2e.src", "a.c", b"through the fanout")
+ch.basic_publish("e2e.src", "b.c", b"nowhere")
+time.sleep(0.2)
+got = []
+while True:
+    m = ch.basic_get("e2e.q", auto_ack=True)
+    if m[0] is None:
+        break
+    got.append(m[2])
+assert got == [b"both ways", b"through the fanout"], got
+
+# Cycles end: a message goes round once.
+ch.exchange_declare("ring.a", "fanout")
+ch.exchange_declare("ring.b", "fanout")
+ch.exchange_bind("ring.b", "ring.a")
+ch.exchange_bind("ring.a", "ring.b")
+ring = ch.queue_declare("", exclusive=True).method.queue
+ch.queue_bind(ring, "ring.b")
+ch.basic_publish("ring.a", "", b"once")
+time.sleep(0.2)
+assert ch.queue_declare(ring, passive=True).method.message_count == 1
+
+# Unbinding stops the flow; binding a missing exchange is 404; the default is 403.
+ch.exchange_unbind("ring.b", "ring.a")
+ch.basic_publish("ring.a", "", b"not any more")
+time.sleep(0.2)
+assert ch.queue_declare(ring, passive=True).method.message_count == 1
+try:
+    ch.exchange_bind("nope", "ring.a")
+    raise SystemExit("bound a missing exchange")
+except pika.exceptions.ChannelClosedByBroker as e:
+    assert e.reply_code == 404, e
+ch = conn.channel()
+try:
+    ch.exchange_bind("ring.a", "")
+    raise SystemExit("bound the default exchange")
+except pika.exceptions.ChannelClosedByBroker as e:
+    assert e.reply_code == 403, e
+ch = conn.channel()
+
+# x-expires: an unused queue goes; one with a consumer stays.
+ch.queue_declare("expiring", arguments={"x-expires": 300})
+ch.queue_declare("watched", arguments={"x-expires": 300})
+ch.basic_consume("watched", lambda *a: None)
+deadline = time.time() + 10
+while time.time() < deadline:
+    probe = conn.channel()
+    try:
+        probe.queue_declare("expiring", passive=True)
+        probe.close()
+        time.sleep(0.05)
+    except pika.exceptions.ChannelClosedByBroker as e:
+        assert e.reply_code == 404, e
+        break
+else:
+    raise SystemExit("the unused queue did not expire")
+conn.process_data_events(time_limit=0.5)
+assert ch.queue_declare("watched", passive=True).method.consumer_count == 1
+try:
+    ch.queue_declare("bad-expiry", arguments={"x-expires": 0})
+    raise SystemExit("x-expires 0 was taken")
+except pika.exceptions.ChannelClosedByBroker as e:
+    assert e.reply_code == 406, e
+ch = conn.channel()
+
+# Expired messages go to the dead-letter exchange, no longer expiring.
+ch.exchange_declare("ttl.dlx", "fanout")
+graveyard = ch.queue_declare("", exclusive=True).method.queue
+ch.queue_bind(graveyard, "ttl.dlx")
+short = ch.queue_declare("", exclusive=True, arguments={
+    "x-message-ttl": 50, "x-dead-letter-exchange": "ttl.dlx"}).method.queue
+ch.basic_publish("", short, b"expired", pika.BasicProperties(expiration="20"))
+deadline = time.time() + 10
+m = (None, None, None)
+while m[0] is None and time.time() < deadline:
+    time.sleep(0.05)
+    m = ch.basic_get(graveyard, auto_ack=True)
+assert m[2] == b"expired" and m[1].expiration is None, m
+
+# A mandatory publish in a transaction that reaches no queue comes back at commit, and
+# not at all when rolled back.
+returned = []
+tx = conn.channel()
+tx.add_on_return_callback(lambda c, method, props, body: returned.append(body))
+tx.tx_select()
+tx.basic_publish("amq.direct", "nobody", b"rolled back", mandatory=True)
+tx.tx_rollback()
+tx.basic_publish("amq.direct", "nobody", b"committed", mandatory=True)
+tx.tx_commit()
+deadline = time.time() + 10
+while not returned and time.time() < deadline:
+    conn.process_data_events(time_limit=0.1)
+assert returned == [b"committed"], returned
+conn.close()
+
+# What RabbitMQ does not offer either closes the connection with 540.
+for attempt in ("recover", "qos"):
+    c = connect()
+    k = c.channel()
+    try:
+        if attempt == "recover":
+            k.basic_recover(requeue=False)
+        else:
+            k.basic_qos(prefetch_size=4096)
+        raise SystemExit(attempt + " was taken")
+    except pika.exceptions.ConnectionClosedByBroker as e:
+        assert e.reply_code == 540, (attempt, e)
+print("ok")
+"#,
+    );
+    // The durable binding between durable exchanges survives a restart.
+    let b = Binary::start_in(b.kill(), "[agent]\nadmins = [\"guest\"]\n");
+    pika(
+        &b,
+        r#"
+conn = connect()
+ch = conn.channel()
+ch.basic_publish("e2e.src", "a.z", b"after restart")
+time.sleep(0.2)
+m = ch.basic_get("e2e.q", auto_ack=True)
+assert m[2] == b"after restart", m
+# Deleting the destination takes the binding with it: the source routes nowhere.
+ch.exchange_delete("e2e.dst")
+ch.exchange_declare("e2e.dst", "fanout", durable=True)
+ch.queue_bind("e2e.q", "e2e.dst")
+ch.basic_publish("e2e.src", "a.z", b"unbound")
+time.sleep(0.2)
+assert ch.basic_get("e2e.q")[0] is None
+print("ok")
+"#,
+    );
+}
+
+#[test]
 fn errors_logins_and_forged_user_ids_as_rabbitmq_answers_them() {
     let b = broker();
     pika(

@@ -44,13 +44,22 @@ pub(crate) fn writes(
             }
             StoreOp::PutBinding(r) => out.push((
                 record::binding_key(&r.exchange, &r.queue, &r.key),
-                Some(record::binding_value(r)),
+                Some(record::binding_value(&r.args)),
             )),
             StoreOp::DeleteBinding {
                 exchange,
                 queue,
                 key,
             } => out.push((record::binding_key(exchange, queue, key), None)),
+            StoreOp::PutExchangeBinding(r) => out.push((
+                record::exchange_binding_key(&r.source, &r.destination, &r.key),
+                Some(record::binding_value(&r.args)),
+            )),
+            StoreOp::DeleteExchangeBinding {
+                source,
+                destination,
+                key,
+            } => out.push((record::exchange_binding_key(source, destination, key), None)),
             StoreOp::Enqueue { queue, seq, data } => {
                 if data.is_empty() {
                     out.push((record::chunk_key(queue, *seq, 0), Some(Vec::new())));
@@ -121,6 +130,9 @@ pub(crate) fn recover(
             record::EXCHANGE => rec.exchanges.push(record::decode_exchange(key, &v)?),
             record::QUEUE => rec.queues.push(record::decode_queue(key, &v)?),
             record::BINDING => rec.bindings.push(record::decode_binding(key, &v)?),
+            record::EXCHANGE_BINDING => rec
+                .exchange_bindings
+                .push(record::decode_exchange_binding(key, &v)?),
             record::MESSAGE => {
                 // Everything but the chunk number names the message.
                 let id = &key[..key.len().saturating_sub(4)];

@@ -87,6 +87,19 @@ pub struct BindingRecord {
     pub args: Bytes,
 }
 
+/// A binding between two durable exchanges (AMQP 0-9-1 `exchange.bind`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExchangeBindingRecord {
+    /// The exchange messages come from.
+    pub source: String,
+    /// The exchange they go on to.
+    pub destination: String,
+    /// Binding key.
+    pub key: String,
+    /// Binding arguments, encoded as a 0-10 map by the broker.
+    pub args: Bytes,
+}
+
 /// A local user: the name and its credentials, encoded by the broker (the store does not
 /// look inside).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -129,6 +142,17 @@ pub enum StoreOp {
         exchange: String,
         /// Queue name.
         queue: String,
+        /// Binding key.
+        key: String,
+    },
+    /// Create a binding between two exchanges.
+    PutExchangeBinding(ExchangeBindingRecord),
+    /// Remove a binding between two exchanges.
+    DeleteExchangeBinding {
+        /// The exchange messages come from.
+        source: String,
+        /// The exchange they go on to.
+        destination: String,
         /// Binding key.
         key: String,
     },
@@ -213,6 +237,8 @@ pub struct Recovered {
     pub queues: Vec<QueueRecord>,
     /// Bindings.
     pub bindings: Vec<BindingRecord>,
+    /// Bindings between exchanges.
+    pub exchange_bindings: Vec<ExchangeBindingRecord>,
     /// Messages, by queue, in queue order.
     pub messages: Vec<StoredMessage>,
     /// Local users, by name.

@@ -8,6 +8,7 @@
 //! | `E` name | `1`, kind (u16 len), alternate (u8 flag, u16 len), auto-delete u8, args |
 //! | `Q` name | `1`, alternate (u8 flag, u16 len), auto-delete u8, args |
 //! | `B` len exchange, len queue, key | `1`, args |
+//! | `G` len source, len destination, key | `1`, args (a binding between exchanges) |
 //! | `M` len queue, seq u64, chunk u32 | a slice of the message (32 KiB at most) |
 //! | `D` len queue, seq u64 | empty: the message was delivered |
 //! | `U` name | `1`, the user's credentials as the broker encodes them |
@@ -20,8 +21,8 @@
 use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::{
-    BindingRecord, ExchangeRecord, FederationKind, FederationRecord, QueueRecord, StoreError,
-    UserRecord,
+    BindingRecord, ExchangeBindingRecord, ExchangeRecord, FederationKind, FederationRecord,
+    QueueRecord, StoreError, UserRecord,
 };
 
 /// Largest value written for one message chunk.
@@ -31,6 +32,7 @@ const VERSION: u8 = 1;
 pub(crate) const EXCHANGE: u8 = b'E';
 pub(crate) const QUEUE: u8 = b'Q';
 pub(crate) const BINDING: u8 = b'B';
+pub(crate) const EXCHANGE_BINDING: u8 = b'G';
 pub(crate) const MESSAGE: u8 = b'M';
 pub(crate) const DELIVERED: u8 = b'D';
 pub(crate) const USER: u8 = b'U';
@@ -161,9 +163,17 @@ pub(crate) fn queue_key(name: &str) -> Vec<u8> {
 }
 
 pub(crate) fn binding_key(exchange: &str, queue: &str, key: &str) -> Vec<u8> {
-    let mut k = vec![BINDING];
-    put_name(&mut k, exchange);
-    put_name(&mut k, queue);
+    pair_key(BINDING, exchange, queue, key)
+}
+
+pub(crate) fn exchange_binding_key(source: &str, destination: &str, key: &str) -> Vec<u8> {
+    pair_key(EXCHANGE_BINDING, source, destination, key)
+}
+
+fn pair_key(kind: u8, from: &str, to: &str, key: &str) -> Vec<u8> {
+    let mut k = vec![kind];
+    put_name(&mut k, from);
+    put_name(&mut k, to);
     k.extend_from_slice(key.as_bytes());
     k
 }
@@ -227,9 +237,9 @@ pub(crate) fn queue_value(r: &QueueRecord) -> Vec<u8> {
     v.to_vec()
 }
 
-pub(crate) fn binding_value(r: &BindingRecord) -> Vec<u8> {
+pub(crate) fn binding_value(args: &[u8]) -> Vec<u8> {
     let mut v = vec![VERSION];
-    v.extend_from_slice(&r.args);
+    v.extend_from_slice(args);
     v
 }
 
@@ -320,6 +330,19 @@ pub(crate) fn decode_binding(key: &[u8], value: &[u8]) -> Result<BindingRecord, 
         queue,
         key: utf8(rest)?,
         args: r.rest(),
+    })
+}
+
+pub(crate) fn decode_exchange_binding(
+    key: &[u8],
+    value: &[u8],
+) -> Result<ExchangeBindingRecord, StoreError> {
+    let b = decode_binding(key, value)?;
+    Ok(ExchangeBindingRecord {
+        source: b.exchange,
+        destination: b.queue,
+        key: b.key,
+        args: b.args,
     })
 }
 

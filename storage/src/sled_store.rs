@@ -245,6 +245,12 @@ mod tests {
                     key: "a.#".into(),
                     args: Bytes::from_static(b"b"),
                 }),
+                StoreOp::PutExchangeBinding(crate::ExchangeBindingRecord {
+                    source: "x".into(),
+                    destination: "amq.fanout".into(),
+                    key: "a.*".into(),
+                    args: Bytes::from_static(b"e"),
+                }),
                 StoreOp::Enqueue {
                     queue: "q".into(),
                     seq: 2,
@@ -290,6 +296,15 @@ mod tests {
         assert_eq!(r.exchanges.len(), 1);
         assert_eq!(r.exchanges[0].alternate.as_deref(), Some("alt"));
         assert_eq!(r.bindings[0].key, "a.#");
+        assert_eq!(
+            r.exchange_bindings,
+            [crate::ExchangeBindingRecord {
+                source: "x".into(),
+                destination: "amq.fanout".into(),
+                key: "a.*".into(),
+                args: Bytes::from_static(b"e"),
+            }]
+        );
         assert_eq!(r.messages.len(), 2);
         assert_eq!((r.messages[0].seq, r.messages[0].delivered), (1, false));
         assert_eq!(r.messages[1].data, big);
@@ -329,6 +344,11 @@ mod tests {
                 exchange: "x".into(),
                 queue: "q".into(),
                 key: "a.#".into(),
+            },
+            StoreOp::DeleteExchangeBinding {
+                source: "x".into(),
+                destination: "amq.fanout".into(),
+                key: "a.*".into(),
             },
             StoreOp::DeleteExchange("x".into()),
             StoreOp::DeleteUser("alice".into()),

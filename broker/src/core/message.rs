@@ -213,6 +213,16 @@ impl Message {
         d
     }
 
+    /// A copy that no longer expires (a dead-lettered message starts afresh, as RabbitMQ's
+    /// do).
+    pub fn without_expiry(&self) -> Message {
+        let mut d = self.draft();
+        d.expires_at = None;
+        d.delivery.ttl = None;
+        d.delivery.expiration = None;
+        d.seal()
+    }
+
     /// `message-properties`, decoded from the header.
     pub fn properties(&self) -> Option<MessageProperties> {
         self.draft().properties

@@ -68,6 +68,12 @@ pub struct QueueSettings {
     /// `x-message-ttl` (RabbitMQ's, in milliseconds): how long a message may wait here,
     /// whatever its own TTL says (the earlier of the two counts).
     pub message_ttl: Option<std::time::Duration>,
+    /// `x-expires` (RabbitMQ's, in milliseconds): the queue is deleted once it has had no
+    /// consumer, redeclare or get for this long.
+    pub expires: Option<std::time::Duration>,
+    /// `x-dead-letter-exchange` given (RabbitMQ's dead-letter exchange, which becomes the
+    /// alternate exchange): expired messages go there too, instead of being dropped.
+    pub dead_letter_expired: bool,
     /// `qpid.trace.exclude`: messages whose trace names one of these brokers are dropped,
     /// so that a message never travels a federation loop twice.
     pub trace_exclude: Vec<String>,
@@ -90,6 +96,8 @@ impl Default for QueueSettings {
             no_local: false,
             auto_delete_timeout: 0,
             message_ttl: None,
+            expires: None,
+            dead_letter_expired: false,
             sequence_key: None,
             trace_id: None,
             trace_exclude: Vec::new(),
@@ -133,6 +141,18 @@ impl QueueSettings {
             }),
             auto_delete_timeout: arg_u64(args, "qpid.auto_delete_timeout")?.unwrap_or(0),
             message_ttl: arg_u64(args, "x-message-ttl")?.map(std::time::Duration::from_millis),
+            expires: match arg_u64(args, "x-expires")? {
+                Some(0) => {
+                    return Err(Error::InvalidArgument(
+                        "x-expires must be a positive integer".into(),
+                    ))
+                }
+                ms => ms.map(std::time::Duration::from_millis),
+            },
+            dead_letter_expired: args
+                .get("x-dead-letter-exchange")
+                .and_then(Value::as_str)
+                .is_some_and(|s| !s.is_empty()),
             sequence_key: args
                 .get("qpid.queue_msg_sequence")
                 .and_then(Value::as_str)
@@ -263,6 +283,8 @@ pub struct Queue {
     pub(super) creator: Option<String>,
     /// Set when auto-delete triggered with a timeout; the deadline is set by `tick`.
     pub(super) pending_delete: Option<Option<std::time::Instant>>,
+    /// When it last had a consumer, a declare or a get (for `x-expires`).
+    pub(super) last_used: std::time::Instant,
     /// Messages with a time to live, by expiry: expiring costs what expires, not a scan
     /// of the queue. Acquired messages leave it when due and come back on release.
     expiries: BTreeSet<(std::time::Instant, Position)>,
@@ -313,6 +335,7 @@ impl Queue {
             owner_connection: None,
             creator: None,
             pending_delete: None,
+            last_used: std::time::Instant::now(),
             expiries: BTreeSet::new(),
             log: None,
             stats: QueueStats::default(),
@@ -790,18 +813,24 @@ impl Queue {
         all.into_iter().map(|(_, e)| e.msg).collect()
     }
 
-    /// Drops available messages whose time to live has passed.
-    pub fn expire(&mut self, now: std::time::Instant) {
+    /// Takes out available messages whose time to live has passed: dropped, or returned
+    /// for the dead-letter exchange when the queue has one for them.
+    pub fn expire(&mut self, now: std::time::Instant) -> Vec<Arc<Message>> {
+        let mut dead = Vec::new();
         while let Some(&(t, pos)) = self.expiries.first() {
             if t > now {
                 break;
             }
             self.expiries.pop_first();
             // An acquired one stays with its consumer; release puts it back here.
-            if self.remove_available(pos).is_some() {
+            if let Some(e) = self.remove_available(pos) {
                 self.stats.discards_ttl += 1;
+                if self.settings.dead_letter_expired && self.alternate.is_some() {
+                    dead.push(e.msg);
+                }
             }
         }
+        dead
     }
 
     fn forget_expiry(&mut self, pos: Position, expires_at: Option<std::time::Instant>) {

@@ -93,6 +93,7 @@ impl Broker {
                 "cannot fetch from exclusive queue {queue}"
             )));
         }
+        q.last_used = std::time::Instant::now();
         let had_consumers = q.had_consumers;
         let destination: Arc<str> = Arc::from("\u{0}fetch");
         q.consumers.push(Consumer {

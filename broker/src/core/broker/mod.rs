@@ -11,7 +11,8 @@ use std::ops::{Deref, DerefMut};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use clacks_storage::{
-    BindingRecord, ExchangeRecord, GroupCommit, QueueRecord, Refusal, StoreError, StoreOp,
+    BindingRecord, ExchangeBindingRecord, ExchangeRecord, GroupCommit, QueueRecord, Refusal,
+    StoreError, StoreOp,
 };
 
 use super::consumer::{Consumer, Credit, DeliverySink};
@@ -424,14 +425,28 @@ impl Broker {
         counts
     }
 
-    /// Periodic work that needs the clock: expired messages go, and auto-delete queues
-    /// whose timeout ran out are deleted.
+    /// Periodic work that needs the clock: expired messages go (to a dead-letter exchange
+    /// when their queue has one for them), and auto-delete queues whose timeout ran out
+    /// and queues unused for their `x-expires` are deleted.
     pub fn tick(&self, now: std::time::Instant) {
         self.dtx_expire(now);
         let mut st = self.lock();
         let mut due = Vec::new();
+        let mut expired_unused = Vec::new();
+        let mut dead_letters = Vec::new();
         for q in st.queues.values_mut() {
-            q.expire(now);
+            let dead = q.expire(now);
+            if let (false, Some(dlx)) = (dead.is_empty(), &q.alternate) {
+                dead_letters.push((dlx.clone(), dead));
+            }
+            if let Some(expires) = q.settings.expires {
+                if q.consumer_count() > 0 {
+                    q.last_used = now;
+                } else if now.saturating_duration_since(q.last_used) >= expires {
+                    expired_unused.push(q.name.clone());
+                    continue;
+                }
+            }
             if let Some(deadline) = q.pending_delete {
                 if q.consumer_count() > 0 || q.owner.is_some() {
                     q.pending_delete = None;
@@ -448,6 +463,19 @@ impl Broker {
             }
         }
         for name in due {
+            st.remove_queue(&name, 0);
+        }
+        for (dlx, messages) in dead_letters {
+            for msg in messages {
+                st.reroute(&dlx, &Arc::new(msg.without_expiry()));
+            }
+        }
+        // An expired queue's messages go with it, as RabbitMQ's do, not to its alternate.
+        for name in expired_unused {
+            if let Some(q) = st.queues.get_mut(&name) {
+                let dropped = q.drain().len() as u64;
+                st.stats.abandoned += dropped;
+            }
             st.remove_queue(&name, 0);
         }
     }

@@ -54,6 +54,21 @@ impl Broker {
                 }
             }
         }
+        for b in recovered.exchange_bindings {
+            let args = decode_args(&b.args).map_err(|e| corrupt(&b.source, &e))?;
+            let bound = match st.exchanges.get_mut(&b.source) {
+                Some(ex) => ex.bind_exchange(&b.destination, &b.key, &args).map(|_| ()),
+                None => Err(Error::NotFound(format!("no exchange {}", b.source))),
+            };
+            if let Err(e) = bound {
+                tracing::warn!(
+                    "binding of exchange {} to exchange {} with key {:?} not recovered: {e}",
+                    b.destination,
+                    b.source,
+                    b.key
+                );
+            }
+        }
         let decoded = decode_stored_messages(&recovered.messages);
         for (m, msg) in recovered.messages.iter().zip(decoded) {
             let msg = msg.map_err(|e| corrupt(&m.queue, &e))?;

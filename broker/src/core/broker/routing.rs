@@ -2,6 +2,7 @@
 //! alternate exchanges.
 
 use super::*;
+use crate::core::exchange::dedup_from;
 
 impl Broker {
     /// The queues a message sent to `exchange` reaches, after alternate exchanges for
@@ -136,7 +137,7 @@ impl State {
             .exchanges
             .get(exchange)
             .ok_or_else(|| Error::NotFound(format!("exchange not found: {exchange}")))?;
-        if let Err(pending) = ex.route_with(msg, &mut out, answers) {
+        if let Err(pending) = self.route_through(ex, msg, &mut out, answers) {
             return Ok(Err(pending));
         }
         out.retain(|q| self.queues.contains_key(q));
@@ -149,7 +150,7 @@ impl State {
                 let Some(a) = self.exchanges.get(&name) else {
                     break;
                 };
-                if let Err(pending) = a.route_with(msg, &mut out, answers) {
+                if let Err(pending) = self.route_through(a, msg, &mut out, answers) {
                     return Ok(Err(pending));
                 }
                 out.retain(|q| self.queues.contains_key(q));
@@ -160,6 +161,39 @@ impl State {
             }
         }
         Ok(Ok(out))
+    }
+
+    /// The queues `ex` routes `msg` to, with those of the exchanges bound to it (and bound
+    /// to those, each exchange visited once): every queue once, however many ways lead
+    /// there.
+    fn route_through(
+        &self,
+        ex: &Exchange,
+        msg: &Message,
+        out: &mut Vec<String>,
+        answers: &XmlAnswers,
+    ) -> Result<(), XmlPending> {
+        let start = out.len();
+        ex.route_with(msg, out, answers)?;
+        if ex.exchange_bindings().is_empty() {
+            return Ok(());
+        }
+        let mut visited = vec![ex.name.as_str()];
+        let mut next = Vec::new();
+        ex.route_to_exchanges(msg, &mut next);
+        while let Some(name) = next.pop() {
+            let Some(d) = self.exchanges.get(&name) else {
+                continue;
+            };
+            if visited.contains(&d.name.as_str()) {
+                continue;
+            }
+            visited.push(d.name.as_str());
+            d.route_with(msg, out, answers)?;
+            d.route_to_exchanges(msg, &mut next);
+        }
+        dedup_from(out, start);
+        Ok(())
     }
 
     pub(super) fn enqueue_all(

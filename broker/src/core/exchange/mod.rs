@@ -137,6 +137,10 @@ pub struct Exchange {
     pub stats: ExchangeStats,
     bindings: Vec<Binding>,
     router: Router,
+    /// Bindings to other exchanges (0-9-1 `exchange.bind`), `Binding::queue` naming the
+    /// destination exchange; routed by a router of this exchange's own type.
+    exchange_bindings: Vec<Binding>,
+    exchange_router: Option<Router>,
     /// Auto-delete waits for the first binding before it can trigger.
     had_bindings: bool,
 }
@@ -159,6 +163,8 @@ impl Exchange {
             stats: ExchangeStats::default(),
             bindings: Vec::new(),
             router,
+            exchange_bindings: Vec::new(),
+            exchange_router: None,
             had_bindings: false,
         })
     }
@@ -260,9 +266,84 @@ impl Exchange {
         Ok(())
     }
 
+    /// Binds the exchange `destination`: what this exchange routes under `key` goes on to
+    /// it. Binding the same destination and key again is a no-op (returns false).
+    ///
+    /// # Errors
+    /// 540 from an xml exchange (its queries answer with queues only); arguments the type
+    /// cannot use.
+    pub fn bind_exchange(
+        &mut self,
+        destination: &str,
+        key: &str,
+        args: &FieldTable,
+    ) -> Result<bool, Error> {
+        if matches!(self.router, Router::Xml(_)) {
+            return Err(Error::NotImplemented(format!(
+                "bindings from the xml exchange {} to other exchanges",
+                self.name
+            )));
+        }
+        if self
+            .exchange_bindings
+            .iter()
+            .any(|b| b.queue == destination && b.key == key)
+        {
+            return Ok(false);
+        }
+        let b = Binding {
+            queue: destination.to_string(),
+            key: key.to_string(),
+            args: args.clone(),
+        };
+        let router = match &mut self.exchange_router {
+            Some(r) => r,
+            None => self
+                .exchange_router
+                .insert(Router::for_type(&self.kind).ok_or_else(|| {
+                    Error::Internal(format!("exchange {} has an unknown type", self.name))
+                })?),
+        };
+        router.add(&b, None)?;
+        self.exchange_bindings.push(b);
+        self.had_bindings = true;
+        Ok(true)
+    }
+
+    /// Removes a binding to another exchange; returns whether there was one.
+    pub fn unbind_exchange(&mut self, destination: &str, key: &str) -> bool {
+        let before = self.exchange_bindings.len();
+        self.exchange_bindings
+            .retain(|b| !(b.queue == destination && b.key == key));
+        if self.exchange_bindings.len() == before {
+            return false;
+        }
+        if let Some(r) = &mut self.exchange_router {
+            r.remove(destination, key);
+        }
+        true
+    }
+
+    /// The exchanges this one passes `msg` on to, each once.
+    pub fn route_to_exchanges(&self, msg: &Message, out: &mut Vec<String>) {
+        if let Some(r) = &self.exchange_router {
+            let start = out.len();
+            r.route(msg, out);
+            dedup_from(out, start);
+        }
+    }
+
+    /// The bindings to other exchanges, in the order they were made.
+    pub fn exchange_bindings(&self) -> &[Binding] {
+        &self.exchange_bindings
+    }
+
     /// Whether an auto-delete exchange has lost its last binding and should go.
     pub fn is_unused_auto_delete(&self) -> bool {
-        self.auto_delete && self.had_bindings && self.bindings.is_empty()
+        self.auto_delete
+            && self.had_bindings
+            && self.bindings.is_empty()
+            && self.exchange_bindings.is_empty()
     }
 
     /// The bindings, in the order they were made.
@@ -272,7 +353,7 @@ impl Exchange {
 }
 
 /// A queue bound under several matching keys still gets the message once.
-fn dedup_from(out: &mut Vec<String>, start: usize) {
+pub(crate) fn dedup_from(out: &mut Vec<String>, start: usize) {
     if out.len() - start > 1 {
         let mut seen = std::collections::HashSet::new();
         let mut i = start;

@@ -9,6 +9,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use amq_protocol::protocol::{basic, confirm, tx, AMQPClass};
+use amq_protocol::types::ShortString;
 use bytes::{Bytes, BytesMut};
 
 use super::channel::{destination, parse_destination, Tx, Unacked};
@@ -16,7 +17,7 @@ use super::properties::{self, short};
 use super::{code, Conn, Durable, Failure};
 use crate::core::consumer::UNLIMITED;
 use crate::core::journal::journaled;
-use crate::core::{Delivery, DeliverySink, Draft, Error, Held, Subscribe};
+use crate::core::{Delivery, DeliverySink, Draft, Error, Held, Message, Subscribe};
 use crate::server::admin::ConnectionLive;
 use crate::wire::{self, Command};
 
@@ -109,6 +110,12 @@ impl Conn<'_> {
                 self.settle(ch, settled, Settle::Back { requeue: n.requeue });
                 Ok(None)
             }
+            // Redelivering to the same consumer only (requeue=false) is not offered, as in
+            // RabbitMQ.
+            basic::AMQPMethod::Recover(basic::Recover { requeue: false })
+            | basic::AMQPMethod::RecoverAsync(basic::RecoverAsync { requeue: false }) => Err(
+                Failure::new(code::NOT_IMPLEMENTED, "basic.recover with requeue=false"),
+            ),
             basic::AMQPMethod::Recover(_) => {
                 self.recover(ch);
                 reply(AMQPClass::Basic(basic::AMQPMethod::RecoverOk(
@@ -599,23 +606,54 @@ impl Conn<'_> {
             let queues = broker
                 .route(&exchange, &msg)
                 .map_err(|e| refused(&e, &exchange))?;
-            tx.publishes.push((queues, msg));
+            tx.publish_bytes += msg.size();
+            if tx.publish_bytes > self.ctx.config.max_message_size as u64 {
+                return Err(Refused::Fail(Failure::new(
+                    code::PRECONDITION_FAILED,
+                    format!(
+                        "uncommitted publishes over {} bytes (max_message_size)",
+                        self.ctx.config.max_message_size
+                    ),
+                )));
+            }
+            if queues.is_empty() && publish.mandatory {
+                tx.unroutable
+                    .push((publish.exchange.clone(), publish.routing_key.clone(), msg));
+            } else {
+                tx.publishes.push((queues, msg));
+            }
             return Ok(None);
         }
         let (routed, ticket) = journaled(|| broker.publish(&exchange, msg.clone()));
         let routed = routed.map_err(|e| refused(&e, &exchange))?;
         if routed == 0 && publish.mandatory {
-            let (props, _, _) = message_content(&msg);
-            let ret = AMQPClass::Basic(basic::AMQPMethod::Return(basic::Return {
-                reply_code: code::NO_ROUTE,
-                reply_text: short("NO_ROUTE"),
-                exchange: publish.exchange.clone(),
-                routing_key: publish.routing_key.clone(),
-            }));
-            self.writer
-                .content(ch, ret, props, &msg.body, &mut self.out);
+            self.send_return(
+                ch,
+                publish.exchange.clone(),
+                publish.routing_key.clone(),
+                &msg,
+            );
         }
         Ok(ticket)
+    }
+
+    /// Returns an unroutable mandatory message to its publisher.
+    fn send_return(
+        &mut self,
+        ch: u16,
+        exchange: ShortString,
+        routing_key: ShortString,
+        msg: &Message,
+    ) {
+        let (props, _, _) = message_content(msg);
+        let ret = AMQPClass::Basic(basic::AMQPMethod::Return(basic::Return {
+            reply_code: code::NO_ROUTE,
+            reply_text: short("NO_ROUTE"),
+            exchange,
+            routing_key,
+        }));
+        self.writer
+            .content(ch, ret, props, &msg.body, &mut self.out);
     }
 
     /// Once the store has `ticket` on disk (or failed to put it there), this connection
@@ -790,6 +828,11 @@ impl Conn<'_> {
                 }
                 self.refill(ch, work.acks.iter().map(|(_, u)| u));
                 self.refill(ch, work.returns.iter().map(|(_, u, _)| u));
+                // Unroutable mandatory publishes come back before commit-ok, as RabbitMQ
+                // returns them.
+                for (exchange, routing_key, msg) in work.unroutable {
+                    self.send_return(ch, exchange, routing_key, &msg);
+                }
                 match (ticket, broker.journal()) {
                     (Some(ticket), Some(journal)) => {
                         // No more input is taken until the commit is on disk: what follows

@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use amq_protocol::protocol::{access, channel, exchange, queue, AMQPClass};
-use amq_protocol::types::{AMQPValue, FieldTable as Table091};
+use amq_protocol::types::{AMQPValue, FieldTable as Table091, ShortString};
 
 use super::basic::Publishing;
 use super::frames::Frame;
@@ -40,7 +40,13 @@ pub(super) struct Confirms {
 /// What a transaction holds until commit.
 #[derive(Debug, Default)]
 pub(super) struct Tx {
+    /// Routed publishes: their queues and the message.
     pub publishes: Vec<(Vec<String>, Arc<Message>)>,
+    /// Their bytes, bounded by `max_message_size`: a transaction is held in memory.
+    pub publish_bytes: u64,
+    /// Mandatory publishes that reached no queue, returned at commit: the exchange, the
+    /// routing key and the message.
+    pub unroutable: Vec<(ShortString, ShortString, Arc<Message>)>,
     /// Acknowledged deliveries, by delivery tag.
     pub acks: Vec<(u64, Unacked)>,
     /// Rejected or nacked deliveries: requeued (true) or dropped.
@@ -392,10 +398,50 @@ impl Conn<'_> {
                     ))),
                 )
             }
-            exchange::AMQPMethod::Bind(_) | exchange::AMQPMethod::Unbind(_) => Err(Failure::new(
-                code::NOT_IMPLEMENTED,
-                "exchange-to-exchange bindings",
-            )),
+            // The ACL sees these as bindings whose "queue" is the destination exchange.
+            exchange::AMQPMethod::Bind(b) => {
+                let args = table_to_010(&b.arguments);
+                self.authorize(&Command::ExchangeBind(wire::ExchangeBind {
+                    queue: Some(b.destination.to_string()),
+                    exchange: Some(b.source.to_string()),
+                    binding_key: Some(b.routing_key.to_string()),
+                    arguments: Some(args.clone()),
+                }))?;
+                self.ctx
+                    .broker
+                    .bind_exchange(
+                        b.source.as_str(),
+                        b.destination.as_str(),
+                        b.routing_key.as_str(),
+                        &args,
+                    )
+                    .map_err(|e| Failure::from_core(&e))?;
+                Ok(
+                    (!b.nowait).then_some(AMQPClass::Exchange(exchange::AMQPMethod::BindOk(
+                        exchange::BindOk {},
+                    ))),
+                )
+            }
+            exchange::AMQPMethod::Unbind(u) => {
+                self.authorize(&Command::ExchangeUnbind(wire::ExchangeUnbind {
+                    queue: Some(u.destination.to_string()),
+                    exchange: Some(u.source.to_string()),
+                    binding_key: Some(u.routing_key.to_string()),
+                }))?;
+                self.ctx
+                    .broker
+                    .unbind_exchange(
+                        u.source.as_str(),
+                        u.destination.as_str(),
+                        u.routing_key.as_str(),
+                    )
+                    .map_err(|e| Failure::from_core(&e))?;
+                Ok(
+                    (!u.nowait).then_some(AMQPClass::Exchange(exchange::AMQPMethod::UnbindOk(
+                        exchange::UnbindOk {},
+                    ))),
+                )
+            }
             _ => Err(Failure::new(
                 code::COMMAND_INVALID,
                 "unexpected exchange method",

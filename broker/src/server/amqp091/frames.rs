@@ -133,6 +133,15 @@ fn method(payload: &[u8]) -> Result<AMQPClass, FrameError> {
             method: (class, id),
         });
     }
+    // basic.qos's prefetch-size is dropped by the parser; like RabbitMQ, refuse a limit in
+    // bytes rather than silently ignore it.
+    if (class, id) == (60, 10) && payload.get(4..8).is_some_and(|b| b != [0, 0, 0, 0]) {
+        return Err(FrameError {
+            code: 540,
+            text: "basic.qos with prefetch_size != 0".into(),
+            method: (class, id),
+        });
+    }
     if !method_tables_shallow(class, id, payload) {
         return Err(FrameError {
             code: 502,
