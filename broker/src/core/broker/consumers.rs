@@ -243,7 +243,7 @@ impl Broker {
     pub fn accept(&self, held: &[Held]) {
         let mut st = self.lock();
         for h in held {
-            if let Some(q) = st.queues.get_mut(&*h.queue) {
+            if let Some(q) = st.held_queue(h) {
                 q.accept(h.position);
             }
         }
@@ -260,7 +260,7 @@ impl Broker {
     pub fn reject(&self, held: &[Held]) {
         let mut st = self.lock();
         for h in held {
-            let Some(q) = st.queues.get_mut(&*h.queue) else {
+            let Some(q) = st.held_queue(h) else {
                 continue;
             };
             let alt = q.alternate.clone();
@@ -274,11 +274,7 @@ impl Broker {
     pub fn acquire(&self, held: &[Held]) -> Vec<Held> {
         let mut st = self.lock();
         held.iter()
-            .filter(|h| {
-                st.queues
-                    .get_mut(&*h.queue)
-                    .is_some_and(|q| q.acquire(h.position))
-            })
+            .filter(|h| st.held_queue(h).is_some_and(|q| q.acquire(h.position)))
             .cloned()
             .collect()
     }
@@ -335,7 +331,7 @@ impl State {
     fn release_held(&mut self, held: &[Held], redelivered: bool) -> Vec<Arc<str>> {
         let mut touched = Vec::new();
         for h in held {
-            if let Some(q) = self.queues.get_mut(&*h.queue) {
+            if let Some(q) = self.held_queue(h) {
                 q.release(h.position, redelivered);
                 touched.push(h.queue.clone());
             }

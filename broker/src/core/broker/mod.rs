@@ -166,7 +166,8 @@ pub struct Subscribe {
 /// A message held by a session: where it lives.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Held {
-    /// Queue name (shared with the queue, not copied per message).
+    /// Queue name: the queue's own shared name, so that it also tells that incarnation
+    /// of the queue from a later queue of the same name.
     pub queue: Arc<str>,
     /// Position in the queue.
     pub position: Position,
@@ -399,9 +400,10 @@ impl Broker {
         accepts
             .iter()
             .filter_map(|(queue, seq)| {
-                let position = st.queues.get_mut(queue)?.hold_seq(*seq)?;
+                let q = st.queues.get_mut(queue)?;
+                let position = q.hold_seq(*seq)?;
                 Some(Held {
-                    queue: Arc::from(queue.as_str()),
+                    queue: q.shared_name.clone(),
                     position,
                 })
             })
@@ -501,6 +503,15 @@ impl State {
         Ok(q)
     }
 
+    /// The queue a held message came from, if that very queue is still there: a queue
+    /// deleted and declared again under the same name is another queue, whose positions
+    /// mean other messages.
+    pub(super) fn held_queue(&mut self, h: &Held) -> Option<&mut Queue> {
+        self.queues
+            .get_mut(&*h.queue)
+            .filter(|q| Arc::ptr_eq(&q.shared_name, &h.queue))
+    }
+
     /// The queue `name`, or 404.
     pub(super) fn queue(&self, name: &str) -> Result<&Queue, Error> {
         self.queues
@@ -546,6 +557,7 @@ fn decode_args(raw: &bytes::Bytes) -> Result<FieldTable, crate::wire::DecodeErro
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::core::consumer::Delivery;
 
     fn declare(b: &Broker, session: SessionId, name: &str, exclusive: bool) {
         b.declare_queue(
@@ -557,6 +569,61 @@ mod tests {
             },
         )
         .expect("declare");
+    }
+
+    /// Keeps what a fetch delivers.
+    #[derive(Default)]
+    struct Collect(Mutex<Vec<Delivery>>);
+
+    impl DeliverySink for Collect {
+        fn deliver(&self, delivery: Delivery) {
+            if let Ok(mut got) = self.0.lock() {
+                got.push(delivery);
+            }
+        }
+    }
+
+    #[test]
+    fn a_held_message_of_a_deleted_queue_never_settles_its_namesake() {
+        let b = Broker::new();
+        let s = b.new_session(b.new_connection());
+        declare(&b, s, "q", false);
+        b.publish("", Arc::new(Message::new("q", &b"old"[..])))
+            .expect("publish");
+        let sink = Arc::new(Collect::default());
+        b.fetch(s, "q", true, sink.clone()).expect("fetch");
+        let held: Vec<Held> = sink
+            .0
+            .lock()
+            .expect("lock")
+            .iter()
+            .map(Delivery::held)
+            .collect();
+        assert_eq!(held.len(), 1);
+        b.delete_queue(s, "q", false, false).expect("delete");
+        // A new queue of the same name, whose first message has the same position.
+        declare(&b, s, "q", false);
+        b.publish("", Arc::new(Message::new("q", &b"new"[..])))
+            .expect("publish");
+        b.fetch(s, "q", true, sink.clone()).expect("fetch");
+        b.accept(&held);
+        b.reject(&held);
+        b.release(&held, true);
+        // Acquired messages count: the new queue's one is held by its own fetch.
+        let depth = |b: &Broker| {
+            b.snapshot(crate::core::snapshot::Parts::ALL)
+                .queues
+                .iter()
+                .find(|q| q.name == "q")
+                .map(|q| q.depth)
+        };
+        assert_eq!(depth(&b), Some(1), "the new queue's message is untouched");
+        let new: Vec<Held> = sink.0.lock().expect("lock")[1..]
+            .iter()
+            .map(Delivery::held)
+            .collect();
+        b.accept(&new);
+        assert_eq!(depth(&b), Some(0), "its own delivery settles it");
     }
 
     #[test]

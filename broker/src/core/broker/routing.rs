@@ -84,7 +84,7 @@ impl Broker {
             st.enqueue_counted(queues, msg, true)?;
         }
         for h in accepts {
-            if let Some(q) = st.queues.get_mut(&*h.queue) {
+            if let Some(q) = st.held_queue(h) {
                 if let Some(msg) = q.accept(h.position) {
                     q.stats.txn_dequeues.add(msg.credit_size());
                 }
