@@ -97,6 +97,7 @@ async fn measure(args: &BenchArgs, target: &Target, queue: &str) -> anyhow::Resu
             let mut last_tag = 0;
             let mut body_left = 0u64;
             let mut first_piece = false;
+            let mut stamp = None;
             while received.load(Ordering::Relaxed) < total {
                 let Ok(frame) = tokio::time::timeout(idle, reader.frame()).await else {
                     break;
@@ -115,13 +116,15 @@ async fn measure(args: &BenchArgs, target: &Target, queue: &str) -> anyhow::Resu
                         // The stamp is in the first body frame; a message ends with its
                         // last.
                         if std::mem::take(&mut first_piece) {
-                            if let Some(stamp) = body.get(..8).and_then(|b| b.try_into().ok()) {
-                                latencies.push(now_ns().saturating_sub(u64::from_be_bytes(stamp)));
-                            }
+                            stamp = body.get(..8).and_then(|b| b.try_into().ok());
                         }
                         body_left = body_left.saturating_sub(body.len() as u64);
                         if body_left > 0 {
                             continue;
+                        }
+                        // A message has arrived with its last body frame.
+                        if let Some(s) = stamp.take() {
+                            latencies.push(now_ns().saturating_sub(u64::from_be_bytes(s)));
                         }
                         received.fetch_add(1, Ordering::Relaxed);
                         unacked += 1;
@@ -181,24 +184,31 @@ async fn measure(args: &BenchArgs, target: &Target, queue: &str) -> anyhow::Resu
             });
             let mut body = vec![0u8; size];
             let mut sent = 0u64;
-            while sent < count {
+            let unconfirmed = |sent: u64, confirmed: &watch::Receiver<u64>| {
+                sent.saturating_sub(*confirmed.borrow())
+            };
+            'publishing: while sent < count {
                 // Up to 64 KiB of publishes per write, within the confirm window.
                 while sent < count
                     && sender.out.len() < 64 * 1024
-                    && sent - *confirmed.borrow() < window
+                    && unconfirmed(sent, &confirmed) < window
                 {
                     body[..8].copy_from_slice(&now_ns().to_be_bytes());
                     sender.publish(&queue, durable, &body);
                     sent += 1;
                 }
                 sender.flush().await?;
-                while sent - *confirmed.borrow() >= window {
+                while unconfirmed(sent, &confirmed) >= window {
+                    // The confirm reader stopped: its error is reported below.
                     if confirmed.changed().await.is_err() {
-                        break;
+                        break 'publishing;
                     }
                 }
             }
             let mut reader = confirms.await??;
+            if sent < count {
+                bail!("the confirm reader stopped after {sent} publishes");
+            }
             sender.close(&mut reader).await?;
             Ok::<Instant, anyhow::Error>(Instant::now())
         }));

@@ -213,14 +213,46 @@ impl Message {
         d
     }
 
-    /// A copy that no longer expires (a dead-lettered message starts afresh, as RabbitMQ's
-    /// do).
-    pub fn without_expiry(&self) -> Message {
+    /// The copy that goes to a dead-letter exchange, as RabbitMQ makes it: no expiry, the
+    /// dead-letter routing key if the queue has one, and headers saying where and why it
+    /// died (`x-first-death-*` once, `x-last-death-*` each time).
+    pub fn dead_lettered(&self, queue: &str, reason: &str, routing_key: Option<&str>) -> Message {
         let mut d = self.draft();
         d.expires_at = None;
         d.delivery.ttl = None;
         d.delivery.expiration = None;
+        let exchange = d.delivery.exchange.clone().unwrap_or_default();
+        if let Some(key) = routing_key {
+            d.delivery.routing_key = Some(key.to_string());
+        }
+        let mut props = d.properties.take().unwrap_or_default();
+        let headers = props
+            .application_headers
+            .get_or_insert_with(FieldTable::new);
+        if headers.get("x-first-death-queue").is_none() {
+            headers.insert("x-first-death-queue", Value::Str16(queue.to_string()));
+            headers.insert("x-first-death-reason", Value::Str16(reason.to_string()));
+            headers.insert("x-first-death-exchange", Value::Str16(exchange.clone()));
+        }
+        headers.insert("x-last-death-queue", Value::Str16(queue.to_string()));
+        headers.insert("x-last-death-reason", Value::Str16(reason.to_string()));
+        headers.insert("x-last-death-exchange", Value::Str16(exchange));
+        d.set_properties(props);
         d.seal()
+    }
+
+    /// Whether this message, expiring on `queue`, has gone round a cycle of dead-letter
+    /// exchanges back to where it first expired with no rejection since: RabbitMQ drops
+    /// such a message rather than let it circle for ever.
+    pub fn expired_in_a_cycle(&self, queue: &str) -> bool {
+        let text = |k: &str| {
+            self.headers()
+                .and_then(|h| h.get(k))
+                .and_then(Value::as_str)
+        };
+        text("x-first-death-queue") == Some(queue)
+            && text("x-first-death-reason") == Some("expired")
+            && text("x-last-death-reason") != Some("rejected")
     }
 
     /// `message-properties`, decoded from the header.
@@ -323,6 +355,39 @@ impl Message {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dead_letters_say_where_they_died_and_cycles_of_expiry_end() {
+        let mut d = Draft::new("k", "body");
+        d.delivery.exchange = Some("ex".into());
+        d.delivery.ttl = Some(50);
+        d.expires_at = Some(Instant::now());
+        let msg = d.seal();
+        let once = msg.dead_lettered("a", "expired", Some("retry"));
+        assert_eq!(once.expires_at, None);
+        assert_eq!(once.draft().delivery.ttl, None);
+        assert_eq!(once.routing_key(), "retry");
+        let text = |m: &Message, k: &str| {
+            m.headers()
+                .and_then(|h| h.get(k))
+                .and_then(Value::as_str)
+                .map(str::to_string)
+        };
+        assert_eq!(text(&once, "x-first-death-queue").as_deref(), Some("a"));
+        assert_eq!(text(&once, "x-first-death-exchange").as_deref(), Some("ex"));
+        // Expiring again where it first expired: a cycle, dropped.
+        assert!(once.expired_in_a_cycle("a"));
+        assert!(!once.expired_in_a_cycle("b"));
+        // A rejection on the way breaks the cycle (a retry loop).
+        let twice = once.dead_lettered("b", "rejected", None);
+        assert_eq!(text(&twice, "x-first-death-queue").as_deref(), Some("a"));
+        assert_eq!(
+            text(&twice, "x-last-death-reason").as_deref(),
+            Some("rejected")
+        );
+        assert_eq!(twice.routing_key(), "retry");
+        assert!(!twice.expired_in_a_cycle("a"));
+    }
 
     #[test]
     fn stamped_user_id_travels_but_costs_no_credit() {

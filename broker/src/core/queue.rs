@@ -71,9 +71,12 @@ pub struct QueueSettings {
     /// `x-expires` (RabbitMQ's, in milliseconds): the queue is deleted once it has had no
     /// consumer, redeclare or get for this long.
     pub expires: Option<std::time::Duration>,
-    /// `x-dead-letter-exchange` given (RabbitMQ's dead-letter exchange, which becomes the
-    /// alternate exchange): expired messages go there too, instead of being dropped.
-    pub dead_letter_expired: bool,
+    /// `x-dead-letter-exchange` (RabbitMQ's; `""` is the default exchange): where rejected
+    /// and expired messages go, marked as dead letters. Without it rejected messages go to
+    /// the alternate exchange as they are, and expired ones are dropped.
+    pub dead_letter_exchange: Option<String>,
+    /// `x-dead-letter-routing-key`: the routing key dead letters get (their own otherwise).
+    pub dead_letter_routing_key: Option<String>,
     /// `qpid.trace.exclude`: messages whose trace names one of these brokers are dropped,
     /// so that a message never travels a federation loop twice.
     pub trace_exclude: Vec<String>,
@@ -97,7 +100,8 @@ impl Default for QueueSettings {
             auto_delete_timeout: 0,
             message_ttl: None,
             expires: None,
-            dead_letter_expired: false,
+            dead_letter_exchange: None,
+            dead_letter_routing_key: None,
             sequence_key: None,
             trace_id: None,
             trace_exclude: Vec::new(),
@@ -149,10 +153,14 @@ impl QueueSettings {
                 }
                 ms => ms.map(std::time::Duration::from_millis),
             },
-            dead_letter_expired: args
+            dead_letter_exchange: args
                 .get("x-dead-letter-exchange")
                 .and_then(Value::as_str)
-                .is_some_and(|s| !s.is_empty()),
+                .map(str::to_string),
+            dead_letter_routing_key: args
+                .get("x-dead-letter-routing-key")
+                .and_then(Value::as_str)
+                .map(str::to_string),
             sequence_key: args
                 .get("qpid.queue_msg_sequence")
                 .and_then(Value::as_str)
@@ -814,8 +822,8 @@ impl Queue {
     }
 
     /// Takes out available messages whose time to live has passed: dropped, or returned
-    /// for the dead-letter exchange when the queue has one for them.
-    pub fn expire(&mut self, now: std::time::Instant) -> Vec<Arc<Message>> {
+    /// as dead letters for the queue's dead-letter exchange, with where they go.
+    pub fn expire(&mut self, now: std::time::Instant) -> Vec<(String, Arc<Message>)> {
         let mut dead = Vec::new();
         while let Some(&(t, pos)) = self.expiries.first() {
             if t > now {
@@ -825,12 +833,33 @@ impl Queue {
             // An acquired one stays with its consumer; release puts it back here.
             if let Some(e) = self.remove_available(pos) {
                 self.stats.discards_ttl += 1;
-                if self.settings.dead_letter_expired && self.alternate.is_some() {
-                    dead.push(e.msg);
+                if let Some(letter) = self.dead_letter(&e.msg, "expired") {
+                    dead.push(letter);
                 }
             }
         }
         dead
+    }
+
+    /// Where a message that dies here (`reason`: expired or rejected) goes, and as what:
+    /// marked as a dead letter to the dead-letter exchange, or as it is to the alternate
+    /// exchange when only that is set (and it was rejected); `None` when it is dropped.
+    pub fn dead_letter(&self, msg: &Message, reason: &str) -> Option<(String, Arc<Message>)> {
+        match (&self.settings.dead_letter_exchange, &self.alternate) {
+            (Some(dlx), _) => {
+                if reason == "expired" && msg.expired_in_a_cycle(&self.name) {
+                    return None;
+                }
+                let letter = msg.dead_lettered(
+                    &self.name,
+                    reason,
+                    self.settings.dead_letter_routing_key.as_deref(),
+                );
+                Some((dlx.clone(), Arc::new(letter)))
+            }
+            (None, Some(alt)) if reason == "rejected" => Some((alt.clone(), Arc::new(msg.clone()))),
+            _ => None,
+        }
     }
 
     fn forget_expiry(&mut self, pos: Position, expires_at: Option<std::time::Instant>) {

@@ -263,9 +263,11 @@ impl Broker {
             let Some(q) = st.held_queue(h) else {
                 continue;
             };
-            let alt = q.alternate.clone();
-            if let (Some(msg), Some(alt)) = (q.reject(h.position), alt) {
-                st.reroute(&alt, &msg);
+            let letter = q
+                .reject(h.position)
+                .and_then(|msg| q.dead_letter(&msg, "rejected"));
+            if let Some((exchange, msg)) = letter {
+                st.reroute(&exchange, &msg);
             }
         }
     }
@@ -356,6 +358,8 @@ impl State {
         let delete = match self.queues.get_mut(queue) {
             Some(q) => {
                 q.remove_consumer(session, destination);
+                // An `x-expires` lease runs from the last consumer's going.
+                q.last_used = std::time::Instant::now();
                 q.dispatch();
                 q.auto_delete && q.had_consumers && q.consumer_count() == 0 && q.owner.is_none()
             }

@@ -437,10 +437,7 @@ impl Broker {
         let mut expired_unused = Vec::new();
         let mut dead_letters = Vec::new();
         for q in st.queues.values_mut() {
-            let dead = q.expire(now);
-            if let (false, Some(dlx)) = (dead.is_empty(), &q.alternate) {
-                dead_letters.push((dlx.clone(), dead));
-            }
+            dead_letters.append(&mut q.expire(now));
             if let Some(expires) = q.settings.expires {
                 if q.consumer_count() > 0 {
                     q.last_used = now;
@@ -467,11 +464,6 @@ impl Broker {
         for name in due {
             st.remove_queue(&name, 0);
         }
-        for (dlx, messages) in dead_letters {
-            for msg in messages {
-                st.reroute(&dlx, &Arc::new(msg.without_expiry()));
-            }
-        }
         // An expired queue's messages go with it, as RabbitMQ's do, not to its alternate.
         for name in expired_unused {
             if let Some(q) = st.queues.get_mut(&name) {
@@ -479,6 +471,14 @@ impl Broker {
                 st.stats.abandoned += dropped;
             }
             st.remove_queue(&name, 0);
+        }
+        drop(st);
+        // Published as any message, so that xml exchanges on the way are evaluated off the
+        // lock; one that cannot be routed or taken is dropped, as RabbitMQ drops it.
+        for (exchange, msg) in dead_letters {
+            if let Err(e) = self.publish(&exchange, msg) {
+                tracing::debug!("expired message not dead-lettered to {exchange:?}: {e}");
+            }
         }
     }
 }

@@ -30,8 +30,18 @@ impl Broker {
             st.exchanges.insert(r.name, ex);
         }
         for r in recovered.queues {
-            let args = decode_args(&r.args).map_err(|e| corrupt(&r.name, &e))?;
-            let mut q = Queue::new(&r.name, args)?;
+            let mut args = decode_args(&r.args).map_err(|e| corrupt(&r.name, &e))?;
+            let mut q = match Queue::new(&r.name, args.clone()) {
+                Ok(q) => q,
+                // Stored before `x-expires` was read (and checked): a value it now refuses
+                // must not keep the broker from starting.
+                Err(e) if args.get("x-expires").is_some() => {
+                    tracing::warn!("queue {}: x-expires ignored: {e}", r.name);
+                    args.remove("x-expires");
+                    Queue::new(&r.name, args)?
+                }
+                Err(e) => return Err(e),
+            };
             q.limit_memory(st.default_queue_max_size, &st.budget.clone());
             q.durable = true;
             q.auto_delete = r.auto_delete;
@@ -56,9 +66,13 @@ impl Broker {
         }
         for b in recovered.exchange_bindings {
             let args = decode_args(&b.args).map_err(|e| corrupt(&b.source, &e))?;
-            let bound = match st.exchanges.get_mut(&b.source) {
-                Some(ex) => ex.bind_exchange(&b.destination, &b.key, &args).map(|_| ()),
-                None => Err(Error::NotFound(format!("no exchange {}", b.source))),
+            let bound = if !st.exchanges.contains_key(&b.destination) {
+                Err(Error::NotFound(format!("no exchange {}", b.destination)))
+            } else {
+                match st.exchanges.get_mut(&b.source) {
+                    Some(ex) => ex.bind_exchange(&b.destination, &b.key, &args).map(|_| ()),
+                    None => Err(Error::NotFound(format!("no exchange {}", b.source))),
+                }
             };
             if let Err(e) = bound {
                 tracing::warn!(
@@ -67,6 +81,12 @@ impl Broker {
                     b.source,
                     b.key
                 );
+                // Left behind, it could come back to life with a namesake exchange.
+                st.record(StoreOp::DeleteExchangeBinding {
+                    source: b.source,
+                    destination: b.destination,
+                    key: b.key,
+                });
             }
         }
         let decoded = decode_stored_messages(&recovered.messages);

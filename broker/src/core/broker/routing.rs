@@ -1,6 +1,8 @@
 //! Routing published messages through exchanges into queues, with transactions and
 //! alternate exchanges.
 
+use std::collections::HashSet;
+
 use super::*;
 use crate::core::exchange::dedup_from;
 
@@ -140,32 +142,13 @@ impl State {
         if let Err(pending) = self.route_through(ex, msg, &mut out, answers) {
             return Ok(Err(pending));
         }
-        out.retain(|q| self.queues.contains_key(q));
-        if out.is_empty() {
-            // Unroutable: follow the alternate exchanges, guarding against cycles.
-            let mut alt = ex.alternate.clone();
-            let mut hops = 0;
-            while let (Some(name), true) = (alt, hops < 8) {
-                hops += 1;
-                let Some(a) = self.exchanges.get(&name) else {
-                    break;
-                };
-                if let Err(pending) = self.route_through(a, msg, &mut out, answers) {
-                    return Ok(Err(pending));
-                }
-                out.retain(|q| self.queues.contains_key(q));
-                if !out.is_empty() {
-                    break;
-                }
-                alt = a.alternate.clone();
-            }
-        }
         Ok(Ok(out))
     }
 
-    /// The queues `ex` routes `msg` to, with those of the exchanges bound to it (and bound
-    /// to those, each exchange visited once): every queue once, however many ways lead
-    /// there.
+    /// The queues `ex` routes `msg` to, following the exchanges bound to it and, from any
+    /// exchange on the way that matches nothing itself, its alternate exchange. Each
+    /// exchange is visited once, so cycles end, and each queue gets one copy however many
+    /// ways lead there.
     fn route_through(
         &self,
         ex: &Exchange,
@@ -174,25 +157,43 @@ impl State {
         answers: &XmlAnswers,
     ) -> Result<(), XmlPending> {
         let start = out.len();
-        ex.route_with(msg, out, answers)?;
-        if ex.exchange_bindings().is_empty() {
-            return Ok(());
-        }
-        let mut visited = vec![ex.name.as_str()];
-        let mut next = Vec::new();
-        ex.route_to_exchanges(msg, &mut next);
-        while let Some(name) = next.pop() {
-            let Some(d) = self.exchanges.get(&name) else {
-                continue;
-            };
-            if visited.contains(&d.name.as_str()) {
+        let mut visited: HashSet<&str> = HashSet::new();
+        let mut next: Vec<&Exchange> = vec![ex];
+        let mut onward = Vec::new();
+        while let Some(e) = next.pop() {
+            if !visited.insert(e.name.as_str()) {
                 continue;
             }
-            visited.push(d.name.as_str());
-            d.route_with(msg, out, answers)?;
-            d.route_to_exchanges(msg, &mut next);
+            let before = out.len();
+            e.route_with(msg, out, answers)?;
+            // Bindings to queues that went away meanwhile do not count as a match.
+            let mut kept = before;
+            for i in before..out.len() {
+                if self.queues.contains_key(&out[i]) {
+                    out.swap(kept, i);
+                    kept += 1;
+                }
+            }
+            out.truncate(kept);
+            onward.clear();
+            e.route_to_exchanges(msg, &mut onward);
+            let matched = out.len() > before || !onward.is_empty();
+            for name in &onward {
+                if let Some(d) = self.exchanges.get(name) {
+                    if !visited.contains(d.name.as_str()) {
+                        next.push(d);
+                    }
+                }
+            }
+            if !matched {
+                if let Some(a) = e.alternate.as_ref().and_then(|a| self.exchanges.get(a)) {
+                    next.push(a);
+                }
+            }
         }
-        dedup_from(out, start);
+        if visited.len() > 1 {
+            dedup_from(out, start);
+        }
         Ok(())
     }
 

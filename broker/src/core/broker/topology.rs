@@ -201,6 +201,14 @@ impl Broker {
             .collect())
     }
 
+    /// Whether `session` holds queue `name` exclusively.
+    pub fn is_owner(&self, session: SessionId, name: &str) -> bool {
+        self.lock()
+            .queues
+            .get(name)
+            .is_some_and(|q| q.owner == Some(session))
+    }
+
     /// `exchange.declare`.
     ///
     /// # Errors
@@ -351,6 +359,8 @@ impl Broker {
             connection,
             name: name.to_string(),
         });
+        // Auto-delete sources bound only to it go too.
+        st.remove_unused_exchanges();
         Ok(())
     }
 
@@ -482,8 +492,8 @@ impl Broker {
     /// when both exchanges are.
     ///
     /// # Errors
-    /// 404 missing exchange, 403 for the default exchange, 540 from an xml exchange, 541
-    /// for arguments the type cannot use.
+    /// 404 missing exchange, 403 for the default exchange or a destination only the broker
+    /// publishes to, 406 from an xml exchange, 541 for arguments the type cannot use.
     pub fn bind_exchange(
         &self,
         source: &str,
@@ -496,6 +506,11 @@ impl Broker {
             return Err(Error::Unauthorized(
                 "operation not permitted on the default exchange".into(),
             ));
+        }
+        if st.system_exchanges.iter().any(|n| n == destination) {
+            return Err(Error::Unauthorized(format!(
+                "exchange {destination} takes messages from the broker only"
+            )));
         }
         let destination_durable = st.exchange_mut(destination)?.durable;
         let ex = st.exchange_mut(source)?;
@@ -599,8 +614,20 @@ impl State {
     /// Deletes auto-delete exchanges that lost their last binding, unless something uses
     /// them as an alternate.
     pub(super) fn remove_unused_exchanges(&mut self) {
-        let unused: Vec<String> = self
-            .exchanges
+        // Removing one can leave another unused (a source bound only to it): repeat.
+        loop {
+            let unused = self.unused_exchanges();
+            if unused.is_empty() {
+                return;
+            }
+            for n in unused {
+                self.remove_exchange(&n);
+            }
+        }
+    }
+
+    fn unused_exchanges(&self) -> Vec<String> {
+        self.exchanges
             .values()
             .filter(|e| e.is_unused_auto_delete())
             .map(|e| e.name.clone())
@@ -614,20 +641,19 @@ impl State {
                         .values()
                         .any(|e| e.alternate.as_ref() == Some(n))
             })
-            .collect();
-        for n in unused {
-            self.remove_exchange(&n);
-        }
+            .collect()
     }
 
     pub(super) fn remove_exchange(&mut self, name: &str) {
         let Some(ex) = self.exchanges.remove(name) else {
             return;
         };
-        // Bindings to other exchanges go with either end.
+        // Bindings to other exchanges go with either end (a binding to itself included).
         let mut ops = Vec::new();
         for b in ex.exchange_bindings() {
-            if ex.durable && self.exchanges.get(&b.queue).is_some_and(|d| d.durable) {
+            let destination_durable =
+                b.queue == name || self.exchanges.get(&b.queue).is_some_and(|d| d.durable);
+            if ex.durable && destination_durable {
                 ops.push(StoreOp::DeleteExchangeBinding {
                     source: name.to_string(),
                     destination: b.queue.clone(),

@@ -270,7 +270,7 @@ impl Exchange {
     /// it. Binding the same destination and key again is a no-op (returns false).
     ///
     /// # Errors
-    /// 540 from an xml exchange (its queries answer with queues only); arguments the type
+    /// 406 from an xml exchange (its queries answer with queues only); arguments the type
     /// cannot use.
     pub fn bind_exchange(
         &mut self,
@@ -279,8 +279,8 @@ impl Exchange {
         args: &FieldTable,
     ) -> Result<bool, Error> {
         if matches!(self.router, Router::Xml(_)) {
-            return Err(Error::NotImplemented(format!(
-                "bindings from the xml exchange {} to other exchanges",
+            return Err(Error::PreconditionFailed(format!(
+                "bindings from the xml exchange {} to other exchanges are not offered",
                 self.name
             )));
         }

@@ -606,7 +606,7 @@ impl Conn<'_> {
             let queues = broker
                 .route(&exchange, &msg)
                 .map_err(|e| refused(&e, &exchange))?;
-            tx.publish_bytes += msg.size();
+            tx.publish_bytes += msg.footprint();
             if tx.publish_bytes > self.ctx.config.max_message_size as u64 {
                 return Err(Refused::Fail(Failure::new(
                     code::PRECONDITION_FAILED,

@@ -401,6 +401,12 @@ impl Conn<'_> {
             // The ACL sees these as bindings whose "queue" is the destination exchange.
             exchange::AMQPMethod::Bind(b) => {
                 let args = table_to_010(&b.arguments);
+                // What the source routes is published to the destination: the binder must
+                // be allowed to publish there (RabbitMQ asks for write on the destination).
+                self.authorize(&Command::MessageTransfer(wire::MessageTransfer {
+                    destination: Some(b.destination.to_string()),
+                    ..wire::MessageTransfer::default()
+                }))?;
                 self.authorize(&Command::ExchangeBind(wire::ExchangeBind {
                     queue: Some(b.destination.to_string()),
                     exchange: Some(b.source.to_string()),
@@ -423,6 +429,10 @@ impl Conn<'_> {
                 )
             }
             exchange::AMQPMethod::Unbind(u) => {
+                self.authorize(&Command::MessageTransfer(wire::MessageTransfer {
+                    destination: Some(u.destination.to_string()),
+                    ..wire::MessageTransfer::default()
+                }))?;
                 self.authorize(&Command::ExchangeUnbind(wire::ExchangeUnbind {
                     queue: Some(u.destination.to_string()),
                     exchange: Some(u.source.to_string()),
@@ -462,10 +472,10 @@ impl Conn<'_> {
                 } else {
                     d.queue.to_string()
                 };
-                let (args, alternate) = queue_arguments(&d.arguments)?;
+                let args = queue_arguments(&d.arguments)?;
                 self.authorize(&Command::QueueDeclare(wire::QueueDeclare {
                     queue: Some(name.clone()),
-                    alternate_exchange: alternate.clone(),
+                    alternate_exchange: None,
                     passive: d.passive,
                     durable: d.durable,
                     exclusive: d.exclusive,
@@ -493,7 +503,7 @@ impl Conn<'_> {
                         session,
                         crate::core::QueueDeclare {
                             name: name.clone(),
-                            alternate,
+                            alternate: None,
                             passive: d.passive,
                             durable: d.durable,
                             exclusive: d.exclusive,
@@ -614,9 +624,10 @@ impl Conn<'_> {
 }
 
 /// A 0-9-1 queue's arguments as the broker's: RabbitMQ's length limits and overflow
-/// behaviour, dead-letter exchange and priorities become their qpidd equivalents; the rest
-/// is kept as given. Also the alternate (dead-letter) exchange.
-fn queue_arguments(args: &Table091) -> Result<(FieldTable, Option<String>), Failure> {
+/// behaviour and priorities become their qpidd equivalents; the rest (the dead-letter
+/// exchange and routing key, TTLs, expiry) is kept as given, for the broker reads those
+/// too.
+fn queue_arguments(args: &Table091) -> Result<FieldTable, Failure> {
     let mut out = table_to_010(args);
     let int = |name: &str| -> Result<Option<u64>, Failure> {
         match args.inner().get(name) {
@@ -666,10 +677,7 @@ fn queue_arguments(args: &Table091) -> Result<(FieldTable, Option<String>), Fail
             ));
         }
     }
-    Ok((
-        out,
-        text("x-dead-letter-exchange").filter(|s| !s.is_empty()),
-    ))
+    Ok(out)
 }
 
 /// An integer argument of any width, if it is one and not negative.
@@ -699,18 +707,22 @@ mod tests {
             "x-dead-letter-exchange".into(),
             AMQPValue::LongString("dlx".into()),
         );
-        let (args, alt) = queue_arguments(&t).expect("valid");
+        let args = queue_arguments(&t).expect("valid");
         assert_eq!(args.get("qpid.max_count"), Some(&Value::Uint64(10)));
         assert_eq!(
             args.get("qpid.policy_type"),
             Some(&Value::Str16("ring".into()))
         );
-        assert_eq!(alt.as_deref(), Some("dlx"));
+        // Kept for the broker, which dead-letters by it.
+        assert_eq!(
+            args.get("x-dead-letter-exchange").and_then(Value::as_str),
+            Some("dlx")
+        );
         t.insert(
             "x-overflow".into(),
             AMQPValue::LongString("reject-publish".into()),
         );
-        let (args, _) = queue_arguments(&t).expect("valid");
+        let args = queue_arguments(&t).expect("valid");
         assert_eq!(
             args.get("qpid.policy_type"),
             Some(&Value::Str16("reject".into()))

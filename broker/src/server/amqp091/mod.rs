@@ -776,8 +776,14 @@ impl Conn<'_> {
             held.extend(ch.take_unacked());
         }
         if let Some(session) = self.session.take() {
+            // Only those still ours: one may have expired and its name been taken since.
+            let ours: Vec<String> = self
+                .exclusive_queues
+                .drain()
+                .filter(|q| self.ctx.broker.is_owner(session, q))
+                .collect();
             self.ctx.broker.end_session(session, &held);
-            for queue in self.exclusive_queues.drain() {
+            for queue in ours {
                 let _ = self.ctx.broker.delete_queue(session, &queue, false, false);
             }
         }
