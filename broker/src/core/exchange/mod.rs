@@ -10,7 +10,7 @@ pub use direct::DirectRouter;
 pub use fanout::FanoutRouter;
 pub use headers::HeadersRouter;
 pub use topic::{topic_matches, TopicRouter};
-pub use xml::{XmlBinding, XmlRouter};
+pub use xml::{SharedBindings, XmlBinding, XmlRouter};
 
 use std::sync::Arc;
 
@@ -51,7 +51,7 @@ pub struct XmlPending {
     /// The exchange.
     pub exchange: String,
     /// Its bindings at the time.
-    pub bindings: Arc<Vec<XmlBinding>>,
+    pub bindings: SharedBindings,
 }
 
 /// The queues xml exchanges matched for one message, by exchange name.

@@ -3,14 +3,18 @@
 //! query's effective boolean value over the message body is true. Application headers are
 //! bound to the query's declared external variables.
 //!
-//! Queries run on the threads of [`pool`], never under the broker lock: the router only
-//! hands out an immutable snapshot of its bindings.
+//! Queries run on the threads of [`pool`], never under the broker lock: the router hands
+//! out its bindings, which a message's evaluation reads under their own lock. Queries
+//! inside the compiled subset ([`filter`]) are answered by the broker's own evaluator,
+//! indexed over all bindings of the exchange; the rest by the XPath engine.
 
+pub mod filter;
 mod pool;
 pub mod prolog;
 
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use crate::core::error::Error;
 use crate::core::message::Message;
@@ -21,7 +25,8 @@ pub use prolog::XQuery;
 /// One xml binding as the evaluation threads see it.
 #[derive(Debug, Clone)]
 pub struct XmlBinding {
-    /// Unique for the life of the process: names the compiled query in each thread's cache.
+    /// Unique for the life of the process, increasing: names the compiled query in each
+    /// thread's cache, and orders the bindings.
     pub id: u64,
     /// The bound queue.
     pub queue: String,
@@ -31,11 +36,39 @@ pub struct XmlBinding {
     pub query: Arc<XQuery>,
 }
 
+/// The bindings of an xml exchange, and the compiled filters of those inside the subset.
+#[derive(Debug, Default)]
+pub struct XmlBindings {
+    /// By id: in the order they were made.
+    by_id: BTreeMap<u64, XmlBinding>,
+    by_queue_and_key: HashMap<(String, String), u64>,
+    filters: filter::FilterSet,
+    /// How many bindings the engine evaluates (not compiled).
+    engine: usize,
+    /// Bindings per key.
+    keys: HashMap<String, usize>,
+}
+
+impl XmlBindings {
+    /// The bindings, in the order they were made.
+    pub fn iter(&self) -> impl Iterator<Item = &XmlBinding> {
+        self.by_id.values()
+    }
+
+    /// Whether a binding of `key` exists.
+    pub fn has_key(&self, key: &str) -> bool {
+        self.keys.contains_key(key)
+    }
+}
+
+/// The bindings as evaluation threads share them: read while a message is evaluated,
+/// written (briefly) by bind and unbind.
+pub type SharedBindings = Arc<RwLock<XmlBindings>>;
+
 /// Bindings of an xml exchange.
 #[derive(Debug, Default)]
 pub struct XmlRouter {
-    /// Copied on write, so that a snapshot handed to the evaluation threads never changes.
-    bindings: Arc<Vec<XmlBinding>>,
+    bindings: SharedBindings,
 }
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
@@ -74,28 +107,58 @@ impl XmlRouter {
             Some(q) => q,
             None => compile_binding_query(args)?,
         };
-        Arc::make_mut(&mut self.bindings).push(XmlBinding {
-            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
-            queue: queue.to_string(),
-            key: key.to_string(),
-            query,
-        });
+        let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+        let compiled = filter::Filter::compile(&query);
+        let mut b = self.bindings.write().unwrap_or_else(|e| e.into_inner());
+        match compiled {
+            Some(f) => b.filters.add(id, f),
+            None => b.engine += 1,
+        }
+        b.by_queue_and_key
+            .insert((queue.to_string(), key.to_string()), id);
+        *b.keys.entry(key.to_string()).or_default() += 1;
+        b.by_id.insert(
+            id,
+            XmlBinding {
+                id,
+                queue: queue.to_string(),
+                key: key.to_string(),
+                query,
+            },
+        );
         Ok(())
     }
 
     pub(super) fn remove(&mut self, queue: &str, key: &str) {
-        Arc::make_mut(&mut self.bindings).retain(|b| !(b.queue == queue && b.key == key));
+        let mut b = self.bindings.write().unwrap_or_else(|e| e.into_inner());
+        if let Some(id) = b
+            .by_queue_and_key
+            .remove(&(queue.to_string(), key.to_string()))
+        {
+            b.by_id.remove(&id);
+            if let Some(n) = b.keys.get_mut(key) {
+                *n -= 1;
+                if *n == 0 {
+                    b.keys.remove(key);
+                }
+            }
+            if b.filters.contains(id) {
+                b.filters.remove(id);
+            } else {
+                b.engine = b.engine.saturating_sub(1);
+            }
+        }
     }
 
-    /// The bindings as they are now, for evaluation outside the broker lock.
-    pub fn snapshot(&self) -> Arc<Vec<XmlBinding>> {
+    /// The bindings, for evaluation outside the broker lock.
+    pub fn snapshot(&self) -> SharedBindings {
         self.bindings.clone()
     }
 }
 
 /// Evaluates `bindings` against `msg` on the evaluation threads, blocking until they
 /// answer: the queues matched, in binding order.
-pub fn evaluate(bindings: Arc<Vec<XmlBinding>>, msg: Arc<Message>) -> Vec<String> {
+pub fn evaluate(bindings: SharedBindings, msg: Arc<Message>) -> Vec<String> {
     pool::route(bindings, msg)
 }
 

@@ -15,8 +15,9 @@ use xee_xpath::query::SequenceQuery;
 use xee_xpath::{Documents, Queries, Query, Sequence};
 use xot::xmlname::OwnedName;
 
+use super::filter::Doc;
 use super::prolog::XQuery;
-use super::XmlBinding;
+use super::{SharedBindings, XmlBinding, XmlBindings};
 use crate::core::message::Message;
 use crate::wire::{FieldTable, Value};
 
@@ -36,7 +37,7 @@ const CACHE_SWEEP: u64 = 4096;
 
 enum Job {
     Route {
-        bindings: Arc<Vec<XmlBinding>>,
+        bindings: SharedBindings,
         msg: Arc<Message>,
         reply: mpsc::SyncSender<Vec<String>>,
     },
@@ -80,9 +81,13 @@ fn pool() -> &'static Pool {
 
 /// The queues of `bindings` that `msg` matches, in binding order. A body that is not
 /// well-formed XML matches nothing.
-pub(crate) fn route(bindings: Arc<Vec<XmlBinding>>, msg: Arc<Message>) -> Vec<String> {
+pub(crate) fn route(bindings: SharedBindings, msg: Arc<Message>) -> Vec<String> {
     let key = msg.routing_key();
-    if !bindings.iter().any(|b| b.key == key) {
+    let any = bindings
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .has_key(key);
+    if !any {
         return Vec::new();
     }
     let (reply, answer) = mpsc::sync_channel(1);
@@ -150,6 +155,7 @@ fn worker(jobs: &Mutex<mpsc::Receiver<Job>>) {
                 reply,
             } => {
                 let matched = catch_unwind(AssertUnwindSafe(|| {
+                    let bindings = bindings.read().unwrap_or_else(|e| e.into_inner());
                     evaluate(&mut cache, count, &bindings, &msg)
                 }));
                 let matched = matched.unwrap_or_else(|_| {
@@ -195,14 +201,54 @@ fn compile(q: &XQuery) -> Result<Compiled, String> {
     })
 }
 
+/// The queues `msg` matches, in binding order: compiled filters over one light parse of
+/// the body, and the engine for the rest (or for all, on a body the light parse leaves to
+/// it).
 fn evaluate(
     cache: &mut HashMap<u64, Compiled>,
     now: u64,
-    bindings: &[XmlBinding],
+    bindings: &XmlBindings,
     msg: &Message,
 ) -> Vec<String> {
     let key = msg.routing_key();
+    let headers = msg.headers();
+    let doc = if msg.body.is_empty() {
+        None
+    } else {
+        Doc::parse(&msg.body)
+    };
+    let mut matched = match &doc {
+        Some(doc) => bindings.filters.matches(doc, headers, |id| {
+            bindings.by_id.get(&id).is_some_and(|b| b.key == key)
+        }),
+        None => Vec::new(),
+    };
+    let for_engine =
+        |b: &&XmlBinding| b.key == key && (doc.is_none() || !bindings.filters.contains(b.id));
+    if doc.is_none() || bindings.engine > 0 {
+        let mut by_engine = engine_matches(cache, now, bindings.iter().filter(for_engine), msg);
+        if !by_engine.is_empty() {
+            matched.append(&mut by_engine);
+            matched.sort_unstable();
+        }
+    }
+    matched
+        .iter()
+        .filter_map(|id| bindings.by_id.get(id).map(|b| b.queue.clone()))
+        .collect()
+}
+
+/// The ids of `bindings` whose queries the XPath engine finds true for `msg`.
+fn engine_matches<'b>(
+    cache: &mut HashMap<u64, Compiled>,
+    now: u64,
+    mut bindings: impl Iterator<Item = &'b XmlBinding>,
+    msg: &Message,
+) -> Vec<u64> {
     let mut out = Vec::new();
+    let Some(first) = bindings.next() else {
+        return out;
+    };
     let mut docs = Documents::new();
     // Parsed once for every binding. No body at all leaves no context item: queries on
     // headers alone still work, queries on the content fail and so do not match.
@@ -227,10 +273,10 @@ fn evaluate(
     let headers = msg.headers();
     // Subscribers often bind the same query; its answer for this message is the same.
     let mut answered: Vec<(&XQuery, bool)> = Vec::new();
-    for b in bindings.iter().filter(|b| b.key == key) {
+    for b in std::iter::once(first).chain(bindings) {
         if let Some((_, hit)) = answered.iter().find(|(q, _)| **q == *b.query) {
             if *hit {
-                out.push(b.queue.clone());
+                out.push(b.id);
             }
             continue;
         }
@@ -265,7 +311,7 @@ fn evaluate(
             false
         });
         if hit {
-            out.push(b.queue.clone());
+            out.push(b.id);
         }
         answered.push((&b.query, hit));
     }
@@ -350,6 +396,20 @@ fn header_value(headers: Option<&FieldTable>, name: &str) -> Sequence {
             .as_str()
             .map_or_else(Sequence::default, |s| Sequence::from(s.to_string())),
     }
+}
+
+/// What the engine answers for one query over one message (the reference the compiled
+/// filter is tested against).
+#[cfg(test)]
+pub(super) fn engine_says(query: &XQuery, msg: &Message) -> bool {
+    let binding = XmlBinding {
+        id: 1,
+        queue: String::new(),
+        key: msg.routing_key().to_string(),
+        query: Arc::new(query.clone()),
+    };
+    let mut cache = HashMap::new();
+    !engine_matches(&mut cache, 1, std::iter::once(&binding), msg).is_empty()
 }
 
 #[cfg(test)]

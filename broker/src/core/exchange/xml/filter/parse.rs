@@ -369,20 +369,21 @@ impl Parser<'_> {
                     self.at += 1;
                     return self.path_from(path, depth).map(Expr::Path);
                 }
-                if !self.query.variables.iter().any(|v| *v == name) {
+                if !self.query.variables.contains(&name) {
                     return None;
                 }
                 self.at += 1;
                 // Steps after a header value are the engine's.
-                if matches!(self.peek(), Some(Tok::Slash | Tok::SlashSlash | Tok::LBracket)) {
+                if matches!(
+                    self.peek(),
+                    Some(Tok::Slash | Tok::SlashSlash | Tok::LBracket)
+                ) {
                     return None;
                 }
                 Some(Expr::Var(name))
             }
             Tok::Name(n) if self.peek_at(1) == Some(&Tok::LParen) => self.call(&n, depth),
-            Tok::Name(n) if matches!(n.as_str(), "let" | "for" | "some" | "every" | "if") => {
-                None
-            }
+            Tok::Name(n) if matches!(n.as_str(), "let" | "for" | "some" | "every" | "if") => None,
             _ => self.path(depth).map(Expr::Path),
         }
     }
@@ -468,8 +469,16 @@ impl Parser<'_> {
                     self.at += 1;
                     self.step(Axis::Descendant, &mut path, depth)?;
                 }
-                // A predicate on `.` or a variable (a filter expression) is the engine's.
-                Some(Tok::LBracket) => return None,
+                // A predicate after a path filters what its last step selected (no
+                // predicate here is positional); on `.` alone it is the engine's.
+                Some(Tok::LBracket) => {
+                    self.at += 1;
+                    let e = self.expr(depth + 1)?;
+                    if !e.is_boolean() || !self.eat(&Tok::RBracket) {
+                        return None;
+                    }
+                    path.steps.last_mut()?.preds.push(e);
+                }
                 _ => return Some(path),
             }
         }
