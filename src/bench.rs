@@ -49,11 +49,12 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     if args.size < 8 {
         bail!("--size must be at least 8 (the send timestamp)");
     }
-    if args.xml_bindings > 0 && args.size < xml_body(0, 0).len() {
-        bail!(
-            "--size must be at least {} for XML events",
-            xml_body(0, 0).len()
-        );
+    let smallest = (0..4)
+        .map(|n| xml_event(n, 1, 0, 0).len())
+        .max()
+        .unwrap_or(0);
+    if args.xml_bindings > 0 && args.size < smallest {
+        bail!("--size must be at least {smallest} for XML events");
     }
     if args.producers == 0 || args.consumers == 0 || args.count == 0 {
         bail!("--producers, --consumers and --count must be at least 1");
@@ -165,7 +166,8 @@ const FEDERATED_KEY: &str = "clacks-bench";
 use clacks_agent::events::EVENTS_NS;
 
 /// An xml exchange named like the queue, with `--xml-bindings` bindings on one key: the
-/// first (to the bench queue) matches the events sent, the others ask for other nodes.
+/// first (to the bench queue) takes every kind of event sent, the others each ask for one
+/// kind about one node (or one kind of site alarm), as Clacks clients do.
 async fn xml_setup(
     session: &Session,
     args: &BenchArgs,
@@ -194,13 +196,21 @@ async fn xml_setup(
                 .await
                 .context("cannot declare a bench queue")?;
         }
+        let wants = if i == 0 {
+            "$e/f:NodeStatus or $e/f:NodeAnnounce or $e/f:NodeCapabilities or $e/f:SiteEvent"
+                .to_string()
+        } else {
+            match i % 4 {
+                0 => format!("$e/f:NodeStatus[f:Node = 'node-{i}']"),
+                1 => format!("$e/f:NodeAnnounce[f:Node = 'node-{i}']"),
+                2 => format!("$e/f:NodeCapabilities[f:Node = 'node-{i}']"),
+                _ => format!("$e/f:SiteEvent[@type = 'alarm-{i}']"),
+            }
+        };
         let mut xquery = FieldTable::new();
         xquery.insert(
             "xquery",
-            format!(
-                "declare namespace f='{EVENTS_NS}'; \
-                 let $e := ./f:Event return $e/f:NodeStatus[f:Node = 'node-{i}']"
-            ),
+            format!("declare namespace f='{EVENTS_NS}'; let $e := ./f:Event return {wants}"),
         );
         session
             .bind(ExchangeBind {
@@ -232,13 +242,34 @@ async fn xml_teardown(session: &Session, queue: &str, others: &[String]) {
         .await;
 }
 
-/// A Clacks-style event for node 0 with the send time in its `stamp` attribute (20
-/// digits), padded to `size` bytes where it is shorter.
-fn xml_body(stamp: u64, size: usize) -> Vec<u8> {
-    let head = format!(
-        "<Event xmlns=\"{EVENTS_NS}\" stamp=\"{stamp:020}\"><NodeStatus><Node>node-0</Node><Pad>"
-    );
-    let tail = "</Pad></NodeStatus></Event>";
+/// Event `n` of the mix: NodeStatus, NodeAnnounce, NodeCapabilities and a site alarm in
+/// turn, about node (or alarm) `(n / 4) % nodes`, with the send time in its `stamp`
+/// attribute (20 digits), padded to `size` bytes where it is shorter.
+fn xml_event(n: u64, nodes: u64, stamp: u64, size: usize) -> Vec<u8> {
+    let j = (n / 4) % nodes.max(1);
+    let (head, tail) = match n % 4 {
+        0 => (
+            format!("<NodeStatus><Node>node-{j}</Node><Load>0.25</Load><Pad>"),
+            "</Pad></NodeStatus>",
+        ),
+        1 => (
+            format!("<NodeAnnounce><Node>node-{j}</Node><Pad>"),
+            "</Pad></NodeAnnounce>",
+        ),
+        2 => (
+            format!(
+                "<NodeCapabilities><Node>node-{j}</Node>\
+                 <Capability>core</Capability><Capability>xml</Capability><Pad>"
+            ),
+            "</Pad></NodeCapabilities>",
+        ),
+        _ => (
+            format!("<SiteEvent type=\"alarm-{j}\"><Text>door open</Text><Pad>"),
+            "</Pad></SiteEvent>",
+        ),
+    };
+    let head = format!("<Event xmlns=\"{EVENTS_NS}\" stamp=\"{stamp:020}\">{head}");
+    let tail = format!("{tail}</Event>");
     let pad = size.saturating_sub(head.len() + tail.len());
     let mut body = Vec::with_capacity(head.len() + pad + tail.len());
     body.extend_from_slice(head.as_bytes());
@@ -323,6 +354,7 @@ async fn measure(
             exchange: route.exchange.clone(),
             key: route.key.clone(),
             xml: route.xml,
+            nodes: u64::from(args.xml_bindings.max(1)),
             count: share,
             size: args.size,
             durable: args.durable,
@@ -367,6 +399,8 @@ struct Producer {
     exchange: String,
     key: String,
     xml: bool,
+    /// With `xml`: events name nodes 0 to this (the bindings' count) in turn.
+    nodes: u64,
     count: u64,
     size: usize,
     durable: bool,
@@ -390,7 +424,7 @@ impl Producer {
                 tokio::time::sleep_until(due).await;
             }
             let body = if self.xml {
-                bytes::Bytes::from(xml_body(now_ns(), self.size))
+                bytes::Bytes::from(xml_event(i, self.nodes, now_ns(), self.size))
             } else {
                 let mut body = BytesMut::with_capacity(self.size);
                 body.put_u64(now_ns());
@@ -650,11 +684,15 @@ mod tests {
 
     #[test]
     fn xml_events_carry_their_stamp_and_size() {
-        let body = xml_body(1_234_567_890_123, 1024);
-        assert_eq!(body.len(), 1024);
-        assert_eq!(stamp_of(&body, true), Some(1_234_567_890_123));
-        assert!(body.starts_with(b"<Event xmlns=\"http://www.gonicus.de/Events\""));
-        assert!(body.ends_with(b"</Event>"));
+        for n in 0..4 {
+            let body = xml_event(n, 3, 1_234_567_890_123, 1024);
+            assert_eq!(body.len(), 1024);
+            assert_eq!(stamp_of(&body, true), Some(1_234_567_890_123));
+            assert!(body.starts_with(b"<Event xmlns=\"http://www.gonicus.de/Events\""));
+            assert!(body.ends_with(b"</Event>"));
+        }
+        let alarm = String::from_utf8(xml_event(7, 3, 0, 0)).expect("utf-8");
+        assert!(alarm.contains("<SiteEvent type=\"alarm-1\">"), "{alarm}");
         assert_eq!(stamp_of(b"<Event/>", true), None);
     }
 }
