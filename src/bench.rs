@@ -14,8 +14,8 @@ use clacks_broker::client::{
     random_uuid, ConnectOptions, Connection, Message, Session, SubscribeOptions, Subscription,
 };
 use clacks_broker::wire::{
-    ExchangeBind, ExchangeDeclare, ExchangeDelete, FieldTable, QueueDeclare, QueueDelete,
-    SequenceSet,
+    ExchangeBind, ExchangeDeclare, ExchangeDelete, ExchangeUnbind, FieldTable, QueueDeclare,
+    QueueDelete, SequenceSet,
 };
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -183,6 +183,7 @@ async fn xml_setup(
         })
         .await
         .context("cannot declare the bench xml exchange")?;
+    let mut binds = Vec::with_capacity(others.len() + 1);
     for (i, q) in std::iter::once(queue)
         .chain(others.iter().map(String::as_str))
         .enumerate()
@@ -212,6 +213,7 @@ async fn xml_setup(
             "xquery",
             format!("declare namespace f='{EVENTS_NS}'; let $e := ./f:Event return {wants}"),
         );
+        let started = Instant::now();
         session
             .bind(ExchangeBind {
                 queue: Some(q.to_string()),
@@ -221,11 +223,48 @@ async fn xml_setup(
             })
             .await
             .context("cannot bind to the bench xml exchange")?;
+        binds.push(elapsed_ns(started));
     }
+    println!("bind:     {}", round_trips(&mut binds));
     Ok(())
 }
 
+fn elapsed_ns(since: Instant) -> u64 {
+    u64::try_from(since.elapsed().as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// Percentiles of round trips (binds, unbinds) for the report.
+fn round_trips(ns: &mut [u64]) -> String {
+    ns.sort_unstable();
+    let ms = |v: u64| v as f64 / 1e6;
+    format!(
+        "{} round trips: p50 {:.3} ms  p99 {:.3} ms  max {:.3} ms",
+        ns.len(),
+        ms(percentile(ns, 50.0)),
+        ms(percentile(ns, 99.0)),
+        ms(ns.last().copied().unwrap_or(0))
+    )
+}
+
 async fn xml_teardown(session: &Session, queue: &str, others: &[String]) {
+    // Unbinding with every binding still in place, as a client leaving does.
+    let mut unbinds = Vec::with_capacity(others.len());
+    for q in others {
+        let started = Instant::now();
+        let unbound = session
+            .unbind(ExchangeUnbind {
+                queue: Some(q.clone()),
+                exchange: Some(queue.to_string()),
+                binding_key: Some(XML_KEY.into()),
+            })
+            .await;
+        if unbound.is_ok() {
+            unbinds.push(elapsed_ns(started));
+        }
+    }
+    if !unbinds.is_empty() {
+        println!("unbind:   {}", round_trips(&mut unbinds));
+    }
     for q in others {
         let _ = session
             .delete_queue(QueueDelete {
