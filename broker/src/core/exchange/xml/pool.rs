@@ -17,7 +17,7 @@ use xot::xmlname::OwnedName;
 
 use super::filter::Doc;
 use super::prolog::XQuery;
-use super::{SharedBindings, XmlBinding, XmlBindings};
+use super::{SharedBindings, XmlBinding};
 use crate::core::message::Message;
 use crate::wire::{FieldTable, Value};
 
@@ -155,7 +155,6 @@ fn worker(jobs: &Mutex<mpsc::Receiver<Job>>) {
                 reply,
             } => {
                 let matched = catch_unwind(AssertUnwindSafe(|| {
-                    let bindings = bindings.read().unwrap_or_else(|e| e.into_inner());
                     evaluate(&mut cache, count, &bindings, &msg)
                 }));
                 let matched = matched.unwrap_or_else(|_| {
@@ -203,11 +202,12 @@ fn compile(q: &XQuery) -> Result<Compiled, String> {
 
 /// The queues `msg` matches, in binding order: compiled filters over one light parse of
 /// the body, and the engine for the rest (or for all, on a body the light parse leaves to
-/// it).
+/// it). The bindings are read-locked only while the compiled filters run: a bind or an
+/// unbind, which waits for the lock under the broker's, never waits for the engine.
 fn evaluate(
     cache: &mut HashMap<u64, Compiled>,
     now: u64,
-    bindings: &XmlBindings,
+    shared: &SharedBindings,
     msg: &Message,
 ) -> Vec<String> {
     let key = msg.routing_key();
@@ -217,25 +217,38 @@ fn evaluate(
     } else {
         Doc::parse(&msg.body)
     };
-    let mut matched = match &doc {
-        Some(doc) => bindings.filters.matches(doc, headers, |id| {
-            bindings.by_id.get(&id).is_some_and(|b| b.key == key)
-        }),
-        None => Vec::new(),
+    let (mut matched, for_engine) = {
+        let bindings = shared.read().unwrap_or_else(|e| e.into_inner());
+        let ids = match &doc {
+            Some(doc) => bindings.filters.matches(doc, headers, |id| {
+                bindings.by_id.get(&id).is_some_and(|b| b.key == key)
+            }),
+            None => Vec::new(),
+        };
+        let matched: Vec<(u64, String)> = ids
+            .into_iter()
+            .filter_map(|id| bindings.by_id.get(&id).map(|b| (id, b.queue.clone())))
+            .collect();
+        let for_engine: Vec<XmlBinding> = if doc.is_none() || bindings.engine > 0 {
+            bindings
+                .iter()
+                .filter(|b| b.key == key && (doc.is_none() || !bindings.filters.contains(b.id)))
+                .cloned()
+                .collect()
+        } else {
+            Vec::new()
+        };
+        (matched, for_engine)
     };
-    let for_engine =
-        |b: &&XmlBinding| b.key == key && (doc.is_none() || !bindings.filters.contains(b.id));
-    if doc.is_none() || bindings.engine > 0 {
-        let mut by_engine = engine_matches(cache, now, bindings.iter().filter(for_engine), msg);
-        if !by_engine.is_empty() {
-            matched.append(&mut by_engine);
-            matched.sort_unstable();
+    if !for_engine.is_empty() {
+        for id in engine_matches(cache, now, for_engine.iter(), msg) {
+            if let Ok(i) = for_engine.binary_search_by_key(&id, |b| b.id) {
+                matched.push((id, for_engine[i].queue.clone()));
+            }
         }
+        matched.sort_unstable_by_key(|(id, _)| *id);
     }
-    matched
-        .iter()
-        .filter_map(|id| bindings.by_id.get(id).map(|b| b.queue.clone()))
-        .collect()
+    matched.into_iter().map(|(_, queue)| queue).collect()
 }
 
 /// The ids of `bindings` whose queries the XPath engine finds true for `msg`.

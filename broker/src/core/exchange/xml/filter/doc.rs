@@ -48,9 +48,14 @@ pub struct Doc {
 impl Doc {
     /// Reads a body; `None` when the compiled filter should leave it to the engine.
     pub fn parse(body: &[u8]) -> Option<Doc> {
+        // Carriage returns (line-end normalisation), other control characters and the
+        // non-characters U+FFFE and U+FFFF are the engine's to judge.
         if body
             .iter()
-            .any(|&b| b < 0x20 && !matches!(b, b'\t' | b'\n' | b'\r'))
+            .any(|&b| b < 0x20 && !matches!(b, b'\t' | b'\n'))
+            || body
+                .windows(3)
+                .any(|w| w == [0xEF, 0xBF, 0xBE] || w == [0xEF, 0xBF, 0xBF])
         {
             return None;
         }
@@ -72,6 +77,7 @@ impl Doc {
         // The open elements, each with its last child so far.
         let mut open: Vec<(u32, u32)> = vec![(ROOT, NONE)];
         let mut roots = 0;
+        let mut first = true;
         loop {
             let (ns, event) = reader.read_resolved_event().ok()?;
             // Owned at once: the resolved name borrows the reader.
@@ -109,13 +115,17 @@ impl Doc {
                     doc.nodes[id as usize].text.1 = doc.text_len()?;
                 }
                 Event::Text(t) => {
-                    let t = t.unescape().ok()?;
+                    let raw: &[u8] = &t;
                     if open.len() == 1 {
-                        if !t.chars().all(|c| matches!(c, ' ' | '\t' | '\n' | '\r')) {
+                        // Outside the root only white space, and written as such.
+                        if !raw.iter().all(|b| matches!(b, b' ' | b'\t' | b'\n')) {
                             return None;
                         }
                     } else {
-                        doc.text.push_str(&t);
+                        if raw.windows(3).any(|w| w == b"]]>") {
+                            return None;
+                        }
+                        doc.text.push_str(&t.unescape().ok()?);
                     }
                 }
                 Event::CData(c) => {
@@ -124,11 +134,38 @@ impl Doc {
                     }
                     doc.text.push_str(std::str::from_utf8(&c).ok()?);
                 }
-                Event::Comment(_) | Event::PI(_) => {}
-                Event::Decl(_) if roots == 0 && doc.nodes.len() == 1 => {}
+                Event::Comment(c) => {
+                    let c: &[u8] = &c;
+                    if c.windows(2).any(|w| w == b"--") || c.ends_with(b"-") {
+                        return None;
+                    }
+                }
+                Event::PI(p) => {
+                    let target = std::str::from_utf8(p.target()).ok()?;
+                    if !is_name(target) || target.eq_ignore_ascii_case("xml") {
+                        return None;
+                    }
+                }
+                // Only as the very first thing, and only version 1.0 in UTF-8.
+                Event::Decl(d) if first && body.starts_with(b"<?xml ") => {
+                    if d.version().ok()?.as_ref() != b"1.0" {
+                        return None;
+                    }
+                    if let Some(enc) = d.encoding() {
+                        if !enc.ok()?.eq_ignore_ascii_case(b"utf-8") {
+                            return None;
+                        }
+                    }
+                    if let Some(sa) = d.standalone() {
+                        if !matches!(sa.ok()?.as_ref(), b"yes" | b"no") {
+                            return None;
+                        }
+                    }
+                }
                 Event::Decl(_) | Event::DocType(_) => return None,
                 Event::Eof => break,
             }
+            first = false;
         }
         if open.len() != 1 || roots != 1 {
             return None;
@@ -149,20 +186,28 @@ impl Doc {
 
     /// Adds an element (text span open until its end) and its attributes.
     fn element(&mut self, reader: &NsReader<&[u8]>, ns: String, e: &BytesStart) -> Option<u32> {
-        let local = std::str::from_utf8(e.local_name().into_inner()).ok()?;
-        if !is_name(local) {
+        let qname = std::str::from_utf8(e.name().into_inner()).ok()?;
+        if !is_qname(qname) || qname.starts_with("xmlns:") || !attributes_spaced(e.attributes_raw())
+        {
             return None;
         }
+        let local = std::str::from_utf8(e.local_name().into_inner()).ok()?;
         let ns = self.keep(&ns)?;
         let local = self.keep(local)?;
         let first_attr = u32::try_from(self.attrs.len()).ok()?;
         for a in e.attributes() {
             let a = a.ok()?;
             let key = std::str::from_utf8(a.key.into_inner()).ok()?;
+            // Values the parser would normalise (white space) or refuse (`<`) are the
+            // engine's, namespace declarations' included.
+            if !is_qname(key) || a.value.iter().any(|b| matches!(b, b'<' | b'\t' | b'\n')) {
+                return None;
+            }
             if key == "xmlns" || key.starts_with("xmlns:") {
                 continue;
             }
-            if a.value.contains(&b'<') {
+            // `xml:` attributes (`xml:id` is normalised and checked) and `p:xmlns` too.
+            if key.starts_with("xml:") || key.ends_with(":xmlns") {
                 return None;
             }
             let (ans, alocal) = reader.resolve_attribute(a.key);
@@ -213,9 +258,42 @@ fn namespace(r: ResolveResult) -> Option<String> {
     }
 }
 
-/// A name XML allows (conservatively: what is not sure goes to the engine).
+/// A name XML allows, conservatively: ASCII only (names beyond it are the engine's).
 fn is_name(s: &str) -> bool {
     let mut chars = s.chars();
-    chars.next().is_some_and(|c| c.is_alphabetic() || c == '_')
-        && chars.all(|c| c.is_alphanumeric() || matches!(c, '_' | '-' | '.'))
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+}
+
+/// A name, or a prefix and a name.
+fn is_qname(s: &str) -> bool {
+    match s.split_once(':') {
+        Some((prefix, local)) => is_name(prefix) && is_name(local),
+        None => is_name(s),
+    }
+}
+
+/// Whether every attribute value's closing quote is followed by white space (or the end):
+/// `<a x="1"y="2">` is not well-formed, though the reader takes it.
+fn attributes_spaced(raw: &[u8]) -> bool {
+    let mut quote = None;
+    for (i, &b) in raw.iter().enumerate() {
+        match quote {
+            Some(q) if b == q => {
+                quote = None;
+                if raw
+                    .get(i + 1)
+                    .is_some_and(|n| !matches!(n, b' ' | b'\t' | b'\n' | b'/'))
+                {
+                    return false;
+                }
+            }
+            Some(_) => {}
+            None if b == b'"' || b == b'\'' => quote = Some(b),
+            None => {}
+        }
+    }
+    true
 }

@@ -359,55 +359,21 @@ fn compare(op: CmpOp, a: &Atom, b: &Atom) -> R<bool> {
     })
 }
 
-/// XML Schema's white space: what a cast trims.
-fn trim(s: &str) -> &str {
-    s.trim_matches(|c| matches!(c, ' ' | '\t' | '\n' | '\r'))
-}
-
-/// An untyped value cast to `xs:double`, by XML Schema's lexical rules.
+/// An untyped value cast to `xs:double`, as the engine casts it: trimmed of white space
+/// (Unicode's), then XML Schema's syntax with `INF` (read by the same crate the engine
+/// uses, with its options).
 fn to_double(s: &str) -> R<f64> {
-    let s = trim(s);
-    match s {
-        "INF" | "+INF" => return Ok(f64::INFINITY),
-        "-INF" => return Ok(f64::NEG_INFINITY),
-        "NaN" => return Ok(f64::NAN),
-        _ => {}
-    }
-    let b = s.as_bytes();
-    let mut i = usize::from(matches!(b.first(), Some(b'+' | b'-')));
-    let digits = |i: &mut usize| {
-        let start = *i;
-        while b.get(*i).is_some_and(u8::is_ascii_digit) {
-            *i += 1;
-        }
-        *i - start
-    };
-    let mut mantissa = digits(&mut i);
-    if b.get(i) == Some(&b'.') {
-        i += 1;
-        mantissa += digits(&mut i);
-    }
-    if mantissa == 0 {
-        return Err(Failed);
-    }
-    if matches!(b.get(i), Some(b'e' | b'E')) {
-        i += 1;
-        if matches!(b.get(i), Some(b'+' | b'-')) {
-            i += 1;
-        }
-        if digits(&mut i) == 0 {
-            return Err(Failed);
-        }
-    }
-    if i != b.len() {
-        return Err(Failed);
-    }
-    s.parse().map_err(|_| Failed)
+    let options = lexical::ParseFloatOptionsBuilder::new()
+        .inf_string(Some(b"INF"))
+        .build()
+        .map_err(|_| Failed)?;
+    lexical::parse_with_options::<f64, _, { lexical::format::XML }>(s.trim(), &options)
+        .map_err(|_| Failed)
 }
 
-/// An untyped value cast to `xs:boolean`.
+/// An untyped value cast to `xs:boolean`, as the engine casts it (without trimming).
 fn to_boolean(s: &str) -> R<bool> {
-    match trim(s) {
+    match s {
         "true" | "1" => Ok(true),
         "false" | "0" => Ok(false),
         _ => Err(Failed),

@@ -240,9 +240,17 @@ struct Parser<'a> {
     toks: Vec<Tok>,
     at: usize,
     query: &'a XQuery,
-    /// `let` variables in scope: their paths.
-    lets: Vec<(String, Path)>,
+    /// `let` variables in scope: their paths, and the predicate depth they were bound at.
+    lets: Vec<(String, Path, usize)>,
+    /// How many predicates the parser is inside.
+    pred_depth: usize,
+    /// Path steps made so far, inlined `let` paths included: a bound on what a query can
+    /// make the compiler build.
+    steps_made: usize,
 }
+
+/// Most path steps one query may compile to; beyond, the engine takes it.
+const MAX_STEPS: usize = 1024;
 
 /// The compiled form of a binding's expression, if it is inside the subset.
 pub(super) fn parse(query: &XQuery) -> Option<Expr> {
@@ -251,6 +259,8 @@ pub(super) fn parse(query: &XQuery) -> Option<Expr> {
         at: 0,
         query,
         lets: Vec::new(),
+        pred_depth: 0,
+        steps_made: 0,
     };
     let e = p.expr(0)?;
     (p.at == p.toks.len()).then_some(e)
@@ -297,11 +307,17 @@ impl Parser<'_> {
             let Expr::Path(path) = self.or_expr(depth + 1)? else {
                 return None;
             };
+            // The engine evaluates a `let` path at once, where an error (a predicate
+            // selecting several nodes) fails the query even when the variable is unused;
+            // a path without predicates has no errors to raise.
+            if path.steps.iter().any(|s| !s.preds.is_empty()) {
+                return None;
+            }
             if !self.keyword("return") {
                 return None;
             }
             self.at += 1;
-            self.lets.push((name, path));
+            self.lets.push((name, path, self.pred_depth));
             let body = self.expr(depth + 1);
             self.lets.pop();
             return body;
@@ -365,7 +381,7 @@ impl Parser<'_> {
                 self.eat(&Tok::RParen).then_some(e)
             }
             Tok::Var(name) => {
-                if let Some(path) = self.let_path(&name) {
+                if let Some(path) = self.let_path(&name)? {
                     self.at += 1;
                     return self.path_from(path, depth).map(Expr::Path);
                 }
@@ -388,12 +404,21 @@ impl Parser<'_> {
         }
     }
 
-    fn let_path(&self, name: &str) -> Option<Path> {
-        self.lets
-            .iter()
-            .rev()
-            .find(|(n, _)| n == name)
-            .map(|(_, p)| p.clone())
+    /// The path of a `let` variable, to be used in its place. Inside a predicate opened
+    /// after the `let`, the path would start from another context item than the one it
+    /// was bound at, so there the query is the engine's (unless the path is absolute).
+    fn let_path(&mut self, name: &str) -> Option<Option<Path>> {
+        let Some((_, path, at)) = self.lets.iter().rev().find(|(n, _, _)| n == name) else {
+            return Some(None);
+        };
+        if *at != self.pred_depth && path.start != Start::Root {
+            return None;
+        }
+        self.steps_made += path.steps.len();
+        if self.steps_made > MAX_STEPS {
+            return None;
+        }
+        Some(Some(path.clone()))
     }
 
     fn call(&mut self, name: &str, depth: usize) -> Option<Expr> {
@@ -473,7 +498,7 @@ impl Parser<'_> {
                 // predicate here is positional); on `.` alone it is the engine's.
                 Some(Tok::LBracket) => {
                     self.at += 1;
-                    let e = self.expr(depth + 1)?;
+                    let e = self.predicate(depth)?;
                     if !e.is_boolean() || !self.eat(&Tok::RBracket) {
                         return None;
                     }
@@ -482,6 +507,14 @@ impl Parser<'_> {
                 _ => return Some(path),
             }
         }
+    }
+
+    /// The expression of a predicate (after its `[`).
+    fn predicate(&mut self, depth: usize) -> Option<Expr> {
+        self.pred_depth += 1;
+        let e = self.expr(depth + 1);
+        self.pred_depth -= 1;
+        e
     }
 
     fn starts_step(&self) -> bool {
@@ -525,7 +558,7 @@ impl Parser<'_> {
         };
         let mut preds = Vec::new();
         while self.eat(&Tok::LBracket) {
-            let e = self.expr(depth + 1)?;
+            let e = self.predicate(depth)?;
             // Positional predicates (a number) are the engine's.
             if !e.is_boolean() {
                 return None;
@@ -534,6 +567,10 @@ impl Parser<'_> {
             if !self.eat(&Tok::RBracket) {
                 return None;
             }
+        }
+        self.steps_made += 1;
+        if self.steps_made > MAX_STEPS {
+            return None;
         }
         path.steps.push(Step { axis, test, preds });
         Some(())
