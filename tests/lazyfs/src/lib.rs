@@ -134,8 +134,13 @@ impl LazyFs {
         // fuser's own unmount is not lazy as root, so it is done here; fuser's attempt
         // when the session is dropped then finds nothing to unmount.
         match unmount(&self.mountpoint, UnmountFlags::empty()) {
-            // The kernel ends the connection: the session thread sees it and returns.
-            Ok(()) => session.join(),
+            // The kernel ends the connection: the session thread sees it and returns. If a
+            // request was in flight then (a lock being released, say), it sees the
+            // connection aborted instead; the session is over all the same.
+            Ok(()) => match session.join() {
+                Err(e) if e.kind() == io::ErrorKind::ConnectionAborted => Ok(()),
+                ended => ended,
+            },
             Err(rustix::io::Errno::BUSY) => {
                 let detached = unmount(&self.mountpoint, UnmountFlags::DETACH);
                 // Dropping detaches the thread; it ends when the last open file is closed.

@@ -157,6 +157,15 @@ impl State {
         answers: &XmlAnswers,
     ) -> Result<(), XmlPending> {
         let start = out.len();
+        // The common case, without the walk's allocations: no exchange bindings, and a
+        // match or no alternate to follow.
+        if ex.exchange_bindings().is_empty() {
+            ex.route_with(msg, out, answers)?;
+            self.keep_existing(out, start);
+            if out.len() > start || ex.alternate.is_none() {
+                return Ok(());
+            }
+        }
         let mut visited: HashSet<&str> = HashSet::new();
         let mut next: Vec<&Exchange> = vec![ex];
         let mut onward = Vec::new();
@@ -166,15 +175,7 @@ impl State {
             }
             let before = out.len();
             e.route_with(msg, out, answers)?;
-            // Bindings to queues that went away meanwhile do not count as a match.
-            let mut kept = before;
-            for i in before..out.len() {
-                if self.queues.contains_key(&out[i]) {
-                    out.swap(kept, i);
-                    kept += 1;
-                }
-            }
-            out.truncate(kept);
+            self.keep_existing(out, before);
             onward.clear();
             e.route_to_exchanges(msg, &mut onward);
             let matched = out.len() > before || !onward.is_empty();
@@ -195,6 +196,19 @@ impl State {
             dedup_from(out, start);
         }
         Ok(())
+    }
+
+    /// Drops from `out[from..]` the queues that went away meanwhile (bindings to them do
+    /// not count as a match), keeping the order.
+    fn keep_existing(&self, out: &mut Vec<String>, from: usize) {
+        let mut kept = from;
+        for i in from..out.len() {
+            if self.queues.contains_key(&out[i]) {
+                out.swap(kept, i);
+                kept += 1;
+            }
+        }
+        out.truncate(kept);
     }
 
     pub(super) fn enqueue_all(
