@@ -46,6 +46,19 @@ def connect(user="guest", password="guest"):
     return pika.BlockingConnection(pika.ConnectionParameters(
         host="127.0.0.1", port=PORT, credentials=pika.PlainCredentials(user, password),
         connection_attempts=1))
+def wait_until_gone(conn, queue, why):
+    # Polls, with a generous deadline, until a passive declare answers 404.
+    deadline = time.time() + 10
+    while time.time() < deadline:
+        probe = conn.channel()
+        try:
+            probe.queue_declare(queue, passive=True)
+            probe.close()
+            time.sleep(0.05)
+        except pika.exceptions.ChannelClosedByBroker as e:
+            assert e.reply_code == 404, e
+            return
+    raise SystemExit(why)
 "#;
 
 fn broker() -> Binary {
@@ -180,18 +193,7 @@ except pika.exceptions.ChannelClosedByBroker as e:
     assert e.reply_code == 405, e
 ch = conn.channel()
 other_conn.close()
-deadline = time.time() + 10
-while time.time() < deadline:
-    probe = conn.channel()
-    try:
-        probe.queue_declare("mine", passive=True)
-        probe.close()
-        time.sleep(0.05)
-    except pika.exceptions.ChannelClosedByBroker as e:
-        assert e.reply_code == 404, e
-        break
-else:
-    raise SystemExit("the exclusive queue outlived its connection")
+wait_until_gone(conn, "mine", "the exclusive queue outlived its connection")
 
 # A queue's TTL (x-message-ttl) caps every message on it.
 brief = ch.queue_declare("brief", exclusive=True, arguments={"x-message-ttl": 50}).method.queue
@@ -281,18 +283,7 @@ ch = conn.channel()
 ch.queue_declare("expiring", arguments={"x-expires": 300})
 ch.queue_declare("watched", arguments={"x-expires": 1000})
 ch.basic_consume("watched", lambda *a: None)
-deadline = time.time() + 10
-while time.time() < deadline:
-    probe = conn.channel()
-    try:
-        probe.queue_declare("expiring", passive=True)
-        probe.close()
-        time.sleep(0.05)
-    except pika.exceptions.ChannelClosedByBroker as e:
-        assert e.reply_code == 404, e
-        break
-else:
-    raise SystemExit("the unused queue did not expire")
+wait_until_gone(conn, "expiring", "the unused queue did not expire")
 conn.process_data_events(time_limit=1.5)
 assert ch.queue_declare("watched", passive=True).method.consumer_count == 1
 try:

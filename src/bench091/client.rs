@@ -224,35 +224,51 @@ impl Sender {
     }
 }
 
-/// Declares (or, with `delete`, deletes) the bench queue and waits for the answer.
+/// Declares the bench queue and waits for the answer.
 ///
 /// # Errors
 /// The broker's refusal.
-pub async fn queue(
+pub async fn declare_queue(
     reader: &mut Reader,
     sender: &mut Sender,
     name: &str,
     durable: bool,
-    delete: bool,
 ) -> anyhow::Result<()> {
-    let method = if delete {
-        queue::AMQPMethod::Delete(queue::Delete {
-            queue: ShortString::from(name),
-            if_unused: false,
-            if_empty: false,
-            nowait: false,
-        })
-    } else {
-        queue::AMQPMethod::Declare(queue::Declare {
-            queue: ShortString::from(name),
-            passive: false,
-            durable,
-            exclusive: false,
-            auto_delete: false,
-            nowait: false,
-            arguments: FieldTable::default(),
-        })
-    };
+    let declare = queue::AMQPMethod::Declare(queue::Declare {
+        queue: ShortString::from(name),
+        passive: false,
+        durable,
+        exclusive: false,
+        auto_delete: false,
+        nowait: false,
+        arguments: FieldTable::default(),
+    });
+    queue_method(reader, sender, declare).await
+}
+
+/// Deletes the bench queue and waits for the answer.
+///
+/// # Errors
+/// The broker's refusal.
+pub async fn delete_queue(
+    reader: &mut Reader,
+    sender: &mut Sender,
+    name: &str,
+) -> anyhow::Result<()> {
+    let delete = queue::AMQPMethod::Delete(queue::Delete {
+        queue: ShortString::from(name),
+        if_unused: false,
+        if_empty: false,
+        nowait: false,
+    });
+    queue_method(reader, sender, delete).await
+}
+
+async fn queue_method(
+    reader: &mut Reader,
+    sender: &mut Sender,
+    method: queue::AMQPMethod,
+) -> anyhow::Result<()> {
     sender.method(AMQPClass::Queue(method));
     sender.flush().await?;
     match reader.method().await? {

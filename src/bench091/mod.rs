@@ -59,11 +59,11 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
     let target = Target::from_args(args)?;
     let (mut reader, mut sender) = target.connect().await?;
     let queue = format!("bench-{}", clacks_broker::client::random_uuid());
-    client::queue(&mut reader, &mut sender, &queue, args.durable, false)
+    client::declare_queue(&mut reader, &mut sender, &queue, args.durable)
         .await
         .context("cannot declare the bench queue")?;
     let result = measure(args, &target, &queue).await;
-    let deleted = client::queue(&mut reader, &mut sender, &queue, false, true).await;
+    let deleted = client::delete_queue(&mut reader, &mut sender, &queue).await;
     let _ = sender.close(&mut reader).await;
     let report = result?;
     deleted.context("cannot delete the bench queue")?;

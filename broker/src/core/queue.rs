@@ -120,6 +120,11 @@ fn arg_u64(args: &FieldTable, key: &str) -> Result<Option<u64>, Error> {
     }
 }
 
+/// A text argument, if given as text.
+fn arg_text(args: &FieldTable, key: &str) -> Option<String> {
+    args.get(key).and_then(Value::as_str).map(str::to_string)
+}
+
 /// The broker ids of a comma-separated trace list.
 fn trace_ids(list: &str) -> Vec<String> {
     list.split(',')
@@ -153,18 +158,9 @@ impl QueueSettings {
                 }
                 ms => ms.map(std::time::Duration::from_millis),
             },
-            dead_letter_exchange: args
-                .get("x-dead-letter-exchange")
-                .and_then(Value::as_str)
-                .map(str::to_string),
-            dead_letter_routing_key: args
-                .get("x-dead-letter-routing-key")
-                .and_then(Value::as_str)
-                .map(str::to_string),
-            sequence_key: args
-                .get("qpid.queue_msg_sequence")
-                .and_then(Value::as_str)
-                .map(str::to_string),
+            dead_letter_exchange: arg_text(args, "x-dead-letter-exchange"),
+            dead_letter_routing_key: arg_text(args, "x-dead-letter-routing-key"),
+            sequence_key: arg_text(args, "qpid.queue_msg_sequence"),
             trace_id: args
                 .get("qpid.trace.id")
                 .and_then(Value::as_str)

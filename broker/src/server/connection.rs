@@ -8,13 +8,13 @@ use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_util::codec::Decoder;
 
 use super::admin::{ConnectionDetails, ConnectionLive};
 use super::session::{DurableDone, DurableNotifier, Session, SessionEnv};
-use super::ServerContext;
+use super::{verdict_of, ServerContext, Verdict};
 use crate::auth::{Claim, Exchange, Identity, PeerInfo, Step};
 use crate::core::{Delivery, DeliverySink, Error};
 use crate::wire::frame::{MIN_MAX_FRAME_SIZE, PROTOCOL_HEADER};
@@ -69,7 +69,7 @@ struct Conn<'a> {
     peer: PeerInfo,
     sasl: Option<Exchange>,
     /// The verdict on a login, once it is being judged.
-    verdict: Option<oneshot::Receiver<Result<Identity, String>>>,
+    verdict: Option<Verdict>,
     identity: Option<Identity>,
     /// The ACL this connection applies, and the reload generation it came from.
     acl: (u64, Option<Arc<crate::auth::Acl>>),
@@ -170,7 +170,7 @@ pub(crate) async fn serve<S>(
     let opened_by = Instant::now() + ctx.config.handshake_timeout;
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     let mut closing_since: Option<Instant> = None;
-    let mut verdict: Option<oneshot::Receiver<Result<Identity, String>>> = None;
+    let mut verdict: Option<Verdict> = None;
 
     loop {
         if conn.done && conn.out.is_empty() {
@@ -181,14 +181,9 @@ pub(crate) async fn serve<S>(
         }
         let can_read = conn.out.len() < OUTPUT_HIGH_WATER && !conn.done && verdict.is_none();
         tokio::select! {
-            v = async {
-                match verdict.as_mut() {
-                    Some(rx) => rx.await,
-                    None => std::future::pending().await,
-                }
-            }, if verdict.is_some() => {
+            v = verdict_of(&mut verdict), if verdict.is_some() => {
                 verdict = None;
-                conn.login_judged(v.unwrap_or_else(|_| Err("authentication aborted".into())));
+                conn.login_judged(v);
             }
             r = reader.read_buf(&mut input), if can_read => {
                 match r {

@@ -182,6 +182,22 @@ pub(crate) struct ServerContext {
     pub user_changes: Arc<tokio::sync::Mutex<()>>,
 }
 
+/// A login being judged (see [`ServerContext::judge`]).
+pub(crate) type Verdict = tokio::sync::oneshot::Receiver<Result<crate::auth::Identity, String>>;
+
+/// The verdict on the login being judged, once it comes; it never comes while none is
+/// pending (for a `select!` branch, which both doors' drivers have).
+pub(crate) async fn verdict_of(
+    pending: &mut Option<Verdict>,
+) -> Result<crate::auth::Identity, String> {
+    match pending.as_mut() {
+        Some(rx) => rx
+            .await
+            .unwrap_or_else(|_| Err("authentication aborted".into())),
+        None => std::future::pending().await,
+    }
+}
+
 impl ServerContext {
     /// Registers logged-in connection `id` of `user`, or says which limit it would break.
     pub(crate) fn admit(
@@ -243,7 +259,7 @@ impl ServerContext {
         &self,
         claim: Result<crate::auth::Claim, String>,
         peer: &PeerInfo,
-    ) -> tokio::sync::oneshot::Receiver<Result<crate::auth::Identity, String>> {
+    ) -> Verdict {
         let auth = self.auth.clone();
         let peer = peer.clone();
         let (tx, rx) = tokio::sync::oneshot::channel();

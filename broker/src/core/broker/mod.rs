@@ -438,10 +438,10 @@ impl Broker {
         let mut dead_letters = Vec::new();
         for q in st.queues.values_mut() {
             dead_letters.append(&mut q.expire(now));
+            // `last_used` moves on a redeclare, a get and the last consumer's going.
             if let Some(expires) = q.settings.expires {
-                if q.consumer_count() > 0 {
-                    q.last_used = now;
-                } else if now.saturating_duration_since(q.last_used) >= expires {
+                if q.consumer_count() == 0 && now.saturating_duration_since(q.last_used) >= expires
+                {
                     expired_unused.push(q.name.clone());
                     continue;
                 }

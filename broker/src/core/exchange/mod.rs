@@ -189,34 +189,21 @@ impl Exchange {
         args: &FieldTable,
         prepared: Option<Arc<xml::XQuery>>,
     ) -> Result<bool, Error> {
-        if self
-            .bindings
-            .iter()
-            .any(|b| b.queue == queue && b.key == key)
-        {
-            return Ok(false);
-        }
-        let b = Binding {
-            queue: queue.to_string(),
-            key: key.to_string(),
-            args: args.clone(),
-        };
-        self.router.add(&b, prepared)?;
-        self.bindings.push(b);
-        self.had_bindings = true;
-        Ok(true)
+        let new = add_binding(
+            &mut self.bindings,
+            &mut self.router,
+            queue,
+            key,
+            args,
+            prepared,
+        )?;
+        self.had_bindings |= new;
+        Ok(new)
     }
 
     /// Removes a binding; returns whether there was one.
     pub fn unbind(&mut self, queue: &str, key: &str) -> bool {
-        let before = self.bindings.len();
-        self.bindings
-            .retain(|b| !(b.queue == queue && b.key == key));
-        if self.bindings.len() == before {
-            return false;
-        }
-        self.router.remove(queue, key);
-        true
+        remove_binding(&mut self.bindings, Some(&mut self.router), queue, key)
     }
 
     /// Removes every binding of `queue` (the queue is being deleted).
@@ -284,18 +271,6 @@ impl Exchange {
                 self.name
             )));
         }
-        if self
-            .exchange_bindings
-            .iter()
-            .any(|b| b.queue == destination && b.key == key)
-        {
-            return Ok(false);
-        }
-        let b = Binding {
-            queue: destination.to_string(),
-            key: key.to_string(),
-            args: args.clone(),
-        };
         let router = match &mut self.exchange_router {
             Some(r) => r,
             None => self
@@ -304,24 +279,26 @@ impl Exchange {
                     Error::Internal(format!("exchange {} has an unknown type", self.name))
                 })?),
         };
-        router.add(&b, None)?;
-        self.exchange_bindings.push(b);
-        self.had_bindings = true;
-        Ok(true)
+        let new = add_binding(
+            &mut self.exchange_bindings,
+            router,
+            destination,
+            key,
+            args,
+            None,
+        )?;
+        self.had_bindings |= new;
+        Ok(new)
     }
 
     /// Removes a binding to another exchange; returns whether there was one.
     pub fn unbind_exchange(&mut self, destination: &str, key: &str) -> bool {
-        let before = self.exchange_bindings.len();
-        self.exchange_bindings
-            .retain(|b| !(b.queue == destination && b.key == key));
-        if self.exchange_bindings.len() == before {
-            return false;
-        }
-        if let Some(r) = &mut self.exchange_router {
-            r.remove(destination, key);
-        }
-        true
+        remove_binding(
+            &mut self.exchange_bindings,
+            self.exchange_router.as_mut(),
+            destination,
+            key,
+        )
     }
 
     /// The exchanges this one passes `msg` on to, each once.
@@ -350,6 +327,47 @@ impl Exchange {
     pub fn bindings(&self) -> &[Binding] {
         &self.bindings
     }
+}
+
+/// Adds a binding to `list` and `router`, unless the same destination and key are there
+/// (returns false then).
+fn add_binding(
+    list: &mut Vec<Binding>,
+    router: &mut Router,
+    destination: &str,
+    key: &str,
+    args: &FieldTable,
+    prepared: Option<Arc<xml::XQuery>>,
+) -> Result<bool, Error> {
+    if list.iter().any(|b| b.queue == destination && b.key == key) {
+        return Ok(false);
+    }
+    let b = Binding {
+        queue: destination.to_string(),
+        key: key.to_string(),
+        args: args.clone(),
+    };
+    router.add(&b, prepared)?;
+    list.push(b);
+    Ok(true)
+}
+
+/// Removes a binding from `list` and `router`; returns whether there was one.
+fn remove_binding(
+    list: &mut Vec<Binding>,
+    router: Option<&mut Router>,
+    destination: &str,
+    key: &str,
+) -> bool {
+    let before = list.len();
+    list.retain(|b| !(b.queue == destination && b.key == key));
+    if list.len() == before {
+        return false;
+    }
+    if let Some(r) = router {
+        r.remove(destination, key);
+    }
+    true
 }
 
 /// A queue bound under several matching keys still gets the message once.

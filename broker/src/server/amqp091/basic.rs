@@ -555,11 +555,7 @@ impl Conn<'_> {
         body: Bytes,
     ) -> Result<Option<clacks_storage::Ticket>, Refused> {
         let exchange = publish.exchange.to_string();
-        self.authorize(&Command::MessageTransfer(wire::MessageTransfer {
-            destination: Some(exchange.clone()),
-            ..wire::MessageTransfer::default()
-        }))
-        .map_err(Refused::Fail)?;
+        self.authorize_publish(&exchange).map_err(Refused::Fail)?;
         let (delivery, mut message_props) = properties::to_010(props);
         let cfg = &self.ctx.config;
         if let Some(identity) = &self.identity {

@@ -270,6 +270,14 @@ impl Conn<'_> {
             .map_err(|e| Failure::from_core(&e))
     }
 
+    /// Whether the ACL lets this connection publish to `exchange`.
+    pub(super) fn authorize_publish(&mut self, exchange: &str) -> Result<(), Failure> {
+        self.authorize(&Command::MessageTransfer(wire::MessageTransfer {
+            destination: Some(exchange.to_string()),
+            ..wire::MessageTransfer::default()
+        }))
+    }
+
     /// A queue name, or the channel's last declared queue for an empty one.
     pub(super) fn queue_name(&self, ch: u16, name: &str) -> Result<String, Failure> {
         if !name.is_empty() {
@@ -403,10 +411,7 @@ impl Conn<'_> {
                 let args = table_to_010(&b.arguments);
                 // What the source routes is published to the destination: the binder must
                 // be allowed to publish there (RabbitMQ asks for write on the destination).
-                self.authorize(&Command::MessageTransfer(wire::MessageTransfer {
-                    destination: Some(b.destination.to_string()),
-                    ..wire::MessageTransfer::default()
-                }))?;
+                self.authorize_publish(b.destination.as_str())?;
                 self.authorize(&Command::ExchangeBind(wire::ExchangeBind {
                     queue: Some(b.destination.to_string()),
                     exchange: Some(b.source.to_string()),
@@ -429,10 +434,7 @@ impl Conn<'_> {
                 )
             }
             exchange::AMQPMethod::Unbind(u) => {
-                self.authorize(&Command::MessageTransfer(wire::MessageTransfer {
-                    destination: Some(u.destination.to_string()),
-                    ..wire::MessageTransfer::default()
-                }))?;
+                self.authorize_publish(u.destination.as_str())?;
                 self.authorize(&Command::ExchangeUnbind(wire::ExchangeUnbind {
                     queue: Some(u.destination.to_string()),
                     exchange: Some(u.source.to_string()),

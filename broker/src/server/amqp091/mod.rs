@@ -20,11 +20,11 @@ use amq_protocol::protocol::{connection, AMQPClass};
 use amq_protocol::types::{AMQPValue, FieldTable as Table091, LongString};
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
 use super::admin::{ConnectionDetails, ConnectionLive};
-use super::ServerContext;
+use super::{verdict_of, ServerContext, Verdict};
 use crate::auth::{Claim, Exchange, Identity, PeerInfo, Step};
 use crate::core::{Delivery, DeliverySink, SessionId};
 use channel::Channel;
@@ -213,7 +213,7 @@ pub(crate) struct Conn<'a> {
     phase: Phase,
     peer: PeerInfo,
     sasl: Option<Exchange>,
-    verdict: Option<oneshot::Receiver<Result<Identity, String>>>,
+    verdict: Option<Verdict>,
     identity: Option<Identity>,
     acl: (u64, Option<Arc<crate::auth::Acl>>),
     mechanism: String,
@@ -298,7 +298,7 @@ pub(crate) async fn serve<R, W>(
     let opened_by = Instant::now() + ctx.config.handshake_timeout;
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     let mut closing_since: Option<Instant> = None;
-    let mut verdict: Option<oneshot::Receiver<Result<Identity, String>>> = None;
+    let mut verdict: Option<Verdict> = None;
 
     loop {
         if conn.done && conn.out.is_empty() {
@@ -312,14 +312,9 @@ pub(crate) async fn serve<R, W>(
             && verdict.is_none()
             && conn.committing == 0;
         tokio::select! {
-            v = async {
-                match verdict.as_mut() {
-                    Some(rx) => rx.await,
-                    None => std::future::pending().await,
-                }
-            }, if verdict.is_some() => {
+            v = verdict_of(&mut verdict), if verdict.is_some() => {
                 verdict = None;
-                conn.login_judged(v.unwrap_or_else(|_| Err("authentication aborted".into())));
+                conn.login_judged(v);
             }
             r = reader.read_buf(&mut input), if can_read => {
                 match r {

@@ -65,6 +65,43 @@ impl XmlBindings {
 /// written (briefly) by bind and unbind.
 pub type SharedBindings = Arc<RwLock<XmlBindings>>;
 
+/// An application header as a query's external variable sees it: strings as `xs:string`,
+/// integers as `xs:integer`, floating point as `xs:double`, booleans as `xs:boolean`;
+/// `None` (the empty sequence) when absent or of another type. Both evaluators type
+/// headers by this one rule.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) enum HeaderValue<'a> {
+    Bool(bool),
+    Int(i64),
+    Num(f64),
+    Str(&'a str),
+}
+
+pub(crate) fn header_value<'a>(
+    headers: Option<&'a FieldTable>,
+    name: &str,
+) -> Option<HeaderValue<'a>> {
+    let v = headers.and_then(|h| h.get(name))?;
+    Some(match v {
+        Value::Bool(b) => HeaderValue::Bool(*b),
+        Value::Int8(_)
+        | Value::Uint8(_)
+        | Value::Int16(_)
+        | Value::Uint16(_)
+        | Value::Int32(_)
+        | Value::Uint32(_)
+        | Value::Int64(_) => HeaderValue::Int(v.as_i64()?),
+        #[allow(clippy::cast_precision_loss)]
+        Value::Uint64(u) => match i64::try_from(*u) {
+            Ok(i) => HeaderValue::Int(i),
+            Err(_) => HeaderValue::Num(*u as f64),
+        },
+        Value::Float(f) => HeaderValue::Num(f64::from(*f)),
+        Value::Double(d) => HeaderValue::Num(*d),
+        other => HeaderValue::Str(other.as_str()?),
+    })
+}
+
 /// Bindings of an xml exchange.
 #[derive(Debug, Default)]
 pub struct XmlRouter {

@@ -17,9 +17,9 @@ use xot::xmlname::OwnedName;
 
 use super::filter::Doc;
 use super::prolog::XQuery;
-use super::{SharedBindings, XmlBinding};
+use super::{HeaderValue, SharedBindings, XmlBinding};
 use crate::core::message::Message;
-use crate::wire::{FieldTable, Value};
+use crate::wire::FieldTable;
 
 /// Threads used when `CLACKS_XML_THREADS` does not say otherwise.
 const DEFAULT_THREADS: usize = 2;
@@ -307,7 +307,7 @@ fn engine_matches<'b>(
         compiled.last_used = now;
         let mut vars = Variables::default();
         for (header, name) in &compiled.variables {
-            vars.insert(name.clone(), header_value(headers, header));
+            vars.insert(name.clone(), header_sequence(headers, header));
         }
         let result = compiled
             .query
@@ -382,32 +382,14 @@ fn element_depth(doc: &[u8]) -> usize {
     deepest
 }
 
-/// An application header as an XPath value: strings as `xs:string`, integers as
-/// `xs:integer`, floating point as `xs:double`, booleans as `xs:boolean`; an absent header
-/// (or one of another type) is the empty sequence.
-fn header_value(headers: Option<&FieldTable>, name: &str) -> Sequence {
-    let Some(v) = headers.and_then(|h| h.get(name)) else {
-        return Sequence::default();
-    };
-    match v {
-        Value::Bool(b) => Sequence::from(*b),
-        Value::Int8(_)
-        | Value::Uint8(_)
-        | Value::Int16(_)
-        | Value::Uint16(_)
-        | Value::Int32(_)
-        | Value::Uint32(_)
-        | Value::Int64(_) => v.as_i64().map_or_else(Sequence::default, Sequence::from),
-        #[allow(clippy::cast_precision_loss)]
-        Value::Uint64(u) => match i64::try_from(*u) {
-            Ok(i) => Sequence::from(i),
-            Err(_) => Sequence::from(*u as f64),
-        },
-        Value::Float(f) => Sequence::from(f64::from(*f)),
-        Value::Double(d) => Sequence::from(*d),
-        other => other
-            .as_str()
-            .map_or_else(Sequence::default, |s| Sequence::from(s.to_string())),
+/// An application header as an XPath value, typed by [`super::header_value`].
+fn header_sequence(headers: Option<&FieldTable>, name: &str) -> Sequence {
+    match super::header_value(headers, name) {
+        None => Sequence::default(),
+        Some(HeaderValue::Bool(b)) => Sequence::from(b),
+        Some(HeaderValue::Int(n)) => Sequence::from(n),
+        Some(HeaderValue::Num(n)) => Sequence::from(n),
+        Some(HeaderValue::Str(s)) => Sequence::from(s.to_string()),
     }
 }
 

@@ -5,9 +5,10 @@
 
 use std::borrow::Cow;
 
+use super::super::{header_value, HeaderValue};
 use super::doc::{Doc, ROOT};
 use super::{Axis, CmpOp, Expr, NameTest, Path, Start, StrFn};
-use crate::wire::{FieldTable, Value};
+use crate::wire::FieldTable;
 
 /// A dynamic error: the query does not match.
 #[derive(Debug)]
@@ -148,34 +149,15 @@ impl<'a> Context<'a> {
     /// An application header as an atomic value (none when absent or of another type),
     /// as the engine's variables get them.
     fn header(&self, name: &str) -> Vec<Atom<'a>> {
-        let Some(v) = self.headers.and_then(|h| h.get(name)) else {
+        let Some(v) = header_value(self.headers, name) else {
             return Vec::new();
         };
-        let atom = match v {
-            Value::Bool(b) => Atom::Bool(*b),
-            Value::Int8(_)
-            | Value::Uint8(_)
-            | Value::Int16(_)
-            | Value::Uint16(_)
-            | Value::Int32(_)
-            | Value::Uint32(_)
-            | Value::Int64(_) => match v.as_i64() {
-                Some(n) => Atom::Int(n),
-                None => return Vec::new(),
-            },
-            #[allow(clippy::cast_precision_loss)]
-            Value::Uint64(u) => match i64::try_from(*u) {
-                Ok(i) => Atom::Int(i),
-                Err(_) => Atom::Num(*u as f64),
-            },
-            Value::Float(f) => Atom::Num(f64::from(*f)),
-            Value::Double(d) => Atom::Num(*d),
-            other => match other.as_str() {
-                Some(s) => Atom::Str(Cow::Borrowed(s)),
-                None => return Vec::new(),
-            },
-        };
-        vec![atom]
+        vec![match v {
+            HeaderValue::Bool(b) => Atom::Bool(b),
+            HeaderValue::Int(n) => Atom::Int(n),
+            HeaderValue::Num(n) => Atom::Num(n),
+            HeaderValue::Str(s) => Atom::Str(Cow::Borrowed(s)),
+        }]
     }
 
     /// The items a path selects from `ctx`, in document order, each once.

@@ -50,6 +50,10 @@ fn tokens(text: &str) -> Option<Vec<Tok>> {
         let next = chars.get(i + 1).copied();
         match c {
             c if c.is_whitespace() => i += 1,
+            c if single(c).is_some() => {
+                out.extend(single(c));
+                i += 1;
+            }
             '(' if next == Some(':') => {
                 // Comments nest.
                 let mut depth = 0usize;
@@ -71,16 +75,16 @@ fn tokens(text: &str) -> Option<Vec<Tok>> {
                     return None;
                 }
             }
+            '(' => {
+                out.push(Tok::LParen);
+                i += 1;
+            }
             '/' if next == Some('/') => {
                 out.push(Tok::SlashSlash);
                 i += 2;
             }
             '/' => {
                 out.push(Tok::Slash);
-                i += 1;
-            }
-            '@' => {
-                out.push(Tok::At);
                 i += 1;
             }
             '.' if next.is_some_and(|n| n.is_ascii_digit()) => {
@@ -93,37 +97,9 @@ fn tokens(text: &str) -> Option<Vec<Tok>> {
                 out.push(Tok::Dot);
                 i += 1;
             }
-            '*' => {
-                out.push(Tok::Star);
-                i += 1;
-            }
-            '(' => {
-                out.push(Tok::LParen);
-                i += 1;
-            }
-            ')' => {
-                out.push(Tok::RParen);
-                i += 1;
-            }
-            '[' => {
-                out.push(Tok::LBracket);
-                i += 1;
-            }
-            ']' => {
-                out.push(Tok::RBracket);
-                i += 1;
-            }
-            ',' => {
-                out.push(Tok::Comma);
-                i += 1;
-            }
             ':' if next == Some('=') => {
                 out.push(Tok::Assign);
                 i += 2;
-            }
-            '=' => {
-                out.push(Tok::Op(CmpOp::Eq));
-                i += 1;
             }
             '!' if next == Some('=') => {
                 out.push(Tok::Op(CmpOp::Ne));
@@ -205,6 +181,20 @@ fn tokens(text: &str) -> Option<Vec<Tok>> {
         }
     }
     Some(out)
+}
+
+/// The token a character is on its own, whatever follows it.
+fn single(c: char) -> Option<Tok> {
+    Some(match c {
+        '@' => Tok::At,
+        '*' => Tok::Star,
+        ')' => Tok::RParen,
+        '[' => Tok::LBracket,
+        ']' => Tok::RBracket,
+        ',' => Tok::Comma,
+        '=' => Tok::Op(CmpOp::Eq),
+        _ => return None,
+    })
 }
 
 /// An integer or decimal literal (exponents and the rest are the engine's).
