@@ -115,16 +115,31 @@ fn written_under(out: &[Write], prefix: &[u8]) -> Vec<Vec<u8>> {
 pub(crate) fn recover(
     entries: impl Iterator<Item = Result<(Vec<u8>, Vec<u8>), StoreError>>,
 ) -> Result<Recovered, StoreError> {
-    let mut rec = Recovered::default();
-    // Keys come in order, so a message's chunks are adjacent and messages arrive sorted by
-    // queue and position: they are joined as they come, with one name per queue.
-    let mut messages: Vec<StoredMessage> = Vec::new();
-    let mut open: Option<Joining> = None;
-    let mut delivered = HashSet::new();
+    let mut records = Records::default();
+    let mut messages = Messages::default();
     for entry in entries {
         let (k, v) = entry?;
+        match k.split_first() {
+            Some((&record::MESSAGE, key)) => messages.push(key, v)?,
+            _ => records.push(&k, v)?,
+        }
+    }
+    Ok(records.finish(messages.finish()))
+}
+
+/// Every record but the messages, read in any order; [`Records::finish`] adds the messages.
+#[derive(Default)]
+pub(crate) struct Records {
+    rec: Recovered,
+    delivered: HashSet<(String, u64)>,
+}
+
+impl Records {
+    /// Takes one record (its whole key, kind first); messages go to [`Messages`].
+    pub(crate) fn push(&mut self, k: &[u8], v: Vec<u8>) -> Result<(), StoreError> {
+        let rec = &mut self.rec;
         let Some((&kind, key)) = k.split_first() else {
-            continue;
+            return Ok(());
         };
         match kind {
             record::EXCHANGE => rec.exchanges.push(record::decode_exchange(key, &v)?),
@@ -134,49 +149,83 @@ pub(crate) fn recover(
                 .exchange_bindings
                 .push(record::decode_exchange_binding(key, &v)?),
             record::MESSAGE => {
-                // Everything but the chunk number names the message.
-                let id = &key[..key.len().saturating_sub(4)];
-                match &mut open {
-                    Some(j) if j.id[..] == *id => j.data.extend_from_slice(&v),
-                    _ => {
-                        let (queue, seq, _) = record::decode_chunk_key(key)?;
-                        let queue = match &open {
-                            Some(j) if *j.queue == *queue => j.queue.clone(),
-                            _ => Arc::from(queue),
-                        };
-                        let next = Joining {
-                            id: id.to_vec(),
-                            queue,
-                            seq,
-                            data: v,
-                        };
-                        if let Some(done) = open.replace(next) {
-                            messages.push(done.finish());
-                        }
-                    }
-                }
+                return Err(StoreError::Corrupt("a message read as a record".into()))
             }
             record::DELIVERED => {
-                delivered.insert(record::decode_delivered_key(key)?);
+                self.delivered.insert(record::decode_delivered_key(key)?);
             }
             record::USER => rec.users.push(record::decode_user(key, &v)?),
             record::FEDERATION => rec.federation.push(record::decode_federation(key, &v)?),
             record::PREPARED => rec.prepared.push(record::decode_prepared(key, &v)?),
             other => return Err(StoreError::Corrupt(format!("unknown record kind {other}"))),
         }
+        Ok(())
     }
-    if let Some(done) = open.take() {
-        messages.push(done.finish());
+
+    /// The queues read so far.
+    pub(crate) fn queues(&self) -> impl Iterator<Item = &str> {
+        self.rec.queues.iter().map(|q| q.name.as_str())
     }
-    let queues: HashSet<&str> = rec.queues.iter().map(|q| q.name.as_str()).collect();
-    messages.retain(|m| queues.contains(&*m.queue));
-    if !delivered.is_empty() {
-        for m in &mut messages {
-            m.delivered = delivered.contains(&(m.queue.to_string(), m.seq));
+
+    /// The whole state, with `messages` (in key order) of the queues that exist, each
+    /// marked if it had been delivered.
+    pub(crate) fn finish(self, mut messages: Vec<StoredMessage>) -> Recovered {
+        let mut rec = self.rec;
+        let queues: HashSet<&str> = rec.queues.iter().map(|q| q.name.as_str()).collect();
+        messages.retain(|m| queues.contains(&*m.queue));
+        if !self.delivered.is_empty() {
+            for m in &mut messages {
+                m.delivered = self.delivered.contains(&(m.queue.to_string(), m.seq));
+            }
         }
+        rec.messages = messages;
+        rec
     }
-    rec.messages = messages;
-    Ok(rec)
+}
+
+/// Stored messages joined from their chunks, which come in key order: a message's chunks
+/// are adjacent and messages arrive sorted by queue and position. One name is shared by
+/// each queue's messages.
+#[derive(Default)]
+pub(crate) struct Messages {
+    done: Vec<StoredMessage>,
+    open: Option<Joining>,
+}
+
+impl Messages {
+    /// Takes one chunk (its key after the kind byte).
+    pub(crate) fn push(&mut self, key: &[u8], v: Vec<u8>) -> Result<(), StoreError> {
+        // Everything but the chunk number names the message.
+        let id = &key[..key.len().saturating_sub(4)];
+        match &mut self.open {
+            Some(j) if j.id[..] == *id => j.data.extend_from_slice(&v),
+            _ => {
+                let (queue, seq, _) = record::decode_chunk_key(key)?;
+                let queue = match &self.open {
+                    Some(j) if *j.queue == *queue => j.queue.clone(),
+                    _ => Arc::from(queue),
+                };
+                let next = Joining {
+                    id: id.to_vec(),
+                    queue,
+                    seq,
+                    data: v,
+                };
+                if let Some(done) = self.open.replace(next) {
+                    self.done.push(done.finish());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The messages, in the order their chunks came.
+    pub(crate) fn finish(mut self) -> Vec<StoredMessage> {
+        if let Some(done) = self.open.take() {
+            self.done.push(done.finish());
+        }
+        self.done
+    }
 }
 
 /// A stored message whose chunks are being joined.

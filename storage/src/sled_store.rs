@@ -6,11 +6,11 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::SystemTime;
 
-use crate::{kv, Recovered, Store, StoreError, StoreOp};
+use crate::{kv, record, Recovered, Store, StoreError, StoreOp, StoredMessage};
 
 /// Size and modification time: a change means the file needs a sync.
 type Stamp = (u64, Option<SystemTime>);
@@ -177,13 +177,157 @@ impl Store for SledStore {
     }
 
     fn recover(&self) -> Result<Recovered, StoreError> {
-        self.with_db(|db| {
-            kv::recover(db.iter().map(|e| {
-                e.map(|(k, v)| (k.to_vec(), v.to_vec()))
-                    .map_err(StoreError::from)
-            }))
-        })
+        let ways = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+        self.with_db(|db| recover(db, ways, PIECE))
     }
+}
+
+/// A queue with more messages than this (by position) is read in several pieces at once.
+const PIECE: u64 = 50_000;
+
+/// Reads everything back: first every record but the messages, then the messages of the
+/// queues found, in pieces on `ways` threads (walking sled's tree is most of a restart with
+/// many stored messages).
+fn recover(db: &sled::Db, ways: usize, piece: u64) -> Result<Recovered, StoreError> {
+    let mut records = kv::Records::default();
+    let messages_from = [record::MESSAGE];
+    let messages_to = [record::MESSAGE + 1];
+    for entry in db
+        .range(..&messages_from[..])
+        .chain(db.range(&messages_to[..]..))
+    {
+        let (k, v) = entry?;
+        records.push(&k, v.to_vec())?;
+    }
+    // In key order, so that the messages come out as a walk of the whole tree gives them.
+    let prefixes: std::collections::BTreeSet<Vec<u8>> = records
+        .queues()
+        .map(|q| record::message_prefix(q, None))
+        .collect();
+    let mut pieces = Vec::new();
+    for prefix in &prefixes {
+        split_queue(db, prefix, ways, piece, &mut pieces)?;
+    }
+    let messages = read_pieces(db, &pieces, ways)?;
+    Ok(records.finish(messages))
+}
+
+/// A run of one queue's message keys: from `start` to before `end`, or to the last key
+/// under `prefix`.
+struct Piece<'a> {
+    prefix: &'a [u8],
+    start: Vec<u8>,
+    end: Option<Vec<u8>>,
+}
+
+/// Cuts the messages under `prefix` into up to `ways` runs of about equal positions, at
+/// message boundaries (a message's chunks share its position).
+fn split_queue<'a>(
+    db: &sled::Db,
+    prefix: &'a [u8],
+    ways: usize,
+    piece: u64,
+    pieces: &mut Vec<Piece<'a>>,
+) -> Result<(), StoreError> {
+    let mut keys = db.scan_prefix(prefix).keys();
+    let Some(first) = keys.next() else {
+        return Ok(());
+    };
+    let first = first?;
+    let last = keys
+        .next_back()
+        .transpose()?
+        .unwrap_or_else(|| first.clone());
+    let position = |k: &[u8]| {
+        k.get(prefix.len()..prefix.len() + 8)
+            .and_then(|b| b.try_into().ok())
+            .map(u64::from_be_bytes)
+            .ok_or_else(|| StoreError::Corrupt("message key of wrong length".into()))
+    };
+    let (low, high) = (position(&first)?, position(&last)?);
+    let span = u128::from(high.saturating_sub(low));
+    let parts = (span / u128::from(piece.max(1)) + 1).min(ways.max(1) as u128);
+    let key_at = |i: u128| {
+        let mut k = prefix.to_vec();
+        // At most `span` past `low`, so it fits.
+        let at = low + u64::try_from(span * i / parts).unwrap_or(0);
+        k.extend_from_slice(&at.to_be_bytes());
+        k
+    };
+    for i in 0..parts {
+        pieces.push(Piece {
+            prefix,
+            start: key_at(i),
+            end: (i + 1 < parts).then(|| key_at(i + 1)),
+        });
+    }
+    Ok(())
+}
+
+/// Reads `pieces` on up to `ways` threads; their messages, in the order of the pieces.
+fn read_pieces(
+    db: &sled::Db,
+    pieces: &[Piece<'_>],
+    ways: usize,
+) -> Result<Vec<StoredMessage>, StoreError> {
+    if pieces.len() <= 1 || ways <= 1 {
+        let mut out = Vec::new();
+        for p in pieces {
+            out.extend(read_piece(db, p)?);
+        }
+        return Ok(out);
+    }
+    let next = AtomicUsize::new(0);
+    // Each thread takes the next piece not yet taken, and says which it was.
+    let take = || {
+        let mut mine = Vec::new();
+        loop {
+            let index = next.fetch_add(1, Ordering::Relaxed);
+            let Some(p) = pieces.get(index) else {
+                return mine;
+            };
+            mine.push((index, read_piece(db, p)));
+        }
+    };
+    let mut read: Vec<Option<Vec<StoredMessage>>> = Vec::new();
+    read.resize_with(pieces.len(), || None);
+    std::thread::scope(|scope| -> Result<(), StoreError> {
+        let mut workers = Vec::new();
+        for _ in 0..ways.min(pieces.len()) {
+            let worker = std::thread::Builder::new()
+                .name("clacks-recover".into())
+                .spawn_scoped(scope, take)?;
+            workers.push(worker);
+        }
+        // All joined before any error returns: the scope would panic on a thread that
+        // panicked and was left to it.
+        let outcomes: Vec<_> = workers.into_iter().map(|w| w.join()).collect();
+        for outcome in outcomes {
+            let done = outcome.map_err(|_| StoreError::Io("a recovery thread failed".into()))?;
+            for (index, messages) in done {
+                read[index] = Some(messages?);
+            }
+        }
+        Ok(())
+    })?;
+    Ok(read.into_iter().flatten().flatten().collect())
+}
+
+/// The messages of one piece, joined from their chunks.
+fn read_piece(db: &sled::Db, p: &Piece<'_>) -> Result<Vec<StoredMessage>, StoreError> {
+    let entries = match &p.end {
+        Some(end) => db.range(p.start.as_slice()..end.as_slice()),
+        None => db.range(p.start.as_slice()..),
+    };
+    let mut messages = kv::Messages::default();
+    for entry in entries {
+        let (k, v) = entry?;
+        if !k.starts_with(p.prefix) {
+            break;
+        }
+        messages.push(&k[1..], v.to_vec())?;
+    }
+    Ok(messages.finish())
 }
 
 impl Drop for SledStore {
@@ -291,7 +435,7 @@ mod tests {
                 Err(StoreError::Locked(_))
             ));
         }
-        let s = SledStore::open(dir.path()).expect("reopen");
+        let s = reopen(dir.path());
         let r = s.recover().expect("recover");
         assert_eq!(r.exchanges.len(), 1);
         assert_eq!(r.exchanges[0].alternate.as_deref(), Some("alt"));
@@ -386,5 +530,68 @@ mod tests {
             ])
             .expect("apply");
         assert_eq!(store.len(), 1, "only the queue record remains");
+    }
+
+    /// Opens the store again once sled's threads of the last open have let its file go:
+    /// they do so a moment after the store is dropped.
+    fn reopen(dir: &Path) -> SledStore {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            match SledStore::open(dir) {
+                Ok(s) => return s,
+                Err(e) if std::time::Instant::now() < deadline => {
+                    assert!(e.to_string().contains("lock"), "reopen: {e}");
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                Err(e) => panic!("reopen: {e}"),
+            }
+        }
+    }
+
+    #[test]
+    fn messages_read_in_pieces_on_several_threads_come_back_as_one_walk_gives_them() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = SledStore::open(dir.path()).expect("open");
+        let mut ops = vec![queue("a"), queue("bb"), queue("empty"), queue("short")];
+        // Positions with gaps, messages of several chunks among them, and messages of a
+        // queue that is gone (never read back).
+        for (name, count, step) in [("a", 700u64, 3u64), ("bb", 300, 1), ("gone", 50, 1)] {
+            for i in 0..count {
+                let size = if i % 97 == 5 {
+                    70_000
+                } else {
+                    10 + (i % 50) as usize
+                };
+                ops.push(StoreOp::Enqueue {
+                    queue: name.into(),
+                    seq: 1000 + i * step,
+                    data: Bytes::from(vec![(i % 251) as u8; size]),
+                });
+            }
+        }
+        ops.push(StoreOp::Enqueue {
+            queue: "short".into(),
+            seq: 7,
+            data: Bytes::from_static(b"only"),
+        });
+        ops.push(StoreOp::Delivered {
+            queue: "bb".into(),
+            seq: 1010,
+        });
+        s.apply(&ops).expect("apply");
+        let walked = s
+            .with_db(|db| {
+                kv::recover(db.iter().map(|e| {
+                    e.map(|(k, v)| (k.to_vec(), v.to_vec()))
+                        .map_err(StoreError::from)
+                }))
+            })
+            .expect("walk");
+        assert_eq!(walked.messages.len(), 1001);
+        assert!(walked.messages.iter().any(|m| m.delivered));
+        for (ways, piece) in [(1, PIECE), (2, 100), (4, 7), (3, 1)] {
+            let pieces = s.with_db(|db| recover(db, ways, piece)).expect("recover");
+            assert_eq!(pieces, walked, "{ways} threads, pieces of {piece}");
+        }
     }
 }
