@@ -113,7 +113,7 @@ pub struct UserRecord {
 /// A persistent message on a durable queue, as recovered.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredMessage {
-    /// Its queue (one name shared by all its messages).
+    /// Its queue (the name is shared among the queue's messages, not copied for each).
     pub queue: std::sync::Arc<str>,
     /// Its position in the queue (arrival order).
     pub seq: u64,

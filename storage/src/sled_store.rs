@@ -264,19 +264,13 @@ fn split_queue<'a>(
     Ok(())
 }
 
-/// Reads `pieces` on up to `ways` threads; their messages, in the order of the pieces.
+/// Reads `pieces` on up to `ways` threads, this one among them; their messages, in the
+/// order of the pieces.
 fn read_pieces(
     db: &sled::Db,
     pieces: &[Piece<'_>],
     ways: usize,
 ) -> Result<Vec<StoredMessage>, StoreError> {
-    if pieces.len() <= 1 || ways <= 1 {
-        let mut out = Vec::new();
-        for p in pieces {
-            out.extend(read_piece(db, p)?);
-        }
-        return Ok(out);
-    }
     let next = AtomicUsize::new(0);
     // Each thread takes the next piece not yet taken, and says which it was.
     let take = || {
@@ -289,28 +283,35 @@ fn read_pieces(
             mine.push((index, read_piece(db, p)));
         }
     };
-    let mut read: Vec<Option<Vec<StoredMessage>>> = Vec::new();
-    read.resize_with(pieces.len(), || None);
-    std::thread::scope(|scope| -> Result<(), StoreError> {
-        let mut workers = Vec::new();
-        for _ in 0..ways.min(pieces.len()) {
-            let worker = std::thread::Builder::new()
-                .name("clacks-recover".into())
-                .spawn_scoped(scope, take)?;
-            workers.push(worker);
-        }
-        // All joined before any error returns: the scope would panic on a thread that
-        // panicked and was left to it.
-        let outcomes: Vec<_> = workers.into_iter().map(|w| w.join()).collect();
-        for outcome in outcomes {
-            let done = outcome.map_err(|_| StoreError::Io("a recovery thread failed".into()))?;
-            for (index, messages) in done {
-                read[index] = Some(messages?);
+    let mut read = std::thread::scope(|scope| {
+        // A thread that cannot be started leaves its share to the others.
+        let helpers: Vec<_> = (1..ways.min(pieces.len()))
+            .filter_map(|_| {
+                std::thread::Builder::new()
+                    .name("clacks-recover".into())
+                    .spawn_scoped(scope, take)
+                    .ok()
+            })
+            .collect();
+        let mut read = take();
+        for helper in helpers {
+            // Joined here, so a thread that panicked is only pieces missing below.
+            if let Ok(theirs) = helper.join() {
+                read.extend(theirs);
             }
         }
-        Ok(())
-    })?;
-    Ok(read.into_iter().flatten().flatten().collect())
+        read
+    });
+    if read.len() != pieces.len() {
+        return Err(StoreError::Io("a recovery thread failed".into()));
+    }
+    // In piece order, so that the first error is the same whatever the timing.
+    read.sort_unstable_by_key(|(index, _)| *index);
+    let mut out = Vec::new();
+    for (_, messages) in read {
+        out.extend(messages?);
+    }
+    Ok(out)
 }
 
 /// The messages of one piece, joined from their chunks.
