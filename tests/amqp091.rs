@@ -61,8 +61,16 @@ def wait_until_gone(conn, queue, why):
     raise SystemExit(why)
 "#;
 
+/// The configuration every broker here starts from: guest administers, bob is a user.
+const CONFIG: &str = "[agent]\nadmins = [\"guest\"]\n[users]\nbob = \"bobpw\"\n";
+
 fn broker() -> Binary {
-    Binary::start("[agent]\nadmins = [\"guest\"]\n[users]\nbob = \"bobpw\"\n")
+    Binary::start(CONFIG)
+}
+
+/// Kills the broker and starts it again on the same data.
+fn restart(b: Binary) -> Binary {
+    Binary::start_in(b.kill(), CONFIG)
 }
 
 #[test]
@@ -362,7 +370,7 @@ print("ok")
 "#,
     );
     // The durable binding between durable exchanges survives a restart.
-    let b = Binary::start_in(b.kill(), "[agent]\nadmins = [\"guest\"]\n");
+    let b = restart(b);
     pika(
         &b,
         r#"
@@ -385,7 +393,7 @@ print("ok")
 "#,
     );
     // The deleted bindings are gone from the store too.
-    let b = Binary::start_in(b.kill(), "[agent]\nadmins = [\"guest\"]\n");
+    let b = restart(b);
     pika(
         &b,
         r#"
@@ -712,10 +720,7 @@ while True:
         let confirmed = reader.join().expect("reader");
         let _ = child.kill();
         let _ = child.wait();
-        b = Binary::start_in(
-            dir,
-            "[agent]\nadmins = [\"guest\"]\n[users]\nbob = \"bobpw\"\n",
-        );
+        b = Binary::start_in(dir, CONFIG);
         let drain = format!(
             "{PRELUDE}{}",
             r#"

@@ -662,14 +662,7 @@ impl State {
             }
         }
         for source in self.exchanges.values_mut() {
-            let keys: Vec<String> = source
-                .exchange_bindings()
-                .iter()
-                .filter(|b| b.queue == name)
-                .map(|b| b.key.clone())
-                .collect();
-            for key in keys {
-                source.unbind_exchange(name, &key);
+            for key in source.unbind_destination(name) {
                 if ex.durable && source.durable {
                     ops.push(StoreOp::DeleteExchangeBinding {
                         source: source.name.clone(),

@@ -208,13 +208,7 @@ impl Exchange {
 
     /// Removes every binding of `queue` (the queue is being deleted).
     pub fn unbind_queue(&mut self, queue: &str) {
-        let keys: Vec<String> = self
-            .bindings
-            .iter()
-            .filter(|b| b.queue == queue)
-            .map(|b| b.key.clone())
-            .collect();
-        for k in keys {
+        for k in keys_to(&self.bindings, queue) {
             self.unbind(queue, &k);
         }
     }
@@ -301,6 +295,16 @@ impl Exchange {
         )
     }
 
+    /// Removes every binding to exchange `destination` (it is being deleted); the keys
+    /// they had.
+    pub fn unbind_destination(&mut self, destination: &str) -> Vec<String> {
+        let keys = keys_to(&self.exchange_bindings, destination);
+        for k in &keys {
+            self.unbind_exchange(destination, k);
+        }
+        keys
+    }
+
     /// The exchanges this one passes `msg` on to, each once.
     pub fn route_to_exchanges(&self, msg: &Message, out: &mut Vec<String>) {
         if let Some(r) = &self.exchange_router {
@@ -368,6 +372,14 @@ fn remove_binding(
         r.remove(destination, key);
     }
     true
+}
+
+/// The keys of the bindings in `list` to `destination`.
+fn keys_to(list: &[Binding], destination: &str) -> Vec<String> {
+    list.iter()
+        .filter(|b| b.queue == destination)
+        .map(|b| b.key.clone())
+        .collect()
 }
 
 /// A queue bound under several matching keys still gets the message once.

@@ -316,28 +316,30 @@ impl Parser<'_> {
     }
 
     fn or_expr(&mut self, depth: usize) -> Option<Expr> {
-        let mut terms = vec![self.and_expr(depth)?];
-        while self.keyword("or") {
-            self.at += 1;
-            terms.push(self.and_expr(depth)?);
-        }
-        Some(if terms.len() == 1 {
-            terms.pop()?
-        } else {
-            Expr::Or(terms)
-        })
+        self.joined(depth, "or", Self::and_expr, Expr::Or)
     }
 
     fn and_expr(&mut self, depth: usize) -> Option<Expr> {
-        let mut terms = vec![self.comparison(depth)?];
-        while self.keyword("and") {
+        self.joined(depth, "and", Self::comparison, Expr::And)
+    }
+
+    /// `operand (keyword operand)*`: the operand alone, or `join` of them all.
+    fn joined(
+        &mut self,
+        depth: usize,
+        keyword: &str,
+        operand: fn(&mut Self, usize) -> Option<Expr>,
+        join: fn(Vec<Expr>) -> Expr,
+    ) -> Option<Expr> {
+        let mut terms = vec![operand(self, depth)?];
+        while self.keyword(keyword) {
             self.at += 1;
-            terms.push(self.comparison(depth)?);
+            terms.push(operand(self, depth)?);
         }
         Some(if terms.len() == 1 {
             terms.pop()?
         } else {
-            Expr::And(terms)
+            join(terms)
         })
     }
 
