@@ -43,11 +43,14 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     if args.dtx {
         return crate::bench_dtx::run(&args).await;
     }
-    if args.amqp091 {
-        return crate::bench091::run(&args).await;
-    }
     if args.size < 8 {
         bail!("--size must be at least 8 (the send timestamp)");
+    }
+    if args.producers == 0 || args.consumers == 0 || args.count == 0 {
+        bail!("--producers, --consumers and --count must be at least 1");
+    }
+    if args.amqp091 {
+        return crate::bench091::run(&args).await;
     }
     let smallest = (0..4)
         .map(|n| xml_event(n, 1, 0, 0).len())
@@ -55,9 +58,6 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         .unwrap_or(0);
     if args.xml_bindings > 0 && args.size < smallest {
         bail!("--size must be at least {smallest} for XML events");
-    }
-    if args.producers == 0 || args.consumers == 0 || args.count == 0 {
-        bail!("--producers, --consumers and --count must be at least 1");
     }
     let opts = crate::client_cmds::connect_options(&args.conn)?;
     let consumer_opts = match &args.consume_from {

@@ -829,7 +829,7 @@ impl Queue {
             // An acquired one stays with its consumer; release puts it back here.
             if let Some(e) = self.remove_available(pos) {
                 self.stats.discards_ttl += 1;
-                if let Some(letter) = self.dead_letter(&e.msg, "expired") {
+                if let Some(letter) = self.dead_letter(e.msg, "expired") {
                     dead.push(letter);
                 }
             }
@@ -840,7 +840,7 @@ impl Queue {
     /// Where a message that dies here (`reason`: expired or rejected) goes, and as what:
     /// marked as a dead letter to the dead-letter exchange, or as it is to the alternate
     /// exchange when only that is set (and it was rejected); `None` when it is dropped.
-    pub fn dead_letter(&self, msg: &Message, reason: &str) -> Option<(String, Arc<Message>)> {
+    pub fn dead_letter(&self, msg: Arc<Message>, reason: &str) -> Option<(String, Arc<Message>)> {
         match (&self.settings.dead_letter_exchange, &self.alternate) {
             (Some(dlx), _) => {
                 if reason == "expired" && msg.expired_in_a_cycle(&self.name) {
@@ -853,7 +853,7 @@ impl Queue {
                 );
                 Some((dlx.clone(), Arc::new(letter)))
             }
-            (None, Some(alt)) if reason == "rejected" => Some((alt.clone(), Arc::new(msg.clone()))),
+            (None, Some(alt)) if reason == "rejected" => Some((alt.clone(), msg)),
             _ => None,
         }
     }

@@ -265,7 +265,7 @@ impl Broker {
             };
             let letter = q
                 .reject(h.position)
-                .and_then(|msg| q.dead_letter(&msg, "rejected"));
+                .and_then(|msg| q.dead_letter(msg, "rejected"));
             if let Some((exchange, msg)) = letter {
                 st.reroute(&exchange, &msg);
             }

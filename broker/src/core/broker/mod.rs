@@ -467,8 +467,7 @@ impl Broker {
         // An expired queue's messages go with it, as RabbitMQ's do, not to its alternate.
         for name in expired_unused {
             if let Some(q) = st.queues.get_mut(&name) {
-                let dropped = q.drain().len() as u64;
-                st.stats.abandoned += dropped;
+                q.alternate = None;
             }
             st.remove_queue(&name, 0);
         }

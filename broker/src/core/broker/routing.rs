@@ -157,17 +157,25 @@ impl State {
         answers: &XmlAnswers,
     ) -> Result<(), XmlPending> {
         let start = out.len();
+        let mut visited: HashSet<&str> = HashSet::new();
+        let mut next: Vec<&Exchange> = Vec::new();
         // The common case, without the walk's allocations: no exchange bindings, and a
-        // match or no alternate to follow.
+        // match or no alternate to follow. Otherwise the walk goes on from the alternate,
+        // without routing this exchange again.
         if ex.exchange_bindings().is_empty() {
             ex.route_with(msg, out, answers)?;
             self.keep_existing(out, start);
-            if out.len() > start || ex.alternate.is_none() {
+            if out.len() > start {
                 return Ok(());
             }
+            let Some(a) = ex.alternate.as_ref().and_then(|a| self.exchanges.get(a)) else {
+                return Ok(());
+            };
+            visited.insert(ex.name.as_str());
+            next.push(a);
+        } else {
+            next.push(ex);
         }
-        let mut visited: HashSet<&str> = HashSet::new();
-        let mut next: Vec<&Exchange> = vec![ex];
         let mut onward = Vec::new();
         while let Some(e) = next.pop() {
             if !visited.insert(e.name.as_str()) {
