@@ -66,14 +66,11 @@ impl Broker {
         }
         for b in recovered.exchange_bindings {
             let args = decode_args(&b.args).map_err(|e| corrupt(&b.source, &e))?;
-            let bound = if !st.exchanges.contains_key(&b.destination) {
-                Err(Error::NotFound(format!("no exchange {}", b.destination)))
-            } else {
-                match st.exchanges.get_mut(&b.source) {
-                    Some(ex) => ex.bind_exchange(&b.destination, &b.key, &args).map(|_| ()),
-                    None => Err(Error::NotFound(format!("no exchange {}", b.source))),
-                }
-            };
+            let bound = st.exchange_mut(&b.destination).map(drop).and_then(|()| {
+                st.exchange_mut(&b.source)?
+                    .bind_exchange(&b.destination, &b.key, &args)
+                    .map(drop)
+            });
             if let Err(e) = bound {
                 tracing::warn!(
                     "binding of exchange {} to exchange {} with key {:?} not recovered: {e}",
