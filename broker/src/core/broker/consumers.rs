@@ -282,8 +282,9 @@ impl Broker {
     }
 
     /// A session ended: its consumers go, held messages return marked redelivered, its
-    /// exclusive queues are released (and deleted if auto-delete).
-    pub fn end_session(&self, session: SessionId, held: &[Held]) {
+    /// exclusive queues are released (and deleted if auto-delete). Returns the names of
+    /// the queues it held exclusively until now.
+    pub fn end_session(&self, session: SessionId, held: &[Held]) -> Vec<String> {
         let mut st = self.lock();
         // Held messages go back first, so that a queue deleted below passes them on to its
         // alternate exchange in order.
@@ -309,8 +310,8 @@ impl Broker {
             .filter(|q| q.owner == Some(session))
             .map(|q| q.name.clone())
             .collect();
-        for name in owned {
-            let delete = match st.queues.get_mut(&name) {
+        for name in &owned {
+            let delete = match st.queues.get_mut(name) {
                 Some(q) => {
                     q.owner = None;
                     q.owner_connection = None;
@@ -319,12 +320,13 @@ impl Broker {
                 None => false,
             };
             if delete {
-                st.auto_delete(&name);
+                st.auto_delete(name);
             }
         }
         st.dispatch_queues(&touched);
         st.sessions.remove(&session);
         st.session_names.remove(&session);
+        owned
     }
 }
 

@@ -201,14 +201,6 @@ impl Broker {
             .collect())
     }
 
-    /// Whether `session` holds queue `name` exclusively.
-    pub fn is_owner(&self, session: SessionId, name: &str) -> bool {
-        self.lock()
-            .queues
-            .get(name)
-            .is_some_and(|q| q.owner == Some(session))
-    }
-
     /// `exchange.declare`.
     ///
     /// # Errors

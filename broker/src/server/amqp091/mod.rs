@@ -772,14 +772,11 @@ impl Conn<'_> {
         }
         if let Some(session) = self.session.take() {
             // Only those still ours: one may have expired and its name been taken since.
-            let ours: Vec<String> = self
-                .exclusive_queues
-                .drain()
-                .filter(|q| self.ctx.broker.is_owner(session, q))
-                .collect();
-            self.ctx.broker.end_session(session, &held);
-            for queue in ours {
-                let _ = self.ctx.broker.delete_queue(session, &queue, false, false);
+            let released = self.ctx.broker.end_session(session, &held);
+            for queue in released {
+                if self.exclusive_queues.remove(&queue) {
+                    let _ = self.ctx.broker.delete_queue(session, &queue, false, false);
+                }
             }
         }
     }
