@@ -328,7 +328,7 @@ impl Broker {
                 "cannot delete the standard exchange {name}"
             )));
         }
-        if if_unused && !(ex.bindings().is_empty() && ex.exchange_bindings().is_empty()) {
+        if if_unused && !ex.has_no_bindings() {
             return Err(Error::PreconditionFailed(format!(
                 "cannot delete exchange {name}: it has bindings"
             )));

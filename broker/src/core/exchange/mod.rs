@@ -319,12 +319,14 @@ impl Exchange {
         &self.exchange_bindings
     }
 
+    /// Whether nothing is bound to it, queue or exchange.
+    pub fn has_no_bindings(&self) -> bool {
+        self.bindings.is_empty() && self.exchange_bindings.is_empty()
+    }
+
     /// Whether an auto-delete exchange has lost its last binding and should go.
     pub fn is_unused_auto_delete(&self) -> bool {
-        self.auto_delete
-            && self.had_bindings
-            && self.bindings.is_empty()
-            && self.exchange_bindings.is_empty()
+        self.auto_delete && self.had_bindings && self.has_no_bindings()
     }
 
     /// The bindings, in the order they were made.
